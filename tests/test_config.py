@@ -1,0 +1,60 @@
+import pytest
+
+from emilia_pipe.config import ConfigError, load_config
+
+
+def test_defaults_are_the_reference_recipe():
+    cfg = load_config()
+    assert cfg.profile == "lite"
+    assert cfg.standardize.sample_rate == 24000
+    assert (cfg.standardize.target_dbfs, cfg.standardize.max_gain_db) == (-20.0, 3.0)
+    assert (cfg.segment.merge_gap_s, cfg.segment.min_clip_s, cfg.segment.max_clip_s) == (2.0, 3.0, 30.0)
+    assert cfg.filter.languages == ["zh", "en", "fr", "ja", "ko", "de"]
+    assert cfg.filter.language_prob_min == 0.8
+    assert cfg.filter.dnsmos_min == 3.0
+    assert cfg.filter.min_chars == 2
+    assert cfg.filter.iqr_scope == "file" and cfg.filter.iqr_k == 1.5
+    assert (cfg.score.window_s, cfg.score.hop_s) == (9.01, 1.0)
+    assert (cfg.transcribe.batch_size, cfg.transcribe.beam_size, cfg.transcribe.best_of) == (16, 5, 5)
+    assert not cfg.separation_enabled  # no Demucs weights offline
+
+
+def test_full_profile_names_gpu_models():
+    cfg = load_config(profile="full")
+    assert cfg.models.separation == "htdemucs"
+    assert cfg.separation_enabled
+    assert cfg.models.diarization.startswith("pyannote/")
+    assert cfg.run.resources["transcribe"].num_gpus > 0
+
+
+def test_overrides_are_typed():
+    cfg = load_config(overrides=["filter.dnsmos_min=3.2", "filter.languages=[en, de]", "output.mp3_bitrate_kbps=96"])
+    assert cfg.filter.dnsmos_min == 3.2
+    assert cfg.filter.languages == ["en", "de"]
+    assert cfg.output.mp3_bitrate_kbps == 96
+
+
+def test_unknown_key_is_rejected_with_its_path():
+    with pytest.raises(ConfigError, match=r"filter\.dnsmos_minimum: unknown key"):
+        load_config(overrides=["filter.dnsmos_minimum=3"])
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("segment:\n  max_clip: 20\n")
+    with pytest.raises(ConfigError, match="segment.max_clip: unknown key"):
+        load_config([f])
+
+
+def test_inconsistent_values_are_rejected():
+    with pytest.raises(ConfigError, match="min_clip_s must be below"):
+        load_config(overrides=["segment.min_clip_s=40", "segment.max_clip_s=30"])
+    with pytest.raises(ConfigError, match="unknown stage"):
+        load_config(overrides=["run.resources={transcriber: {actors: 2}}"])
+
+
+def test_bad_profile_and_missing_file():
+    with pytest.raises(ConfigError, match="unknown profile"):
+        load_config(profile="huge")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(["/nonexistent/config.yaml"])

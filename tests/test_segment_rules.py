@@ -1,0 +1,41 @@
+"""The cutting rules as pure functions (no model)."""
+import numpy as np
+
+from emilia_pipe.records import Turn
+from emilia_pipe.stages.segment import Piece, force_cut, merge_short, skip_contained_turns, split_at_largest_gaps
+
+
+def test_turns_inside_previous_turn_are_skipped():
+    turns = [Turn(0, 10, "A"), Turn(2, 8, "B"), Turn(9, 12, "B")]
+    assert [(t.start, t.end) for t in skip_contained_turns(turns)] == [(0, 10), (9, 12)]
+
+
+def test_long_speech_is_split_at_the_widest_silence():
+    spans = [(0, 5), (5.2, 9), (12, 18), (18.3, 25)]  # widest gap 9 -> 12
+    assert split_at_largest_gaps(spans, 20) == [(0, 9), (12, 25)]
+    assert split_at_largest_gaps(spans, 30) == [(0, 25)]
+
+
+def test_force_cut_prefers_the_least_speechlike_frame():
+    frame = 512 / 16000
+    probs = np.full(int(70 / frame), 0.95, dtype=np.float32)
+    quiet = int(22.0 / frame)
+    probs[quiet] = 0.05
+    pieces = force_cut(0.0, 70.0, 30.0, probs)
+    assert abs(pieces[0][1] - 22.0) < 0.05  # cut at the dip, not at 30 s
+    assert all(e - s <= 30.0 + 1e-6 for s, e in pieces)
+    assert pieces[-1][1] == 70.0
+    # without probabilities it still bounds every piece
+    assert all(e - s <= 30.0 for s, e in force_cut(0.0, 95.0, 30.0, None))
+
+
+def test_short_pieces_merge_with_same_speaker_or_are_dropped():
+    pieces = [Piece(0, 5, "A"), Piece(5.5, 6.5, "A"), Piece(10, 11, "B"), Piece(20, 22, "A")]
+    kept, dropped = merge_short(pieces, 3.0, 30.0, 2.0)
+    assert [(p.start, p.end, p.speaker) for p in kept] == [(0, 6.5, "A")]
+    assert sorted((p.start, p.speaker) for p in dropped) == [(10, "B"), (20, "A")]
+
+
+def test_merge_never_exceeds_max():
+    kept, _ = merge_short([Piece(0, 29, "A"), Piece(29.5, 31, "A")], 3.0, 30.0, 2.0)
+    assert all(p.duration <= 30.0 for p in kept)
