@@ -39,10 +39,10 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def decode(path: str | Path, sample_rate: int, max_duration_s: float | None = None) -> DecodedAudio:
+def decode(path: "str | Path | io.IOBase", sample_rate: int, max_duration_s: float | None = None) -> DecodedAudio:
     """Decode the first audio stream to float32 mono at ``sample_rate`` (ffmpeg's resampler)."""
     try:
-        container = av.open(str(path))
+        container = av.open(path if hasattr(path, "read") else str(path))
     except (av.error.FFmpegError, OSError) as exc:
         raise AudioDecodeError(f"cannot open {path}: {exc}") from exc
     with container:

