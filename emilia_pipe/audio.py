@@ -7,9 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
-from scipy.signal import resample_poly
 
 AUDIO_EXTENSIONS = {
     ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".m4v", ".mov",
@@ -41,6 +39,8 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def decode(path: "str | Path | io.IOBase", sample_rate: int, max_duration_s: float | None = None) -> DecodedAudio:
     """Decode the first audio stream to float32 mono at ``sample_rate`` (ffmpeg's resampler)."""
+    import av  # imported here so stages that only resample never need PyAV
+
     try:
         container = av.open(path if hasattr(path, "read") else str(path))
     except (av.error.FFmpegError, OSError) as exc:
@@ -85,6 +85,8 @@ def decode(path: "str | Path | io.IOBase", sample_rate: int, max_duration_s: flo
 def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     if orig_rate == new_rate:
         return samples.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly
+
     g = math.gcd(orig_rate, new_rate)
     return resample_poly(samples, new_rate // g, orig_rate // g).astype(np.float32)
 
@@ -115,6 +117,8 @@ def normalize_loudness(samples: np.ndarray, mode: str, target_dbfs: float, max_g
 
 def encode_mp3(samples: np.ndarray, sample_rate: int, bitrate_kbps: int) -> bytes:
     """Mono MP3 (libmp3lame via PyAV) at an explicit constant bitrate."""
+    import av
+
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp3") as container:
         stream = container.add_stream("libmp3lame", rate=sample_rate, layout="mono")
