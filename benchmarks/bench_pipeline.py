@@ -33,11 +33,11 @@ class PeakMemory(threading.Thread):
 
     def __init__(self, every_s: float = 0.2):
         super().__init__(daemon=True)
-        self.every, self.peak, self._stop = every_s, 0, threading.Event()
+        self.every, self.peak, self._done = every_s, 0, threading.Event()
 
     def run(self):
         me = psutil.Process()
-        while not self._stop.is_set():
+        while not self._done.is_set():
             total = 0
             for p in [me] + me.children(recursive=True):
                 try:
@@ -45,10 +45,10 @@ class PeakMemory(threading.Thread):
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
-            self._stop.wait(self.every)
+            self._done.wait(self.every)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._done.set()
         self.join()
         return self.peak
 

