@@ -106,22 +106,23 @@ def whisper_model_path(ref: str, cache_root: Optional[str] = None, download: boo
 
 # --- Silero VAD, DNSMOS ------------------------------------------------------------------------
 
+def _packaged_file(ref: str, pkg_ref: str, module: str, pip_name: str, relpath: str, what: str) -> Path:
+    """``pkg_ref`` -> the file inside the installed wheel; any other ref is a local path."""
+    if ref != pkg_ref:
+        return _local_path(ref, what)
+    path = _package_dir(module, pip_name, what) / relpath
+    if not path.exists():
+        raise ModelUnavailableError(f"{what}: {path} missing from the {pip_name} wheel; reinstall {pip_name}")
+    return path
+
+
 def silero_vad_onnx_path(ref: str) -> Path:
-    if ref == PKG_SILERO:
-        path = _package_dir("silero_vad", "silero-vad", "Silero VAD") / "data" / "silero_vad.onnx"
-        if not path.exists():
-            raise ModelUnavailableError(f"Silero VAD: {path} missing from the silero-vad wheel; reinstall silero-vad")
-        return path
-    return _local_path(ref, "Silero VAD (ONNX)")
+    return _packaged_file(ref, PKG_SILERO, "silero_vad", "silero-vad", "data/silero_vad.onnx", "Silero VAD (ONNX)")
 
 
 def dnsmos_onnx_path(ref: str) -> Path:
-    if ref == PKG_DNSMOS:
-        path = _package_dir("speechmos", "speechmos", "DNSMOS P.835") / "dnsmos_models" / "sig_bak_ovr.onnx"
-        if not path.exists():
-            raise ModelUnavailableError(f"DNSMOS P.835: {path} missing from the speechmos wheel; reinstall speechmos")
-        return path
-    return _local_path(ref, "DNSMOS P.835 (sig_bak_ovr.onnx)")
+    return _packaged_file(ref, PKG_DNSMOS, "speechmos", "speechmos", "dnsmos_models/sig_bak_ovr.onnx",
+                          "DNSMOS P.835 (sig_bak_ovr.onnx)")
 
 
 # --- Diarization -------------------------------------------------------------------------------

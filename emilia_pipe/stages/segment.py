@@ -10,7 +10,6 @@ is recorded as dropped, with its reason.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,15 +22,7 @@ VAD_RATE = 16000
 VAD_FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)
 
 
-@dataclass
-class Piece:
-    start: float
-    end: float
-    speaker: str
-
-    @property
-    def duration(self) -> float:
-        return self.end - self.start
+Piece = Turn  # a span of one speaker, as cutting goes on
 
 
 def skip_contained_turns(turns: list[Turn]) -> list[Turn]:
