@@ -116,11 +116,18 @@ class DatasetWriter:
             "clips": [c.to_record() for c in sorted(clips, key=lambda c: c.index)],
         }
         write_atomic(self.work / "sources" / f"{source.source_id}.json", json.dumps(record, ensure_ascii=False))
+        self.clear_failure(source.path)
         return record
 
+    def _failure_file(self, path: str) -> Path:
+        return self.work / "failures" / f"{hashlib.sha1(path.encode()).hexdigest()[:16]}.json"
+
     def record_failure(self, failure: Failure) -> None:
-        key = hashlib.sha1(f"{failure.path}|{failure.stage}".encode()).hexdigest()[:16]
-        write_atomic(self.work / "failures" / f"{key}.json", json.dumps(failure.to_record(), ensure_ascii=False))
+        write_atomic(self._failure_file(failure.path), json.dumps(failure.to_record(), ensure_ascii=False))
+
+    def clear_failure(self, path: str) -> None:
+        """A file that failed in an earlier run and went through now is no longer a failure."""
+        self._failure_file(path).unlink(missing_ok=True)
 
 
 # --- manifests and summary -------------------------------------------------------------------

@@ -147,3 +147,16 @@ def test_refilter_moves_lines_without_models(dataset, tmp_path):
     assert json.loads((copy / ".emilia/config.json").read_text())["filter"]["dnsmos_min"] == 9
     bad = subprocess.run(cli + ["--set", "filter.nonsense=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown key" in bad.stderr
+
+
+def test_rerun_into_the_same_output_skips_done_files(tmp_path, sample_dir, lite_config):
+    files = [sample_dir / "asr/en/en_jfk_inaugural.flac", sample_dir / "nonspeech/animal_robin_bird_whistle.ogg"]
+    first = run_pipeline(files[:1], tmp_path, lite_config)
+    ids_before = sorted(p.name for p in tmp_path.rglob("*.mp3"))
+    # same file under another name + a new file: the copy is recognised by content, only the new one runs
+    copy = tmp_path.parent / "jfk_copy.flac"
+    copy.write_bytes(files[0].read_bytes())
+    second = run_pipeline([copy, files[1]], tmp_path, lite_config)
+    assert second["files"]["ok"] == 2 and second["files"]["failed"] == 0
+    assert sorted(p.name for p in tmp_path.rglob("*.mp3")) == ids_before
+    assert second["clips"] == first["clips"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from emilia_pipe.audio import AUDIO_EXTENSIONS
+from emilia_pipe.audio import AUDIO_EXTENSIONS, sha256_of
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.models import ModelUnavailableError, model_statuses
 from emilia_pipe.records import Clip, Failure, Source
@@ -117,6 +117,13 @@ def run_pipeline(
     batch_handles: dict = {}
     pending = list(files)
     batch_size = config.transcribe.batch_size
+    if any(writer.work.joinpath("sources").iterdir()):
+        # the output already holds sources (an earlier run): skip files whose content is there
+        done_before = [p for p in pending if p.is_file() and writer.is_committed(sha256_of(p)[:16])]
+        if done_before:
+            log(f"{len(done_before)} file(s) already in {out_dir}: skipped")
+            pending = [p for p in pending if p not in done_before]
+            progress.total -= len(done_before)
 
     def close(state: _OpenSource) -> None:
         src = state.source
@@ -150,7 +157,7 @@ def run_pipeline(
                         progress.failed += 1
                         continue
                     if result.source_id in paths_by_id or writer.is_committed(result.source_id):
-                        first = paths_by_id.get(result.source_id, "an earlier run")
+                        first = paths_by_id.get(result.source_id, "a file already in the dataset")
                         writer.record_failure(Failure(path, "standardize", f"duplicate content of {first} (same sha256)", "Duplicate"))
                         progress.files_done += 1
                         progress.failed += 1
