@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     refilter.add_argument("-c", "--config", action="append", default=[], metavar="FILE")
     refilter.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
 
-    sub.add_parser("config", help="print the effective configuration").add_argument("--dummy", help=argparse.SUPPRESS)
+    _config_args(sub.add_parser("config", help="print the effective configuration (profile, files, overrides applied)"))
     return parser
 
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             import yaml
 
-            print(yaml.safe_dump(load_config().model_dump(mode="json"), sort_keys=False))
+            print(yaml.safe_dump(_load(args).model_dump(mode="json"), sort_keys=False))
             return 0
     except ConfigError as exc:
         print(f"emilia-pipe: {exc}", file=sys.stderr)

@@ -58,3 +58,24 @@ def test_bad_profile_and_missing_file():
         load_config(profile="huge")
     with pytest.raises(ConfigError, match="not found"):
         load_config(["/nonexistent/config.yaml"])
+
+
+def test_cli_prints_effective_config_and_rejects_bad_keys(capsys):
+    from emilia_pipe.cli import main
+
+    assert main(["config", "--profile", "full", "--set", "filter.dnsmos_min=2.5"]) == 0
+    out = capsys.readouterr().out
+    assert "dnsmos_min: 2.5" in out and "separation: htdemucs" in out
+    assert main(["config", "--set", "transcribe.beam=3"]) == 2
+    assert "transcribe.beam: unknown key" in capsys.readouterr().err
+
+
+def test_cli_missing_model_exits_3_before_any_work(tmp_path, capsys, monkeypatch):
+    from emilia_pipe.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    wav = tmp_path / "in.wav"
+    wav.write_bytes(b"")
+    rc = main(["run", str(wav), "-o", str(tmp_path / "out"), "--set", "models.asr=/nonexistent/whisper"])
+    assert rc == 3
+    assert "asr" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -118,7 +118,7 @@ class Segmenter(Stage):
             return []
         self.model.reset_states()
         stamps = self._get_speech_timestamps(
-            torch.from_numpy(np.ascontiguousarray(audio_16k)),
+            torch.tensor(audio_16k, dtype=torch.float32),  # copies: Ray hands read-only arrays
             self.model,
             threshold=self.cfg.vad_threshold,
             sampling_rate=VAD_RATE,
@@ -137,7 +137,7 @@ class Segmenter(Stage):
         probs = []
         with torch.no_grad():
             for i in range(0, n, VAD_FRAME):
-                chunk = torch.from_numpy(np.ascontiguousarray(audio_16k[i : i + VAD_FRAME]))
+                chunk = torch.tensor(audio_16k[i : i + VAD_FRAME], dtype=torch.float32)
                 probs.append(float(self.model(chunk, VAD_RATE)))
         return np.asarray(probs, dtype=np.float32)
 

@@ -78,7 +78,7 @@ class Transcriber(Stage):
 
         feats = []
         for clip in clips:
-            audio = np.asarray(clip.audio_16k[:N_SAMPLES], dtype=np.float32)
+            audio = np.array(clip.audio_16k[:N_SAMPLES], dtype=np.float32)  # writable copy (Ray arrays are read-only)
             mel = log_mel_spectrogram(audio, n_mels=self.n_mels, padding=N_SAMPLES - audio.size)
             feats.append(mel.numpy()[:, :3000])
         return np.stack(feats).astype(np.float32)
