@@ -150,7 +150,10 @@ def run_pipeline(
             for handle in executor.wait(list(file_handles) + list(batch_handles)):
                 if handle in file_handles:
                     path = file_handles.pop(handle)
-                    result = executor.get(handle)
+                    try:
+                        result = executor.get(handle)
+                    except Exception as exc:  # a worker died (e.g. out of memory): that file fails, the run goes on
+                        result = Failure(path, "worker", f"{type(exc).__name__}: {exc}"[:2000], type(exc).__name__)
                     if isinstance(result, Failure):
                         writer.record_failure(result)
                         progress.files_done += 1
@@ -172,7 +175,10 @@ def run_pipeline(
                     queue.extend(clips)
                 else:
                     source_ids = batch_handles.pop(handle)
-                    result = executor.get(handle)
+                    try:
+                        result = executor.get(handle)
+                    except Exception as exc:  # worker death: the batch's sources fail, the run goes on
+                        result = BatchFailure("worker", f"{type(exc).__name__}: {exc}"[:2000])
                     if isinstance(result, BatchFailure):
                         for sid in source_ids:
                             state = open_sources.get(sid)
