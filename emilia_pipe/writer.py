@@ -96,8 +96,10 @@ class DatasetWriter:
         by_lang: dict[str, list[Clip]] = defaultdict(list)
         for clip in sorted(clips, key=lambda c: c.index):
             by_lang[lang_folder(clip.language)].append(clip)
-        # a provisional verdict decides which audio to keep when rejected audio is not wanted
-        provisional = {c.index: r["kept"] for c, r in zip(clips, apply_filters([c.to_record() for c in clips], self.cfg.filter))}
+        # when rejected audio is not wanted, a provisional verdict (this source alone) decides which MP3s to write
+        keep_all = self.cfg.output.keep_rejected_audio
+        provisional = {} if keep_all else {
+            c.index: r["kept"] for c, r in zip(clips, apply_filters([c.to_record() for c in clips], self.cfg.filter))}
         speakers = sorted({c.speaker for c in clips})
         for lang, lang_clips in by_lang.items():
             b, s = self._allocate(lang, len(lang_clips))
@@ -106,7 +108,7 @@ class DatasetWriter:
                 clip.id = f"{prefix}_W{w:06d}"
                 clip.speaker_id = f"{prefix}_P{speakers.index(clip.speaker):02d}"
                 clip.wav = f"{lang}_B{b:05d}/{prefix}/mp3/{clip.id}.mp3"
-                if self.cfg.output.keep_rejected_audio or provisional[clip.index]:
+                if keep_all or provisional[clip.index]:
                     mp3 = encode_mp3(clip.audio, source.sample_rate, self.cfg.output.mp3_bitrate_kbps)
                     write_atomic(self.out / lang / clip.wav, mp3)
                 else:

@@ -119,7 +119,7 @@ def run_pipeline(
     batch_size = config.transcribe.batch_size
     if any(writer.work.joinpath("sources").iterdir()):
         # the output already holds sources (an earlier run): skip files whose content is there
-        done_before = [p for p in pending if p.is_file() and writer.is_committed(sha256_of(p)[:16])]
+        done_before = {p for p in pending if p.is_file() and writer.is_committed(sha256_of(p)[:16])}
         if done_before:
             log(f"{len(done_before)} file(s) already in {out_dir}: skipped")
             pending = [p for p in pending if p not in done_before]

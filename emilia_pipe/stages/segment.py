@@ -103,13 +103,12 @@ class Segmenter(Stage):
         self.models = config.models
         # Importing silero_vad sets torch to one thread for the whole process: restore it.
         with restore_torch_threads(config.run.torch_threads):
-            from silero_vad import get_speech_timestamps, load_silero_vad
+            from silero_vad import get_speech_timestamps
             from silero_vad.utils_vad import OnnxWrapper
 
         self._get_speech_timestamps = get_speech_timestamps
         path = silero_vad_onnx_path(config.models.vad)
         self.model = OnnxWrapper(str(path), force_onnx_cpu=True)
-        del load_silero_vad
 
     def speech_spans(self, audio_16k: np.ndarray) -> list[tuple[float, float]]:
         import torch
