@@ -1,8 +1,9 @@
-"""Command line: ``emilia-pipe run | models | refilter``.
+"""Command line: ``emilia-pipe run | status | refilter | models | config``.
 
-Exit status: 0 = every file went through; 1 = the run finished but some files failed (their count is
-printed and in summary.json, their reasons in failures.jsonl); 2 = bad usage or configuration;
-3 = a needed model is missing."""
+Exit status: 0 = every file went through; 1 = the run finished but some files of this run failed (their
+count is printed and in summary.json, their reasons in failures.jsonl); 2 = bad usage or configuration
+(also: resuming a build with other settings); 3 = a needed model is missing; 4 = the build folder is in
+use by another run."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from emilia_pipe.config import ConfigError, PipelineConfig, apply_overrides, build_config, load_config
+from emilia_pipe.ledger import BuildLockedError, BuildMismatchError
 from emilia_pipe.models import ModelUnavailableError, model_statuses
 
 
@@ -30,7 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--out", required=True, help="output dataset folder")
     run.add_argument("--ray-address", help="connect to an existing Ray cluster (default: start a local one)")
     run.add_argument("--runner", choices=("ray", "local"), help="'local' runs every stage in this process, without Ray")
+    run.add_argument("--allow-config-change", action="store_true",
+                     help="resume a build whose settings or model versions differ from this run's")
     _config_args(run)
+
+    st = sub.add_parser("status", help="done / failed / pending sources and hours of a build")
+    st.add_argument("out", help="dataset folder written by 'emilia-pipe run'")
+    st.add_argument("--json", action="store_true", help="print JSON")
 
     models = sub.add_parser("models", help="list, verify or fetch the models of a profile")
     models.add_argument("action", choices=("list", "verify", "fetch"))
@@ -58,10 +66,30 @@ def cmd_run(args) -> int:
     from emilia_pipe.runners.driver import run_pipeline
 
     config = _load(args)
-    summary = run_pipeline(args.inputs, args.out, config)
-    failed = summary["files"]["failed"]
-    print(f"dataset written to {args.out} ({summary['clips']['kept']} clips kept, {failed} file(s) failed)")
+    summary = run_pipeline(args.inputs, args.out, config, allow_config_change=args.allow_config_change)
+    failed = summary["this_run"]["failed"]
+    print(f"dataset written to {args.out} ({summary['clips']['kept']} clips kept, {failed} file(s) failed in this run, "
+          f"{summary['files']['failed']} failed in the build)")
     return 1 if failed else 0
+
+
+def cmd_status(args) -> int:
+    from emilia_pipe.build import status
+    from emilia_pipe.ledger import is_build
+
+    if not is_build(args.out):
+        raise ConfigError(f"{args.out} is not a dataset written by emilia-pipe (no .emilia/build.json)")
+    st = status(args.out)
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    s = st["sources"]
+    print(f"{args.out}: {s['planned']} planned, {s['done']} done ({st['hours_done']:.3f} h), {s['failed']} failed, "
+          f"{s['pending']} pending ({st['pending_bytes'] / 2**30:.2f} GiB), {s['skipped']} skipped (duplicates); "
+          f"{st['runs']} run(s)")
+    for stage, n in st["failed_by_stage"].items():
+        print(f"  failed at {stage}: {n}")
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -85,22 +113,29 @@ def cmd_models(args) -> int:
 
 
 def cmd_refilter(args) -> int:
-    from emilia_pipe.writer import WORK_DIR, finalize, format_summary, write_atomic
+    from emilia_pipe.config import _deep_merge, _read_yaml
+    from emilia_pipe.ledger import STATE_DIR, BuildLock, read_build_info, write_atomic
+    from emilia_pipe.writer import finalize, format_summary
 
     out = Path(args.out)
-    stored = out / WORK_DIR / "config.json"
-    if not stored.exists():
-        raise ConfigError(f"{out} is not a dataset written by emilia-pipe (no {stored})")
-    data = json.loads(stored.read_text())
+    info = read_build_info(out)
+    if info is None:
+        raise ConfigError(f"{out} is not a dataset written by emilia-pipe (no {out / STATE_DIR / 'build.json'})")
+    change: dict = {}
     for f in args.config:
-        from emilia_pipe.config import _deep_merge, _read_yaml
-
-        data = _deep_merge(data, _read_yaml(Path(f)))
-    config = build_config(apply_overrides(data, args.overrides))
-    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
-    keep = {k: previous[k] for k in ("wall_seconds", "audio_hours_per_hour", "runner") if k in previous}
-    summary = finalize(out, config, keep)
-    write_atomic(stored, json.dumps(config.model_dump(mode="json"), indent=2))
+        change = _deep_merge(change, _read_yaml(Path(f)))
+    change = apply_overrides(change, args.overrides)
+    other = sorted(k for k in change if k != "filter")
+    if other:
+        raise ConfigError(f"refilter changes only filter.* settings (got {', '.join(other)}); "
+                          "other settings shape the clips and need a new run")
+    config = build_config(_deep_merge(info["config"], change))
+    with BuildLock(out, "refilter"):
+        previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+        keep = {k: previous[k] for k in ("wall_seconds", "audio_hours_per_hour", "runner", "this_run") if k in previous}
+        summary = finalize(out, config, keep)
+        info["config"] = config.model_dump(mode="json")
+        write_atomic(out / STATE_DIR / "build.json", json.dumps(info, indent=2, ensure_ascii=False))
     print(format_summary(summary))
     return 0
 
@@ -114,14 +149,19 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_models(args)
         if args.command == "refilter":
             return cmd_refilter(args)
+        if args.command == "status":
+            return cmd_status(args)
         if args.command == "config":
             import yaml
 
             print(yaml.safe_dump(_load(args).model_dump(mode="json"), sort_keys=False))
             return 0
-    except ConfigError as exc:
+    except (ConfigError, BuildMismatchError) as exc:
         print(f"emilia-pipe: {exc}", file=sys.stderr)
         return 2
+    except BuildLockedError as exc:
+        print(f"emilia-pipe: {exc}", file=sys.stderr)
+        return 4
     except ModelUnavailableError as exc:
         print(f"emilia-pipe: model missing:\n{exc}", file=sys.stderr)
         return 3

@@ -105,7 +105,8 @@ class FilterConfig(_Section):
 
 class OutputConfig(_Section):
     mp3_bitrate_kbps: int = Field(64, ge=8, le=320)
-    shard_max_clips: int = Field(5000, ge=1)
+    sources_per_shard: int = Field(100, ge=1, le=100000, description=(
+        "Sources per B shard: a source's place in the plan fixes its shard and ids (B = place // this)."))
     keep_rejected_audio: bool = True
 
 
@@ -117,6 +118,7 @@ class StageResources(_Section):
 
 def _default_resources() -> dict[str, StageResources]:
     return {
+        "write": StageResources(actors=1, num_cpus=0.25),
         "standardize": StageResources(actors=1, num_cpus=0.5),
         "separate": StageResources(actors=1, num_cpus=1, num_gpus=0),
         "diarize": StageResources(actors=1, num_cpus=1),
@@ -129,7 +131,15 @@ def _default_resources() -> dict[str, StageResources]:
 class RunConfig(_Section):
     runner: Literal["ray", "local"] = "ray"
     ray_address: Optional[str] = None
-    max_files_in_flight: int = Field(4, ge=1)
+    max_files_in_flight: int = Field(4, ge=1, description="Files in the per-file stages at once.")
+    max_open_sources: int = Field(16, ge=1, description="Decoded sources whose clips are not yet written.")
+    max_inflight_audio_mb: float = Field(2048, gt=0, description="Clip audio of open sources held in memory / object store.")
+    max_batches_in_flight: int = Field(2, ge=1)
+    max_writes_in_flight: int = Field(8, ge=1)
+    task_timeout_s: float = Field(3600.0, gt=0, description="A file, batch or write taking longer fails (recorded).")
+    max_attempts: int = Field(2, ge=1, description="Tries per file when its worker dies (a timeout is not retried).")
+    commit_every_sources: int = Field(64, ge=1, description="Writers commit their ledger rows after this many sources...")
+    commit_every_s: float = Field(60.0, gt=0, description="...or after this many seconds, whichever comes first.")
     torch_threads: int = Field(0, ge=0, description="0 = all cores of the worker.")
     resources: dict[str, StageResources] = Field(default_factory=_default_resources)
 
@@ -138,9 +148,10 @@ class RunConfig(_Section):
     def _known_stages(cls, value: dict[str, StageResources]) -> dict[str, StageResources]:
         from emilia_pipe.stages import STAGE_NAMES
 
-        unknown = set(value) - set(STAGE_NAMES)
+        pools = [*STAGE_NAMES, "write"]
+        unknown = set(value) - set(pools)
         if unknown:
-            raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {list(STAGE_NAMES)}")
+            raise ValueError(f"unknown pool(s) {sorted(unknown)}; pools are {pools}")
         merged = _default_resources()
         merged.update(value)
         return merged

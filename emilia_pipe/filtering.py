@@ -1,72 +1,91 @@
-"""Verdicts from stored scores: a pure function of clip records and :class:`FilterConfig`.
+"""Verdicts from stored scores: a pure function of the clip table and :class:`FilterConfig`.
 
-The run and ``emilia-pipe refilter`` both call :func:`apply_filters`, so changing a threshold never
-needs a model. Every rule a clip fails is listed in ``reasons`` (not just the first)."""
+The run and ``emilia-pipe refilter`` both call :func:`filter_frame` on the whole clip table (pandas,
+vectorised: a million clips take seconds), so changing a threshold never needs a model. Every rule a
+clip fails is listed in ``reasons`` (not just the first)."""
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Iterable
-
 import numpy as np
+import pandas as pd
 
 from emilia_pipe.config import FilterConfig
 
+# in the order they are listed on a clip
 REASONS = (
-    "too_short", "too_long", "no_text", "language_not_allowed", "language_prob_low",
-    "dnsmos_low", "too_few_chars", "sec_per_char_outlier",
+    "too_short", "too_long", "language_not_allowed", "language_prob_low", "dnsmos_low",
+    "too_few_chars", "no_text", "sec_per_char_outlier",
 )
+_SCOPE_KEYS = {"file": ["source_index"], "speaker": ["source_index", "speaker"], "language": ["language"]}
 
 
-def _group_key(rec: dict, scope: str):
-    if scope == "file":
-        return rec["source_id"]
-    if scope == "speaker":
-        return (rec["source_id"], rec["speaker"])
-    if scope == "language":
-        return rec.get("language")
-    return None
-
-
-def iqr_bounds(values: Iterable[float], k: float) -> tuple[float, float]:
-    arr = np.asarray(list(values), dtype=np.float64)
-    q1, q3 = np.percentile(arr, [25, 75])
+def iqr_bounds(values, k: float) -> tuple[float, float]:
+    q1, q3 = np.percentile(np.asarray(list(values), dtype=np.float64), [25, 75])
     return q1 - k * (q3 - q1), q3 + k * (q3 - q1)
 
 
+def _num(df: pd.DataFrame, col: str) -> pd.Series:
+    return pd.to_numeric(df[col], errors="coerce").astype("float64") if col in df else pd.Series(np.nan, index=df.index)
+
+
+def filter_frame(df: pd.DataFrame, cfg: FilterConfig) -> pd.DataFrame:
+    """Return ``df`` with ``kept`` (bool) and ``reasons`` (list of rule names) columns."""
+    df = df.copy()
+    dur = _num(df, "duration")
+    lang = df["language"].astype("object")
+    lang_allowed = lang.isin(list(cfg.languages))
+    lang_prob_ok = _num(df, "language_prob").fillna(0.0) > cfg.language_prob_min  # the reference keeps prob > min
+    language_ok = lang_allowed & lang_prob_ok
+    ovrl = _num(df, "dnsmos_ovrl")
+    chars = _num(df, "chars").fillna(0.0)
+    has_text = df["text"].astype("object").fillna("").astype(str).str.len() > 0
+    few = chars < cfg.min_chars
+    flags = {
+        "too_short": dur < cfg.min_duration_s,
+        "too_long": dur > cfg.max_duration_s,
+        "language_not_allowed": ~lang_allowed,
+        "language_prob_low": lang_allowed & ~lang_prob_ok,
+        # a clip the language rule rejects may never have been scored: that is not a low score
+        "dnsmos_low": (ovrl < cfg.dnsmos_min) | (ovrl.isna() & language_ok),
+        "too_few_chars": few & has_text,
+        "no_text": few & ~has_text,
+    }
+    spc = _num(df, "sec_per_char")
+    outlier = pd.Series(False, index=df.index)
+    if cfg.iqr_scope != "none" and len(df):
+        # Seconds per character against the clips of the same file (reference) / speaker / language,
+        # counting only clips in an accepted language: wrong-language clips must not widen the bounds.
+        judged = spc.notna() & language_ok
+        keys = [df[k].astype("object") for k in _SCOPE_KEYS[cfg.iqr_scope]]
+        sub = pd.DataFrame({f"k{i}": k[judged] for i, k in enumerate(keys)})
+        sub["v"] = spc[judged]
+        grouped = sub.groupby([c for c in sub.columns if c != "v"], dropna=False, sort=False)["v"]
+        q1 = grouped.transform("quantile", 0.25)
+        q3 = grouped.transform("quantile", 0.75)
+        size = grouped.transform("size")
+        iqr = q3 - q1
+        out = (size >= cfg.iqr_min_clips) & ((sub["v"] < q1 - cfg.iqr_k * iqr) | (sub["v"] > q3 + cfg.iqr_k * iqr))
+        outlier.loc[out.index] = out.to_numpy()
+    flags["sec_per_char_outlier"] = outlier
+
+    matrix = np.column_stack([flags[r].to_numpy(dtype=bool) for r in REASONS]) if len(df) else np.zeros((0, len(REASONS)), bool)
+    df["kept"] = ~matrix.any(axis=1)
+    names = np.array(REASONS, dtype=object)
+    df["reasons"] = [list(names[row]) if not k else [] for row, k in zip(matrix, df["kept"].to_numpy())]
+    return df
+
+
 def apply_filters(records: list[dict], cfg: FilterConfig) -> list[dict]:
-    """Set ``kept`` and ``reasons`` on each clip record (in place) and return the records."""
-    allowed = set(cfg.languages)
-    for rec in records:
-        reasons = []
-        dur = rec["duration"]
-        if dur < cfg.min_duration_s:
-            reasons.append("too_short")
-        if dur > cfg.max_duration_s:
-            reasons.append("too_long")
-        if rec.get("language") not in allowed:
-            reasons.append("language_not_allowed")
-        elif (rec.get("language_prob") or 0.0) <= cfg.language_prob_min:
-            reasons.append("language_prob_low")  # the reference keeps only prob > threshold
-        if rec.get("dnsmos_ovrl") is None or rec["dnsmos_ovrl"] < cfg.dnsmos_min:
-            reasons.append("dnsmos_low")
-        if (rec.get("chars") or 0) < cfg.min_chars:
-            reasons.append("too_few_chars" if rec.get("text") else "no_text")
-        rec["reasons"] = reasons
-
-    if cfg.iqr_scope != "none":
-        # Seconds per character, judged against clips of the same file (reference) / speaker / language.
-        groups: dict = defaultdict(list)
-        for rec in records:
-            if rec.get("sec_per_char") is not None:
-                groups[_group_key(rec, cfg.iqr_scope)].append(rec)
-        for members in groups.values():
-            if len(members) < cfg.iqr_min_clips:
-                continue
-            lo, hi = iqr_bounds((r["sec_per_char"] for r in members), cfg.iqr_k)
-            for rec in members:
-                if not lo <= rec["sec_per_char"] <= hi:
-                    rec["reasons"].append("sec_per_char_outlier")
-
-    for rec in records:
-        rec["kept"] = not rec["reasons"]
+    """Record-list form of :func:`filter_frame`: sets ``kept`` and ``reasons`` on each dict in place.
+    Records carry ``source_id`` (or ``source_index``) to group by file."""
+    if not records:
+        return records
+    df = pd.DataFrame(records)
+    if "source_index" not in df:
+        df["source_index"] = df["source_id"]
+    for col in ("language", "language_prob", "dnsmos_ovrl", "chars", "text", "sec_per_char", "speaker"):
+        if col not in df:
+            df[col] = None
+    judged = filter_frame(df, cfg)
+    for rec, kept, reasons in zip(records, judged["kept"], judged["reasons"]):
+        rec["kept"], rec["reasons"] = bool(kept), list(reasons)
     return records

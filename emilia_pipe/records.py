@@ -31,6 +31,7 @@ class Clip:
     start: float
     end: float
     speaker: str  # diarization label within the source (e.g. SPEAKER_00)
+    source_index: int = -1  # the source's place in the build plan (set by the runner)
     audio: Optional[np.ndarray] = None  # working rate (24 kHz), for the MP3
     audio_16k: Optional[np.ndarray] = None  # analysis rate, for ASR and DNSMOS
     # transcription
@@ -93,6 +94,7 @@ class Source:
     clips: list[Clip] = field(default_factory=list)
     dropped_segments: list[dict[str, Any]] = field(default_factory=list)  # pieces too short to be clips
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    index: int = -1  # place in the build plan (set by the runner; fixes the source's shard and ids)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -111,6 +113,37 @@ class Source:
             "dropped_segments": self.dropped_segments,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
+
+
+@dataclass
+class ClipAudio:
+    """The audio of one source's clips, kept apart from the small records so that only workers ever
+    hold it (on Ray it lives in the object store, referenced by the driver but never fetched there)."""
+
+    index: int  # the source's plan index
+    sample_rate: int
+    working: list[np.ndarray]  # per clip, at the working rate (for the MP3)
+    analysis: list[np.ndarray]  # per clip, at the analysis rate (for ASR and DNSMOS)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.working) + sum(a.nbytes for a in self.analysis)
+
+
+def split_audio(source: Source) -> tuple[Source, ClipAudio]:
+    """Detach every array from a source and its clips: a light record plus the clip audio."""
+    audio = ClipAudio(source.index, source.sample_rate, [c.audio for c in source.clips],
+                      [c.audio_16k for c in source.clips])
+    source.audio = source.audio_16k = None
+    for c in source.clips:
+        c.source_index = source.index
+        c.audio = c.audio_16k = None
+    return source, audio
+
+
+def attach_analysis_audio(clips: list[Clip], bundles: dict[int, ClipAudio]) -> None:
+    for c in clips:
+        c.audio_16k = bundles[c.source_index].analysis[c.index]
 
 
 @dataclass

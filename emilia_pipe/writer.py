@@ -1,252 +1,333 @@
-"""Output: the released Emilia layout, written so that nothing is half-written or lost.
+"""Output: the released Emilia layout, written so that nothing is half-written, lost or duplicated.
 
-During a run, :class:`DatasetWriter.commit_source` is called once per finished source: it gives each
-clip its Emilia id, encodes its MP3 and writes the source's full record (metadata, every clip with all
-scores) to ``OUT/.emilia/sources/<source_id>.json``. Every file goes to a temporary name first and is
-renamed into place, so a crash leaves either the old state or the new one.
+Two halves:
 
-:func:`finalize` (end of a run, and ``emilia-pipe refilter``) reads those records, applies the filter
-config, and rewrites the manifests: ``OUT/<LANG>/<LANG>_B#####.jsonl`` (kept clips),
-``rejected.jsonl`` (every rejected clip and dropped segment, with reasons), ``failures.jsonl``,
-``sources.jsonl`` and ``summary.json``. Clip ids never change when thresholds do: a clip's MP3 is
-written once (also for soft-rejected clips when ``output.keep_rejected_audio``), and refilter only moves
-its line between manifests.
+- :class:`SourceWriter` runs where a source finishes (a Ray writer actor, or the local process): it
+  names the source's clips from its planned place, encodes and writes their MP3s, and commits the
+  source's records to the ledger in batches (:mod:`emilia_pipe.ledger`). Audio never travels further.
+- :func:`finalize` (end of a run, and ``emilia-pipe refilter``) reads the ledger with pandas, applies
+  the filter config to every clip at once and rewrites the manifests: ``OUT/<LANG>/<LANG>_B#####.jsonl``
+  (kept clips), ``rejected.jsonl`` (every rejected clip and dropped segment, with reasons),
+  ``failures.jsonl``, ``skipped.jsonl``, ``sources.jsonl`` and ``summary.json``.
 
-Id scheme (Emilia): ``EN_B00000_S00003_W000012`` = language EN, shard 0, source 3 of that shard, clip
-12 of that source in that language. Speakers: ``EN_B00000_S00003_P01`` (diarized speaker 1 of the
-source), unique across the build."""
+Ids are fixed by the plan, not by the order in which work finishes: a source's plan index ``i`` gives
+its shard ``B = i // output.sources_per_shard`` and its place ``S = i % sources_per_shard``; a clip's
+``W`` is its index within the source. So ``EN_B00000_S00003_W000012`` = language EN, shard 0, source 3
+of the shard, clip 12 of the source, whatever the number of workers or interruptions. Speakers are
+``<L>_B#####_S#####_P##`` where ``L`` is the source's main language, so one speaker keeps one id across
+the languages of its source."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-from collections import defaultdict
+import shutil
+import time
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Optional
+
+import numpy as np
 
 from emilia_pipe.audio import encode_mp3
 from emilia_pipe.config import PipelineConfig
-from emilia_pipe.filtering import apply_filters
-from emilia_pipe.records import Clip, Failure, Source
+from emilia_pipe.ledger import SOURCE_JSON_COLUMNS, STATE_DIR, Ledger, fsync_dir, write_atomic
+from emilia_pipe.records import ClipAudio
 
-WORK_DIR = ".emilia"
+WORK_DIR = STATE_DIR
 MANIFEST_FIELDS = ("id", "wav", "text", "duration", "speaker", "language", "dnsmos")
+_LANG_DIR = re.compile(r"^[A-Z]{1,8}$")
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def lang_folder(language: str | None) -> str:
+def lang_folder(language: Optional[str]) -> str:
     code = re.sub(r"[^a-z]", "", (language or "xx").lower()) or "xx"
     return code.upper()
 
 
-class DatasetWriter:
-    def __init__(self, out_dir: str | Path, config: PipelineConfig):
+def place(index: int, sources_per_shard: int) -> tuple[int, int]:
+    return index // sources_per_shard, index % sources_per_shard
+
+
+def source_dirs(out: Path, b: int, s: int) -> list[Path]:
+    """Every folder holding MP3s of the source at shard ``b``, place ``s`` (one per language)."""
+    found = []
+    try:
+        langs = [e.name for e in os.scandir(out) if e.is_dir() and _LANG_DIR.match(e.name)]
+    except FileNotFoundError:
+        return []
+    for lang in langs:
+        d = out / lang / f"{lang}_B{b:05d}" / f"{lang}_B{b:05d}_S{s:05d}"
+        if d.is_dir():
+            found.append(d)
+    return found
+
+
+def primary_language(clips: list[dict]) -> str:
+    """The language with the most clip seconds in a source (ties: alphabetical)."""
+    seconds: Counter = Counter()
+    for c in clips:
+        seconds[lang_folder(c.get("language"))] += c["end"] - c["start"]
+    if not seconds:
+        return "XX"
+    return sorted(seconds.items(), key=lambda kv: (-round(kv[1], 3), kv[0]))[0][0]
+
+
+class SourceWriter:
+    """Names, encodes and commits finished sources; one per writer process. ``part`` prefixes its
+    ledger parts (unique per run and writer), so writers never touch each other's files."""
+
+    def __init__(self, out_dir: str | Path, config: PipelineConfig, part: str):
         self.out = Path(out_dir)
         self.cfg = config
-        self.work = self.out / WORK_DIR
-        (self.work / "sources").mkdir(parents=True, exist_ok=True)
-        (self.work / "failures").mkdir(parents=True, exist_ok=True)
-        write_atomic(self.work / "config.json", json.dumps(config.model_dump(mode="json"), indent=2))
-        # lang -> [shard index, clips in shard, sources in shard]; rebuilt from what is on disk
-        self.shards: dict[str, list[int]] = {}
-        for rec in self.committed_sources():
-            for clip in rec["clips"]:
-                m = re.match(r"([A-Z]+)_B(\d+)_S(\d+)_W", clip["id"] or "")
-                if not m:
-                    continue
-                lang, b, s = m.group(1), int(m.group(2)), int(m.group(3))
-                cur = self.shards.get(lang, [0, 0, 0])
-                if b > cur[0]:
-                    cur = [b, 0, 0]
-                if b == cur[0]:
-                    cur[1] += 1
-                    cur[2] = max(cur[2], s + 1)
-                self.shards[lang] = cur
+        self.ledger = Ledger(self.out)
+        self.ledger.ensure()
+        self.part = part
+        self.seq = 0
+        self.sources: list[dict] = []
+        self.clips: list[dict] = []
+        self.dirty_dirs: set[Path] = set()
+        self.last_commit = time.monotonic()
 
-    # --- during the run ------------------------------------------------------------------
-    def committed_sources(self) -> list[dict]:
-        return [json.loads(p.read_text()) for p in sorted((self.work / "sources").glob("*.json"))]
-
-    def is_committed(self, source_id: str) -> bool:
-        return (self.work / "sources" / f"{source_id}.json").exists()
-
-    def _allocate(self, lang: str, n_clips: int) -> tuple[int, int]:
-        b, count, sources = self.shards.get(lang, [0, 0, 0])
-        if count and count + n_clips > self.cfg.output.shard_max_clips:
-            b, count, sources = b + 1, 0, 0
-        self.shards[lang] = [b, count + n_clips, sources + 1]
-        return b, sources
-
-    def commit_source(self, source: Source, clips: list[Clip]) -> dict:
-        """Assign ids, write MP3s, then the source record (last, so its presence means 'done')."""
-        by_lang: dict[str, list[Clip]] = defaultdict(list)
-        for clip in sorted(clips, key=lambda c: c.index):
-            by_lang[lang_folder(clip.language)].append(clip)
-        # when rejected audio is not wanted, a provisional verdict (this source alone) decides which MP3s to write
-        keep_all = self.cfg.output.keep_rejected_audio
-        provisional = {} if keep_all else {
-            c.index: r["kept"] for c, r in zip(clips, apply_filters([c.to_record() for c in clips], self.cfg.filter))}
-        speakers = sorted({c.speaker for c in clips})
-        for lang, lang_clips in by_lang.items():
-            b, s = self._allocate(lang, len(lang_clips))
+    def write(self, job: dict, audio: Optional[ClipAudio]) -> dict:
+        """``job``: index, run, status, duplicate_of, source (metadata dict), clips (record dicts)."""
+        index, clips = job["index"], [dict(c) for c in job["clips"]]
+        b, s = place(index, self.cfg.output.sources_per_shard)
+        for d in source_dirs(self.out, b, s):  # a redo after a crash: drop what the killed attempt wrote
+            shutil.rmtree(d, ignore_errors=True)
+        keep = self._provisional_keep(clips)
+        main = primary_language(clips)
+        speakers = sorted({c["speaker"] for c in clips})
+        written = 0
+        for c in clips:
+            lang = lang_folder(c["language"])
             prefix = f"{lang}_B{b:05d}_S{s:05d}"
-            for w, clip in enumerate(lang_clips):
-                clip.id = f"{prefix}_W{w:06d}"
-                clip.speaker_id = f"{prefix}_P{speakers.index(clip.speaker):02d}"
-                clip.wav = f"{lang}_B{b:05d}/{prefix}/mp3/{clip.id}.mp3"
-                if keep_all or provisional[clip.index]:
-                    mp3 = encode_mp3(clip.audio, source.sample_rate, self.cfg.output.mp3_bitrate_kbps)
-                    write_atomic(self.out / lang / clip.wav, mp3)
-                else:
-                    clip.wav = None
-        record = {
-            "source": source.metadata(),
-            "clips": [c.to_record() for c in sorted(clips, key=lambda c: c.index)],
-        }
-        write_atomic(self.work / "sources" / f"{source.source_id}.json", json.dumps(record, ensure_ascii=False))
-        self.clear_failure(source.path)
-        return record
+            c["id"] = f"{prefix}_W{c['index']:06d}"
+            c["speaker_id"] = f"{main}_B{b:05d}_S{s:05d}_P{speakers.index(c['speaker']):02d}"
+            c["wav"] = f"{lang}_B{b:05d}/{prefix}/mp3/{c['id']}.mp3" if keep[c["index"]] else None
+            if c["wav"] and audio is not None:
+                path = self.out / lang / c["wav"]
+                mp3 = encode_mp3(audio.working[c["index"]], audio.sample_rate, self.cfg.output.mp3_bitrate_kbps)
+                write_atomic(path, mp3, tmp_dir=self.ledger.tmp, sync_dir=False)
+                self.dirty_dirs.add(path.parent)
+                written += 1
+            c["source_index"], c["clip_index"] = index, c.pop("index")
+        meta = job["source"]
+        row = {**meta, "index": index, "status": job.get("status", "done"), "duplicate_of": job.get("duplicate_of"),
+               "primary_language": main, "clips": len(clips), "run": job["run"]}
+        for key in SOURCE_JSON_COLUMNS:
+            row[key] = json.dumps(meta.get(key, [] if key != "timings" else {}), ensure_ascii=False)
+        self.sources.append(row)
+        self.clips.extend(clips)
+        if (len(self.sources) >= self.cfg.run.commit_every_sources
+                or time.monotonic() - self.last_commit >= self.cfg.run.commit_every_s):
+            self.commit()
+        return {"index": index, "clips": len(clips), "mp3": written}
 
-    def _failure_file(self, path: str) -> Path:
-        return self.work / "failures" / f"{hashlib.sha1(path.encode()).hexdigest()[:16]}.json"
+    def _provisional_keep(self, clips: list[dict]) -> dict[int, bool]:
+        if self.cfg.output.keep_rejected_audio or not clips:
+            return {c["index"]: True for c in clips}
+        from emilia_pipe.filtering import apply_filters
 
-    def record_failure(self, failure: Failure) -> None:
-        write_atomic(self._failure_file(failure.path), json.dumps(failure.to_record(), ensure_ascii=False))
+        judged = apply_filters([{**c, "source_id": "this"} for c in clips], self.cfg.filter)
+        return {c["index"]: j["kept"] for c, j in zip(clips, judged)}
 
-    def clear_failure(self, path: str) -> None:
-        """A file that failed in an earlier run and went through now is no longer a failure."""
-        self._failure_file(path).unlink(missing_ok=True)
+    def commit(self) -> int:
+        """Make the MP3s' folder entries durable, then commit the buffered records (clips, then
+        sources). Returns how many sources were committed."""
+        n = len(self.sources)
+        if n:
+            for d in self.dirty_dirs:
+                fsync_dir(d)
+            self.ledger.commit(f"{self.part}-{self.seq:06d}", self.sources, self.clips)
+            self.seq += 1
+        self.sources, self.clips, self.dirty_dirs = [], [], set()
+        self.last_commit = time.monotonic()
+        return n
 
 
 # --- manifests and summary -------------------------------------------------------------------
 
-def manifest_line(clip: dict, source: dict) -> dict:
-    line = {
-        "id": clip["id"],
-        "wav": clip["wav"],
-        "text": clip["text"],
-        "duration": clip["duration"],
-        "speaker": clip["speaker_id"],
-        "language": clip["language"],
-        "dnsmos": clip["dnsmos_ovrl"],
-    }
-    line.update({
-        "start": clip["start"], "end": clip["end"],
-        "source": source["path"], "source_sha256": source["sha256"],
-        "language_prob": clip["language_prob"],
-        "dnsmos_sig": clip["dnsmos_sig"], "dnsmos_bak": clip["dnsmos_bak"], "dnsmos_ovrl": clip["dnsmos_ovrl"],
-        "chars": clip["chars"], "sec_per_char": clip["sec_per_char"],
-        "avg_logprob": clip["avg_logprob"], "no_speech_prob": clip["no_speech_prob"],
-        "compression_ratio": clip["compression_ratio"], "separated": source["separated"],
-    })
-    return line
+MANIFEST_COLUMNS = [  # (output key, clip-table column)
+    ("id", "id"), ("wav", "wav"), ("text", "text"), ("duration", "duration"), ("speaker", "speaker_id"),
+    ("language", "language"), ("dnsmos", "dnsmos_ovrl"), ("start", "start"), ("end", "end"),
+    ("source", "path"), ("source_sha256", "sha256"), ("language_prob", "language_prob"),
+    ("dnsmos_sig", "dnsmos_sig"), ("dnsmos_bak", "dnsmos_bak"), ("dnsmos_ovrl", "dnsmos_ovrl"),
+    ("chars", "chars"), ("sec_per_char", "sec_per_char"), ("avg_logprob", "avg_logprob"),
+    ("no_speech_prob", "no_speech_prob"), ("compression_ratio", "compression_ratio"), ("separated", "separated"),
+]
+
+
+def _column_values(series) -> list:
+    """Plain Python values with None for missing (NaN / NA), for json.dumps."""
+    values = series.astype(object).where(series.notna(), None).tolist()
+    return [v.item() if isinstance(v, np.generic) else v for v in values]
+
+
+def _jsonl(rows_by_column: dict[str, list], extra: Optional[dict[str, list]] = None) -> str:
+    keys = list(rows_by_column)
+    cols = [rows_by_column[k] for k in keys]
+    if extra:
+        keys += list(extra)
+        cols += [extra[k] for k in extra]
+    return "".join(json.dumps(dict(zip(keys, vals)), ensure_ascii=False) + "\n" for vals in zip(*cols))
+
+
+def _manifest_rows(frame) -> dict[str, list]:
+    return {key: _column_values(frame[col]) for key, col in MANIFEST_COLUMNS}
 
 
 def _hours(seconds: float) -> float:
-    return round(seconds / 3600.0, 6)
+    return round(float(seconds) / 3600.0, 6)
 
 
 def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, Any] | None = None) -> dict:
-    """(Re)write every manifest and the summary from the stored source records."""
+    """(Re)write every manifest and the summary from the ledger (caller holds the build lock)."""
+    import pandas as pd
+
+    from emilia_pipe.filtering import filter_frame
+
     out = Path(out_dir)
-    work = out / WORK_DIR
-    sources = [json.loads(p.read_text()) for p in sorted((work / "sources").glob("*.json"))]
-    failures = [json.loads(p.read_text()) for p in sorted((work / "failures").glob("*.json"))]
-    records = [(clip, s["source"]) for s in sources for clip in s["clips"]]
-    apply_filters([c for c, _ in records], config.filter)
+    ledger = Ledger(out)
+    tmp = ledger.tmp
+    sources = ledger.sources()
+    done = sources[sources["status"] == "done"]
+    # the same content under two names: the earliest place in the plan is published, the others skipped
+    dup = done["sha256"].duplicated(keep="first")
+    skipped = pd.concat([sources[sources["status"] == "duplicate"], done[dup]])
+    if len(skipped):
+        first_by_sha = done[~dup].set_index("sha256")["index"]
+        skipped = skipped.assign(duplicate_of=skipped["sha256"].map(first_by_sha).astype("Int64"))
+    published = done[~dup]
+    per_shard = config.output.sources_per_shard
+    for idx in skipped["index"].tolist():  # duplicates found only after both were written
+        for d in source_dirs(out, *place(int(idx), per_shard)):
+            shutil.rmtree(d, ignore_errors=True)
 
-    # kept clips, grouped into their shard manifests
-    shards: dict[Path, list[dict]] = defaultdict(list)
-    rejected: list[dict] = []
-    for clip, src in records:
-        if clip["kept"]:
-            lang = clip["id"].split("_", 1)[0]
-            shard = "_".join(clip["id"].split("_")[:2])
-            shards[out / lang / f"{shard}.jsonl"].append(manifest_line(clip, src))
-        else:
-            row = manifest_line(clip, src)
-            row.update(stage="filter", reasons=clip["reasons"])
-            rejected.append(row)
-    for src in (s["source"] for s in sources):
+    clips = ledger.clips()
+    clips = clips[clips["source_index"].isin(published["index"])]
+    meta = published.set_index("index")[["path", "sha256", "separated"]]
+    clips = clips.join(meta, on="source_index")
+    judged = filter_frame(clips, config.filter)
+    kept = judged[judged["kept"]].copy()
+    rejected = judged[~judged["kept"]]
+
+    # kept clips, one manifest per language and shard, lines in id order
+    new_manifests: set[str] = set()
+    if len(kept):
+        kept["_lang"] = kept["id"].str.split("_").str[0]
+        kept["_shard"] = kept["id"].str.split("_").str[:2].str.join("_")
+        for (lang, shard), rows in kept.sort_values("id").groupby(["_lang", "_shard"], sort=True):
+            rel = f"{lang}/{shard}.jsonl"
+            write_atomic(out / rel, _jsonl(_manifest_rows(rows)), tmp_dir=tmp)
+            new_manifests.add(rel)
+    _remove_stale_manifests(out, new_manifests, tmp)
+
+    # rejected.jsonl: filtered clips, then segments too short to be clips and files with no speaker turn
+    parts = [_jsonl(_manifest_rows(rejected), {"stage": ["filter"] * len(rejected), "reasons": rejected["reasons"].tolist()})]
+    source_rows = []
+    for rec in published.to_dict("records"):
+        src = _source_record(rec)
+        source_rows.append(src)
         for seg in src["dropped_segments"]:
-            rejected.append({"id": None, "wav": None, "source": src["path"], "source_sha256": src["sha256"],
-                             "start": seg["start"], "end": seg["end"], "duration": round(seg["end"] - seg["start"], 3),
-                             "speaker": seg["speaker"], "stage": "segment", "reasons": [seg["reason"]]})
+            parts.append(json.dumps({"id": None, "wav": None, "source": src["path"], "source_sha256": src["sha256"],
+                                     "start": seg["start"], "end": seg["end"],
+                                     "duration": round(seg["end"] - seg["start"], 3), "speaker": seg["speaker"],
+                                     "stage": "segment", "reasons": [seg["reason"]]}, ensure_ascii=False) + "\n")
         if not src["turns"]:
-            rejected.append({"id": None, "wav": None, "source": src["path"], "source_sha256": src["sha256"],
-                             "start": 0.0, "end": src["duration"], "duration": src["duration"], "speaker": None,
-                             "stage": "diarize", "reasons": ["no_speaker_turns"]})
-    # remove manifests that a stricter refilter emptied
-    for old in out.glob("*/*_B*.jsonl"):
-        if old not in shards:
-            old.unlink()
-    for path, rows in shards.items():
-        write_jsonl_atomic(path, sorted(rows, key=lambda r: r["id"]))
-    write_jsonl_atomic(out / "rejected.jsonl", rejected)
-    write_jsonl_atomic(out / "failures.jsonl", failures)
-    write_jsonl_atomic(out / "sources.jsonl", [s["source"] for s in sources])
+            parts.append(json.dumps({"id": None, "wav": None, "source": src["path"], "source_sha256": src["sha256"],
+                                     "start": 0.0, "end": src["duration"], "duration": src["duration"],
+                                     "speaker": None, "stage": "diarize", "reasons": ["no_speaker_turns"]},
+                                    ensure_ascii=False) + "\n")
+    write_atomic(out / "rejected.jsonl", "".join(parts), tmp_dir=tmp)
+    failures = ledger.failures(done=sources["index"].tolist())
+    failure_rows = [{k: rec[k] for k in ("path", "stage", "error", "error_type")} for rec in failures.to_dict("records")]
+    write_atomic(out / "failures.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failure_rows), tmp_dir=tmp)
+    skipped_rows = [{"path": r["path"], "sha256": r["sha256"], "reason": "duplicate",
+                     "duplicate_of": _plan_path(sources, r["duplicate_of"])} for r in skipped.to_dict("records")]
+    write_atomic(out / "skipped.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in skipped_rows), tmp_dir=tmp)
+    write_atomic(out / "sources.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in source_rows), tmp_dir=tmp)
 
-    summary = build_summary(sources, records, rejected, failures, config, run_info or {})
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
+    summary = build_summary(published, judged, rejected, source_rows, failures, len(skipped), config, run_info or {})
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False), tmp_dir=tmp)
     return summary
 
 
-def build_summary(sources, records, rejected, failures, config, run_info) -> dict:
-    allowed = set(config.filter.languages)
+def _plan_path(sources, index) -> Optional[str]:
+    import pandas as pd
+
+    if index is None or pd.isna(index):
+        return None
+    match = sources.loc[sources["index"] == int(index), "path"]
+    return match.iloc[0] if len(match) else None
+
+
+def _source_record(rec: dict) -> dict:
+    out = {k: rec[k] for k in ("source_id", "path", "sha256", "duration", "orig_sample_rate", "orig_channels",
+                               "codec", "container", "gain_db", "separated", "speech_turn_seconds")}
+    for k in SOURCE_JSON_COLUMNS:
+        out[k] = json.loads(rec[k]) if rec[k] else ([] if k != "timings" else {})
+    out["index"] = int(rec["index"])
+    out["primary_language"] = rec["primary_language"]
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in out.items()}
+
+
+def _remove_stale_manifests(out: Path, current: set[str], tmp: Path) -> None:
+    """Delete manifests an earlier finalize wrote that are no longer wanted, and only those: the list
+    of what we wrote is kept, so a user's own ``*_B*.jsonl`` in the output is never touched."""
+    record = out / STATE_DIR / "manifests.json"
+    previous = set(json.loads(record.read_text())) if record.exists() else set()
+    for rel in sorted(previous - current):
+        (out / rel).unlink(missing_ok=True)
+    write_atomic(record, json.dumps(sorted(current)), tmp_dir=tmp)
+
+
+def build_summary(published, judged, rejected, source_rows, failures, n_skipped, config, run_info) -> dict:
     fcfg = config.filter
-    seconds_in = sum(s["source"]["duration"] for s in sources)
-    after_diar = sum(s["source"]["speech_turn_seconds"] for s in sources)
-    clips = [c for c, _ in records]
-    after_seg = sum(c["duration"] for c in clips)
-    after_asr = sum(c["duration"] for c in clips
-                    if c["language"] in allowed and (c["language_prob"] or 0) > fcfg.language_prob_min)
-    kept = [c for c in clips if c["kept"]]
-    by_lang: dict[str, dict] = defaultdict(lambda: {"clips": 0, "hours": 0.0})
-    for c in kept:
-        by_lang[c["language"]]["clips"] += 1
-        by_lang[c["language"]]["hours"] += c["duration"] / 3600.0
-    reasons: dict[str, dict] = defaultdict(lambda: {"count": 0, "hours": 0.0})
-    for row in rejected:
-        for r in row["reasons"]:
-            reasons[r]["count"] += 1
-            reasons[r]["hours"] += (row["duration"] or 0) / 3600.0
-    failed_by_stage: dict[str, int] = defaultdict(int)
-    for f in failures:
-        failed_by_stage[f["stage"]] += 1
-    stage_seconds: dict[str, float] = defaultdict(float)
-    for s in sources:
-        for k, v in s["source"]["timings"].items():
-            stage_seconds[k] += v
+    allowed = set(fcfg.languages)
+    kept = judged[judged["kept"]]
+    dur = judged["duration"].astype("float64")
+    lang_ok = judged["language"].astype(object).isin(allowed) & (
+        judged["language_prob"].astype("float64").fillna(0.0) > fcfg.language_prob_min)
+    by_lang = kept.groupby(kept["language"].astype(object))["duration"].agg(["count", "sum"]) if len(kept) else None
+    reasons: dict[str, dict] = {}
+    for rs, d in zip(rejected["reasons"].tolist(), rejected["duration"].astype("float64").tolist()):
+        for r in rs:
+            e = reasons.setdefault(r, {"count": 0, "hours": 0.0})
+            e["count"] += 1
+            e["hours"] += d / 3600.0
+    for src in source_rows:
+        for seg in src["dropped_segments"]:
+            e = reasons.setdefault(seg["reason"], {"count": 0, "hours": 0.0})
+            e["count"] += 1
+            e["hours"] += (seg["end"] - seg["start"]) / 3600.0
+        if not src["turns"]:
+            e = reasons.setdefault("no_speaker_turns", {"count": 0, "hours": 0.0})
+            e["count"] += 1
+            e["hours"] += src["duration"] / 3600.0
+    failed_by_stage = failures["stage"].value_counts().to_dict() if len(failures) else {}
+    stage_seconds: dict[str, float] = {}
+    for src in source_rows:
+        for k, v in src["timings"].items():
+            stage_seconds[k] = stage_seconds.get(k, 0.0) + v
     for k, v in run_info.get("batched_stage_seconds", {}).items():
-        stage_seconds[k] += v
+        stage_seconds[k] = stage_seconds.get(k, 0.0) + v
+    n_kept = int(len(kept))
     summary = {
         "profile": config.profile,
         "separation": config.separation_enabled,
-        "files": {"ok": len(sources), "failed": len(failures), "failed_by_stage": dict(failed_by_stage)},
+        "files": {"ok": int(len(published)), "failed": int(len(failures)), "skipped": int(n_skipped),
+                  "failed_by_stage": {str(k): int(v) for k, v in sorted(failed_by_stage.items())}},
         "hours": {
-            "input": _hours(seconds_in),
-            "after_diarization": _hours(after_diar),
-            "after_segmentation": _hours(after_seg),
-            "after_asr_language": _hours(after_asr),
-            "kept": _hours(sum(c["duration"] for c in kept)),
+            "input": _hours(published["duration"].sum()),
+            "after_diarization": _hours(published["speech_turn_seconds"].sum()),
+            "after_segmentation": _hours(dur.sum()),
+            "after_asr_language": _hours(dur[lang_ok].sum()),
+            "kept": _hours(kept["duration"].astype("float64").sum()),
         },
-        "clips": {"total": len(clips), "kept": len(kept), "rejected": len(clips) - len(kept),
-                  "kept_mean_duration_s": round(sum(c["duration"] for c in kept) / len(kept), 3) if kept else 0.0},
-        "languages": {k: {"clips": v["clips"], "hours": round(v["hours"], 6)} for k, v in sorted(by_lang.items())},
+        "clips": {"total": int(len(judged)), "kept": n_kept, "rejected": int(len(judged)) - n_kept,
+                  "kept_mean_duration_s": round(float(kept["duration"].astype("float64").mean()), 3) if n_kept else 0.0},
+        "languages": {str(k): {"clips": int(v["count"]), "hours": round(float(v["sum"]) / 3600.0, 6)}
+                      for k, v in (by_lang.sort_index().iterrows() if by_lang is not None else [])},
         "drop_reasons": {k: {"count": v["count"], "hours": round(v["hours"], 6)} for k, v in sorted(reasons.items())},
         "filter": config.filter.model_dump(mode="json"),
         "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
@@ -258,9 +339,10 @@ def build_summary(sources, records, rejected, failures, config, run_info) -> dic
 def format_summary(summary: dict) -> str:
     h = summary["hours"]
     base = h["input"] or 1e-12
+    f = summary["files"]
     lines = [
-        f"files: {summary['files']['ok']} ok, {summary['files']['failed']} failed"
-        + (f" {summary['files']['failed_by_stage']}" if summary["files"]["failed"] else ""),
+        f"files: {f['ok']} ok, {f['failed']} failed, {f.get('skipped', 0)} skipped (duplicates)"
+        + (f" {f['failed_by_stage']}" if f["failed"] else ""),
         f"separation: {'on' if summary['separation'] else 'OFF (no separation model in this profile)'}",
         "hours                     h        % of input",
     ]

@@ -1,23 +1,22 @@
-"""The two calls every executor makes on a stage, with failures turned into records."""
+"""The calls every executor makes on a stage, with failures turned into records. The same functions
+run in-process (local executor) and inside Ray actors, so both behave alike."""
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from pathlib import Path
-from typing import Union
+from dataclasses import dataclass
+from typing import Optional, Union
 
-from emilia_pipe.records import Clip, Failure, Source
+from emilia_pipe.records import Clip, ClipAudio, Failure, Source, attach_analysis_audio, split_audio
 from emilia_pipe.stages import Stage
 
 
-def run_file_stage(stage: Stage, item: Union[str, Path, Source, Failure]) -> Union[Source, Failure]:
-    """One per-file stage; a failure upstream passes through, an exception here becomes a Failure."""
-    if isinstance(item, Failure):
-        return item
-    path = str(item) if isinstance(item, (str, Path)) else item.path
-    try:
-        return stage.run(item)
-    except Exception as exc:  # noqa: BLE001 - any error in one file must not stop the run
-        return Failure(path=path, stage=stage.name, error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
+@dataclass(frozen=True)
+class FileTask:
+    index: int  # place in the build plan
+    path: str
 
 
 class BatchFailure(Exception):
@@ -26,14 +25,69 @@ class BatchFailure(Exception):
         self.stage, self.error = stage, error
 
 
-def run_batch_stage(stage: Stage, item: Union[list[Clip], BatchFailure]) -> Union[tuple[list[Clip], dict], BatchFailure]:
-    """One batched stage; returns the clips and accumulated per-stage seconds, or a BatchFailure."""
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def run_file_stage(stage: Stage, item: Union[FileTask, Source, Failure]) -> Union[Source, Failure]:
+    """One per-file stage; a failure upstream passes through, an exception here becomes a Failure."""
+    if isinstance(item, Failure):
+        return item
+    path = item.path
+    try:
+        if isinstance(item, FileTask):
+            source = stage.run(item.path)
+            source.index = item.index
+            return source
+        return stage.run(item)
+    except Exception as exc:  # noqa: BLE001 - any error in one file must not stop the run
+        return Failure(path=path, stage=stage.name, error=_error(exc), error_type=type(exc).__name__)
+
+
+def finish_file(item: Union[Source, Failure]) -> tuple[Union[Source, Failure], Optional[ClipAudio]]:
+    """End of the per-file chain: the small record (for the driver) and the clip audio (for workers)."""
+    if isinstance(item, Failure):
+        return item, None
+    return split_audio(item)
+
+
+def run_batch_stage(stage: Stage, item, bundles: dict[int, ClipAudio]):
+    """One batched stage on light clips: attach their analysis audio, run, detach. Returns the clips and
+    the accumulated per-stage seconds, or a BatchFailure (passed through from an earlier stage too)."""
     if isinstance(item, BatchFailure):
         return item
     clips, seconds = item if isinstance(item, tuple) else (item, {})
     t0 = time.perf_counter()
     try:
+        attach_analysis_audio(clips, bundles)
         clips = stage.run(clips)
     except Exception as exc:  # noqa: BLE001
-        return BatchFailure(stage.name, f"{type(exc).__name__}: {exc}")
+        return BatchFailure(stage.name, _error(exc))
+    finally:
+        for c in clips:
+            c.audio = c.audio_16k = None
     return clips, {**seconds, stage.name: time.perf_counter() - t0}
+
+
+@contextlib.contextmanager
+def deadline(seconds: Optional[float]):
+    """Raise TimeoutError in this (main) thread after ``seconds``: a blocking system call is interrupted
+    at once, Python code at its next bytecode. Used where no other process can kill the work."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expired(signum, frame):
+        raise TimeoutError(f"task took longer than run.task_timeout_s={seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def clip_key(clip: Clip) -> tuple[int, int]:
+    return clip.source_index, clip.index

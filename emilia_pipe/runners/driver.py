@@ -1,41 +1,27 @@
-"""The driver: feeds files to an executor, regroups clips into cross-file batches for transcription and
-scoring, brings each source's clips back together, and hands finished sources to the writer.
+"""The driver: plans the build, feeds files to an executor, regroups clips into cross-file batches for
+the batched stages, sends each finished source to a writer, and finalizes the manifests.
 
-A source is "closed" when every one of its clips has come back from the batched stages; it is then
-written (MP3s + its record) at once, so memory holds only sources still in flight."""
+It only ever holds small records (ids, scores, paths, counts) and handles to audio that lives with the
+workers. Everything in flight is bounded: files in the per-file stages, open sources (decoded, clips not
+yet written) and their audio bytes, batches, and writes. Every task has a deadline; a task past it is
+cancelled and recorded as a failure. A failing batch is retried clip by clip, so one bad clip fails only
+its own source."""
 from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from emilia_pipe.audio import AUDIO_EXTENSIONS, sha256_of
+from emilia_pipe.build import Build, expand_inputs
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.models import ModelUnavailableError, model_statuses
 from emilia_pipe.records import Clip, Failure, Source
-from emilia_pipe.runners.calls import BatchFailure
+from emilia_pipe.runners.calls import BatchFailure, FileTask
 from emilia_pipe.stages import STAGE_NAMES
-from emilia_pipe.writer import DatasetWriter, finalize, format_summary
-
-
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, and audio/video files found under given folders (sorted, recursive)."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS))
-        else:
-            out.append(p)  # a missing or unreadable file becomes a recorded failure, not a crash
-    seen, unique = set(), []
-    for p in out:
-        key = str(p.resolve()) if p.exists() else str(p)
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
+from emilia_pipe.writer import finalize, format_summary
 
 
 def active_stages(config: PipelineConfig) -> list[str]:
@@ -47,14 +33,6 @@ def preflight(config: PipelineConfig) -> None:
     missing = [m for m in model_statuses(config) if not m.present]
     if missing:
         raise ModelUnavailableError("\n".join(f"{m.role}: {m.note}" for m in missing))
-
-
-@dataclass
-class _OpenSource:
-    source: Source
-    waiting: int
-    done: list[Clip] = field(default_factory=list)
-    failed: Optional[Failure] = None
 
 
 class Progress:
@@ -71,12 +49,231 @@ class Progress:
             return
         self.last = now
         elapsed = now - self.t0
-        rate = self.audio_s / 3600 / (elapsed / 3600) if elapsed > 0 else 0.0
+        rate = self.audio_s / elapsed if elapsed > 0 else 0.0
         eta = elapsed / self.files_done * (self.total - self.files_done) if self.files_done else float("nan")
         eta_s = "?" if eta != eta else time.strftime("%H:%M:%S", time.gmtime(eta))
         print(f"[emilia-pipe] files {self.files_done}/{self.total} ({self.failed} failed) | "
               f"{self.audio_s / 3600:.3f} audio-h | {rate:.1f} audio-h/h | elapsed {elapsed:.0f}s | ETA {eta_s}",
               file=self.stream, flush=True)
+
+
+@dataclass
+class _Open:
+    """A decoded source whose clips are still in the batched stages."""
+
+    source: Source
+    audio: object  # handle to its ClipAudio (never fetched here)
+    audio_bytes: int
+    waiting: int
+    done: dict[int, Clip] = field(default_factory=dict)
+
+
+@dataclass
+class _Task:
+    kind: str  # file | batch | write
+    started: float
+    payload: object
+    attempt: int = 1
+
+
+class Scheduler:
+    def __init__(self, build: Build, executor, config: PipelineConfig, entries: list[FileTask],
+                 shas_done: dict[str, int], log: Callable[[str], None]):
+        self.build, self.ex, self.cfg, self.log = build, executor, config, log
+        self.pending = deque(entries)
+        self.shas_done = shas_done  # sha256 -> lowest plan index already written
+        self.tasks: dict = {}
+        self.open: dict[int, _Open] = {}
+        self.queue: deque[Clip] = deque()
+        self.acked: set[int] = set()
+        self.batched_seconds: dict[str, float] = {}
+        self.progress = Progress(len(entries))
+        self.failures_this_run = 0
+        self.open_bytes = 0
+
+    # --- counters ---------------------------------------------------------------------------
+    def _count(self, kind: str) -> int:
+        return sum(1 for t in self.tasks.values() if t.kind == kind)
+
+    def _can_open_more(self) -> bool:
+        r = self.cfg.run
+        return (len(self.open) + self._count("file") < r.max_open_sources
+                and self.open_bytes < r.max_inflight_audio_mb * 2**20
+                and self._count("file") < r.max_files_in_flight)
+
+    # --- submitting -------------------------------------------------------------------------
+    def _submit_files(self) -> None:
+        while self.pending and self._can_open_more():
+            task = self.pending.popleft()
+            self._start_file(task, attempt=1)
+
+    def _start_file(self, task: FileTask, attempt: int) -> None:
+        meta, audio = self.ex.submit_file(task)
+        self.tasks[meta] = _Task("file", time.monotonic(), (task, audio), attempt)
+
+    def _submit_batches(self) -> None:
+        r = self.cfg.run
+        size = self.cfg.transcribe.batch_size
+        # a partial batch goes only when no more clips can arrive before something else finishes
+        starved = not self.pending and self._count("file") == 0
+        blocked = self._count("file") == 0 and not self._can_open_more()
+        while self.queue and self._count("batch") < r.max_batches_in_flight and (
+                len(self.queue) >= size or starved or blocked):
+            batch = [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
+            self._start_batch(batch, single=False)
+
+    def _start_batch(self, clips: list[Clip], single: bool) -> None:
+        audio = list({c.source_index: self.open[c.source_index].audio for c in clips}.values())
+        handle = self.ex.submit_batch(clips, audio)
+        self.tasks[handle] = _Task("batch", time.monotonic(), (clips, single))
+
+    def _start_write(self, state: _Open, status: str = "done", duplicate_of: Optional[int] = None) -> None:
+        src = state.source
+        clips = [] if status != "done" else [state.done[i] for i in sorted(state.done)]
+        job = {"index": src.index, "run": self.build.run, "status": status, "duplicate_of": duplicate_of,
+               "source": src.metadata(), "clips": [c.to_record() for c in clips]}
+        handle = self.ex.submit_write(job, state.audio if clips else None)
+        self.tasks[handle] = _Task("write", time.monotonic(), state)
+
+    # --- results ----------------------------------------------------------------------------
+    def _fail(self, index: int, path: str, stage: str, error: str, error_type: str) -> None:
+        self.build.record_failure(Failure(path, stage, error, error_type), index)
+        self.failures_this_run += 1
+        self.progress.failed += 1
+        self.progress.files_done += 1
+
+    def _close(self, index: int) -> Optional[_Open]:
+        state = self.open.pop(index, None)
+        if state is not None:
+            self.open_bytes -= state.audio_bytes
+        return state
+
+    def _fail_source(self, index: int, stage: str, error: str) -> None:
+        state = self._close(index)
+        if state is None:
+            return
+        self.queue = deque(c for c in self.queue if c.source_index != index)
+        self._fail(index, state.source.path, stage, error, "BatchFailure")
+
+    def _on_file(self, handle, task: _Task) -> None:
+        entry, audio = task.payload
+        try:
+            result = self.ex.get(handle)
+        except Exception as exc:  # the worker died (out of memory, killed): retry, then record
+            if task.attempt < self.cfg.run.max_attempts and not isinstance(exc, TimeoutError):
+                self.log(f"worker lost while processing {entry.path} ({type(exc).__name__}); retrying")
+                self._start_file(entry, task.attempt + 1)
+                return
+            result = Failure(entry.path, "timeout" if isinstance(exc, TimeoutError) else "worker",
+                             f"{type(exc).__name__}: {exc}"[:2000], type(exc).__name__)
+        if isinstance(result, Failure):
+            self._fail(entry.index, entry.path, result.stage, result.error, result.error_type)
+            return
+        source: Source = result
+        nbytes = sum(int((c.end - c.start) * (source.sample_rate + 16000) * 4) for c in source.clips)
+        state = _Open(source, audio, nbytes, waiting=len(source.clips))
+        self.open[source.index] = state
+        self.open_bytes += nbytes
+        first = self.shas_done.get(source.sha256)
+        if first is not None and first < source.index:
+            self._start_write(state, status="duplicate", duplicate_of=first)  # recorded as skipped
+            return
+        if not source.clips:
+            self._start_write(state)
+            return
+        self.queue.extend(source.clips)
+
+    def _on_batch(self, handle, task: _Task) -> None:
+        clips, single = task.payload
+        try:
+            result = self.ex.get(handle)
+        except Exception as exc:  # worker death or timeout
+            result = BatchFailure("timeout" if isinstance(exc, TimeoutError) else "worker", f"{type(exc).__name__}: {exc}"[:2000])
+        if isinstance(result, BatchFailure):
+            live = [c for c in clips if c.source_index in self.open]
+            if single or len(live) <= 1:
+                for c in live:
+                    self._fail_source(c.source_index, result.stage, result.error)
+            else:  # find the bad clip: each clip alone, so only its own source fails
+                self.log(f"batch of {len(live)} clips failed ({result.stage}: {result.error[:200]}); retrying clip by clip")
+                for c in live:
+                    self._start_batch([c], single=True)
+            return
+        clips, seconds = result
+        for k, v in seconds.items():
+            self.batched_seconds[k] = self.batched_seconds.get(k, 0.0) + v
+        for clip in clips:
+            state = self.open.get(clip.source_index)
+            if state is None:  # its source already failed
+                continue
+            state.done[clip.index] = clip
+            if len(state.done) == state.waiting:
+                self._start_write(state)
+
+    def _on_write(self, handle, task: _Task) -> None:
+        state: _Open = task.payload
+        index = state.source.index
+        self._close(index)
+        try:
+            self.ex.get(handle)
+        except Exception as exc:  # disk full, writer died...: the source is not done, a rerun redoes it
+            self._fail(index, state.source.path, "write", f"{type(exc).__name__}: {exc}"[:2000], type(exc).__name__)
+            return
+        self.acked.add(index)
+        sha = state.source.sha256
+        if sha not in self.shas_done or index < self.shas_done[sha]:
+            self.shas_done[sha] = index
+        self.progress.files_done += 1
+        self.progress.audio_s += state.source.duration
+
+    def _expire(self) -> Optional[float]:
+        """Cancel tasks past their deadline; return seconds until the next deadline."""
+        limit = self.cfg.run.task_timeout_s
+        now = time.monotonic()
+        nearest = None
+        for handle, task in list(self.tasks.items()):
+            left = task.started + limit - now
+            if left <= 0:
+                self.ex.cancel(handle)
+                self.tasks.pop(handle)
+                self.log(f"{task.kind} task exceeded run.task_timeout_s={limit:g} s: cancelled")
+                err = f"TimeoutError: no result after run.task_timeout_s={limit:g} s"
+                if task.kind == "file":
+                    entry = task.payload[0]
+                    self._fail(entry.index, entry.path, "timeout", err, "TimeoutError")
+                elif task.kind == "batch":
+                    self._on_batch_failure(task, BatchFailure("timeout", err))
+                else:
+                    state = task.payload
+                    self._close(state.source.index)
+                    self._fail(state.source.index, state.source.path, "timeout", err, "TimeoutError")
+            else:
+                nearest = left if nearest is None else min(nearest, left)
+        return nearest
+
+    def _on_batch_failure(self, task: _Task, failure: BatchFailure) -> None:
+        clips, _ = task.payload
+        for c in clips:  # a hung batch is not retried: its sources fail (the actor was restarted)
+            self._fail_source(c.source_index, failure.stage, failure.error)
+
+    def run(self) -> None:
+        handlers = {"file": self._on_file, "batch": self._on_batch, "write": self._on_write}
+        while self.pending or self.tasks or self.queue:
+            self._submit_files()
+            self._submit_batches()
+            if not self.tasks:
+                if self.queue:  # nothing in flight: send what is queued
+                    self._start_batch([self.queue.popleft() for _ in range(min(len(self.queue), self.cfg.transcribe.batch_size))], single=False)
+                continue
+            timeout = self._expire()
+            if not self.tasks:
+                continue
+            for handle in self.ex.wait(list(self.tasks), timeout=timeout):
+                task = self.tasks.pop(handle, None)
+                if task is not None:
+                    handlers[task.kind](handle, task)
+            self.progress.update()
+        self.progress.update(force=True)
 
 
 def run_pipeline(
@@ -85,132 +282,60 @@ def run_pipeline(
     config: PipelineConfig,
     executor_factory: Optional[Callable] = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+    allow_config_change: bool = False,
 ) -> dict:
-    """Process ``inputs`` into an Emilia-format dataset in ``out_dir``; returns the summary."""
+    """Process ``inputs`` into an Emilia-format dataset in ``out_dir``; returns the summary. A build
+    folder that already holds work is resumed: sources already done are not read again."""
     t_start = time.perf_counter()
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, exclude=[out_dir])
     if not files:
         raise FileNotFoundError(f"no audio files found in {', '.join(map(str, inputs))}")
     preflight(config)
     stages = active_stages(config)
     if not config.separation_enabled:
         log("separation: off (profile has no separation model) - clips are cut from the original mix")
-    writer = DatasetWriter(out_dir, config)
-    if executor_factory is None:
-        if config.run.runner == "ray":
-            from emilia_pipe.runners.ray_executor import RayExecutor
+    with Build(out_dir, config, allow_config_change=allow_config_change, log=log) as build:
+        entries, n_done = build.plan(files)
+        if n_done:
+            log(f"{n_done} file(s) already done in {out_dir}: not read again")
+        executor = None
+        scheduler = None
+        try:
+            if entries:
+                if executor_factory is not None:
+                    executor = executor_factory(config, stages, out_dir, build.run)
+                elif config.run.runner == "ray":
+                    from emilia_pipe.runners.ray_executor import RayExecutor
 
-            executor = RayExecutor(config, stages, address=config.run.ray_address, log=log)
-        else:
-            from emilia_pipe.runners.local import LocalExecutor
-
-            executor = LocalExecutor(config, stages)
-    else:
-        executor = executor_factory(config, stages)
-
-    progress = Progress(len(files))
-    batched_seconds: dict[str, float] = {}
-    open_sources: dict[str, _OpenSource] = {}
-    paths_by_id: dict[str, str] = {}
-    queue: list[Clip] = []
-    file_handles: dict = {}
-    batch_handles: dict = {}
-    pending = list(files)
-    batch_size = config.transcribe.batch_size
-    if any(writer.work.joinpath("sources").iterdir()):
-        # the output already holds sources (an earlier run): skip files whose content is there
-        done_before = {p for p in pending if p.is_file() and writer.is_committed(sha256_of(p)[:16])}
-        if done_before:
-            log(f"{len(done_before)} file(s) already in {out_dir}: skipped")
-            pending = [p for p in pending if p not in done_before]
-            progress.total -= len(done_before)
-
-    def close(state: _OpenSource) -> None:
-        src = state.source
-        if state.failed is not None:
-            writer.record_failure(state.failed)
-            progress.failed += 1
-        else:
-            writer.commit_source(src, state.done)
-        progress.files_done += 1
-        progress.audio_s += src.duration
-        open_sources.pop(src.source_id, None)
-
-    try:
-        while pending or file_handles or batch_handles or queue:
-            while pending and len(file_handles) < config.run.max_files_in_flight:
-                path = pending.pop(0)
-                file_handles[executor.submit_file(path)] = str(path)
-            no_more_clips = not pending and not file_handles
-            while len(queue) >= batch_size or (queue and (no_more_clips or not batch_handles)):
-                batch, queue = queue[:batch_size], queue[batch_size:]
-                batch_handles[executor.submit_batch(batch)] = sorted({c.source_id for c in batch})
-            if not file_handles and not batch_handles:
-                continue
-            for handle in executor.wait(list(file_handles) + list(batch_handles)):
-                if handle in file_handles:
-                    path = file_handles.pop(handle)
-                    try:
-                        result = executor.get(handle)
-                    except Exception as exc:  # a worker died (e.g. out of memory): that file fails, the run goes on
-                        result = Failure(path, "worker", f"{type(exc).__name__}: {exc}"[:2000], type(exc).__name__)
-                    if isinstance(result, Failure):
-                        writer.record_failure(result)
-                        progress.files_done += 1
-                        progress.failed += 1
-                        continue
-                    if result.source_id in paths_by_id or writer.is_committed(result.source_id):
-                        first = paths_by_id.get(result.source_id, "a file already in the dataset")
-                        writer.record_failure(Failure(path, "standardize", f"duplicate content of {first} (same sha256)", "Duplicate"))
-                        progress.files_done += 1
-                        progress.failed += 1
-                        continue
-                    paths_by_id[result.source_id] = path
-                    clips = result.clips
-                    result.audio = result.audio_16k = None  # the clips carry their own audio
-                    state = _OpenSource(result, waiting=len(clips))
-                    open_sources[result.source_id] = state
-                    if not clips:
-                        close(state)
-                    queue.extend(clips)
+                    executor = RayExecutor(config, stages, out_dir, build.run, address=config.run.ray_address, log=log)
                 else:
-                    source_ids = batch_handles.pop(handle)
-                    try:
-                        result = executor.get(handle)
-                    except Exception as exc:  # worker death: the batch's sources fail, the run goes on
-                        result = BatchFailure("worker", f"{type(exc).__name__}: {exc}"[:2000])
-                    if isinstance(result, BatchFailure):
-                        for sid in source_ids:
-                            state = open_sources.get(sid)
-                            if state is not None and state.failed is None:
-                                state.failed = Failure(state.source.path, result.stage, result.error, "BatchFailure")
-                        # clips of these sources still queued are dropped with their source
-                        queue = [c for c in queue if c.source_id not in source_ids]
-                        for sid in source_ids:
-                            if sid in open_sources:
-                                close(open_sources[sid])
-                        continue
-                    clips, seconds = result
-                    for k, v in seconds.items():
-                        batched_seconds[k] = batched_seconds.get(k, 0.0) + v
-                    for clip in clips:
-                        state = open_sources.get(clip.source_id)
-                        if state is None:
-                            continue
-                        state.done.append(clip)
-                        state.waiting -= 1
-                        if state.waiting == 0:
-                            close(state)
-                progress.update()
-    finally:
-        executor.shutdown()
-    progress.update(force=True)
-    wall = time.perf_counter() - t_start
-    summary = finalize(out_dir, config, {
-        "batched_stage_seconds": batched_seconds,
-        "wall_seconds": round(wall, 3),
-        "audio_hours_per_hour": round(progress.audio_s / wall, 4) if wall > 0 else 0.0,
-        "runner": config.run.runner,
-    })
+                    from emilia_pipe.runners.local import LocalExecutor
+
+                    executor = LocalExecutor(config, stages, out_dir, build.run)
+                scheduler = Scheduler(build, executor, config, entries, build.shas_done(), log)
+                scheduler.run()
+                executor.commit_writers()
+        finally:
+            if executor is not None:
+                executor.shutdown()
+            build.flush_failures()
+        if scheduler is not None:
+            # a writer that died after acknowledging but before committing lost those rows: say so
+            lost = scheduler.acked - build.ledger.done_indices()
+            for index in sorted(lost):
+                build.record_failure(Failure(build.path_of(index), "write",
+                                             "writer died before committing; run again to redo", "WriterLost"), index)
+            build.flush_failures()
+        wall = time.perf_counter() - t_start
+        audio_s = scheduler.progress.audio_s if scheduler else 0.0
+        summary = finalize(out_dir, config, {
+            "batched_stage_seconds": scheduler.batched_seconds if scheduler else {},
+            "wall_seconds": round(wall, 3),
+            "audio_hours_per_hour": round(audio_s / wall, 4) if wall > 0 else 0.0,
+            "runner": config.run.runner,
+            "this_run": {"files": len(entries), "failed": (scheduler.failures_this_run if scheduler else 0),
+                         "already_done": n_done, "audio_hours": round(audio_s / 3600, 6)},
+        })
+        build.compact()
     log(format_summary(summary))
     return summary

@@ -1,16 +1,20 @@
-"""Run the stages on Ray: one actor pool per stage, each actor holding its model once.
+"""Run the stages on Ray: one actor pool per stage (each actor holds its model once) plus a pool of
+writers.
 
-Per-file stages are chained by passing object refs from one pool's call to the next, so Ray streams
-files through the pools without the driver touching the audio in between. GPU stages ask for the
-configured (fractional) GPUs when the cluster has any."""
+Dataflow: per-file stages are chained by object refs, so audio moves between pools through the object
+store. The last per-file call returns two objects: the small source record, which the driver fetches,
+and the clip audio, which stays in the object store; the driver passes its ref on to the batched stages
+(which read the analysis-rate audio) and to a writer (which encodes the MP3s and commits the ledger
+rows). The driver never fetches audio. GPU stages ask for their (fractional) GPUs when the cluster has
+any."""
 from __future__ import annotations
 
 import itertools
 import os
 
-from emilia_pipe.runners.calls import run_batch_stage, run_file_stage
+from emilia_pipe.runners.calls import finish_file, run_batch_stage, run_file_stage
+from emilia_pipe.stages import batch_chain, file_chain
 
-_FILE_STAGES = ("standardize", "separate", "diarize", "segment")
 # set by emilia_pipe/__init__ in the driver; workers must start with the same values
 _WORKER_ENV = ("PYANNOTE_METRICS_ENABLED", "TOKENIZERS_PARALLELISM", "OMP_WAIT_POLICY")
 
@@ -28,24 +32,44 @@ class StageActor:
     def process(self, item):
         return run_file_stage(self.stage, item)
 
-    def process_batch(self, item):
-        return run_batch_stage(self.stage, item)
+    def process_last(self, item):
+        return finish_file(run_file_stage(self.stage, item))
+
+    def process_batch(self, item, *bundles):
+        return run_batch_stage(self.stage, item, {b.index: b for b in bundles})
+
+    def ready(self) -> bool:
+        return True
+
+
+class WriterActor:
+    def __init__(self, out_dir: str, config_data: dict, part: str):
+        from emilia_pipe.config import build_config
+        from emilia_pipe.writer import SourceWriter
+
+        self.writer = SourceWriter(out_dir, build_config(config_data), part)
+
+    def write(self, job, audio):
+        return self.writer.write(job, audio)
+
+    def commit(self) -> int:
+        return self.writer.commit()
 
     def ready(self) -> bool:
         return True
 
 
 class RayExecutor:
-    def __init__(self, config, stage_names: list[str], address: str | None = None, log=print):
+    def __init__(self, config, stage_names: list[str], out_dir, run: int, address: str | None = None, log=print):
         import ray
 
         self.ray = ray
         if not ray.is_initialized():
+            env = {"env_vars": {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}}
             if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=True)
+                ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=env)
             else:
-                ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False,
-                         runtime_env={"env_vars": {k: os.environ[k] for k in _WORKER_ENV}})
+                ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False, runtime_env=env)
         self._owns_ray = address is None
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         data = config.model_dump(mode="json")
@@ -54,34 +78,71 @@ class RayExecutor:
         for name in stage_names:
             res = config.run.resources[name]
             num_gpus = res.num_gpus if has_gpu else 0
-            cls = ray.remote(StageActor).options(num_cpus=res.num_cpus, num_gpus=num_gpus, max_restarts=1,
-                                                 name=None)
+            cls = ray.remote(StageActor).options(num_cpus=res.num_cpus, num_gpus=num_gpus, max_restarts=-1,
+                                                 max_task_retries=0)
             pool = [cls.remote(name, data) for _ in range(res.actors)]
             actors.extend(pool)
             self.pools[name] = itertools.cycle(pool)
             log(f"ray: {name}: {res.actors} actor(s), {res.num_cpus} CPU, {num_gpus} GPU each")
-        ray.get([a.ready.remote() for a in actors])  # surface model-loading errors now
-        self.file_chain = [n for n in stage_names if n in _FILE_STAGES]
-        self.batch_chain = [n for n in stage_names if n not in _FILE_STAGES]
+        wres = config.run.resources["write"]
+        wcls = ray.remote(WriterActor).options(num_cpus=wres.num_cpus, max_restarts=-1, max_task_retries=0)
+        self.writers = [wcls.remote(str(out_dir), data, f"{run:06d}-w{i}") for i in range(wres.actors)]
+        self.writer_cycle = itertools.cycle(self.writers)
+        log(f"ray: write: {wres.actors} actor(s), {wres.num_cpus} CPU each")
+        ray.get([a.ready.remote() for a in actors + self.writers])  # surface model-loading errors now
+        self.file_chain = file_chain(stage_names)
+        self.batch_chain = batch_chain(stage_names)
+        self.running: dict = {}  # final ref -> [(ref, actor)] of its chain, to find a hung actor
 
-    def submit_file(self, path):
-        ref = str(path)
-        for name in self.file_chain:
-            ref = next(self.pools[name]).process.remote(ref)
-        return ref
+    def submit_file(self, task):
+        item, steps = task, []
+        for i, name in enumerate(self.file_chain):
+            actor = next(self.pools[name])
+            if i == len(self.file_chain) - 1:
+                meta, audio = actor.process_last.options(num_returns=2).remote(item)
+                steps.append((meta, actor))
+            else:
+                item = actor.process.remote(item)
+                steps.append((item, actor))
+        self.running[meta] = steps
+        return meta, audio
 
-    def submit_batch(self, clips):
-        ref = clips
+    def submit_batch(self, clips, audio_handles):
+        ref, steps = clips, []
         for name in self.batch_chain:
-            ref = next(self.pools[name]).process_batch.remote(ref)
+            actor = next(self.pools[name])
+            ref = actor.process_batch.remote(ref, *audio_handles)
+            steps.append((ref, actor))
+        self.running[ref] = steps
         return ref
 
-    def wait(self, handles):
-        done, _ = self.ray.wait(list(handles), num_returns=1)
+    def submit_write(self, job, audio_handle):
+        actor = next(self.writer_cycle)
+        ref = actor.write.remote(job, audio_handle)
+        self.running[ref] = [(ref, actor)]
+        return ref
+
+    def commit_writers(self) -> None:
+        self.ray.get([w.commit.remote() for w in self.writers])
+
+    def wait(self, handles, timeout=None):
+        done, _ = self.ray.wait(list(handles), num_returns=1, timeout=timeout)
         return done
 
     def get(self, handle):
-        return self.ray.get(handle)
+        try:
+            return self.ray.get(handle)
+        finally:
+            self.running.pop(handle, None)
+
+    def cancel(self, handle) -> None:
+        """A task past its deadline: restart the actor still working on it (its model reloads); the
+        task then fails with the actor's death and other tasks queued on that actor are retried."""
+        for ref, actor in self.running.pop(handle, []):
+            ready, _ = self.ray.wait([ref], timeout=0)
+            if not ready:
+                self.ray.kill(actor, no_restart=False)
+                break
 
     def shutdown(self):
         if self._owns_ray and os.environ.get("EMILIA_PIPE_KEEP_RAY") != "1":

@@ -1,14 +1,44 @@
 """The six stages. Each is a small class: built once from the config (it loads its model then) and
 called with ``run(item)``. Per-file stages take and return a :class:`~emilia_pipe.records.Source`;
 batched stages (transcribe, score) take and return a list of :class:`~emilia_pipe.records.Clip` from
-any number of sources. No stage knows about Ray."""
+any number of sources. No stage knows about Ray.
+
+:data:`STAGES` is the one list of stages: executors, config and the driver all derive their chains from
+it, so adding a stage is one module plus one line here."""
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-STAGE_NAMES = ("standardize", "separate", "diarize", "segment", "transcribe", "score")
-PER_FILE_STAGES = STAGE_NAMES[:4]
-BATCHED_STAGES = STAGE_NAMES[4:]
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    target: str  # "module:Class"
+    batched: bool  # False: one Source at a time; True: lists of Clips from many sources
+
+
+STAGES = (
+    StageSpec("standardize", "emilia_pipe.stages.standardize:Standardizer", batched=False),
+    StageSpec("separate", "emilia_pipe.stages.separate:Separator", batched=False),
+    StageSpec("diarize", "emilia_pipe.stages.diarize:Diarizer", batched=False),
+    StageSpec("segment", "emilia_pipe.stages.segment:Segmenter", batched=False),
+    StageSpec("transcribe", "emilia_pipe.stages.transcribe:Transcriber", batched=True),
+    StageSpec("score", "emilia_pipe.stages.score:Scorer", batched=True),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+_BY_NAME = {s.name: s for s in STAGES}
+
+
+def file_chain(names) -> list[str]:
+    """The per-file stages among ``names``, in pipeline order."""
+    return [s.name for s in STAGES if s.name in names and not s.batched]
+
+
+def batch_chain(names) -> list[str]:
+    """The batched (cross-file) stages among ``names``, in pipeline order."""
+    return [s.name for s in STAGES if s.name in names and s.batched]
 
 
 class Stage:
@@ -22,18 +52,8 @@ class Stage:
 
 def build_stage(name: str, config) -> Stage:
     """Instantiate a stage by name (imports lazily so a stage's heavy libraries load only where used)."""
-    if name == "standardize":
-        from emilia_pipe.stages.standardize import Standardizer as cls
-    elif name == "separate":
-        from emilia_pipe.stages.separate import Separator as cls
-    elif name == "diarize":
-        from emilia_pipe.stages.diarize import Diarizer as cls
-    elif name == "segment":
-        from emilia_pipe.stages.segment import Segmenter as cls
-    elif name == "transcribe":
-        from emilia_pipe.stages.transcribe import Transcriber as cls
-    elif name == "score":
-        from emilia_pipe.stages.score import Scorer as cls
-    else:
+    spec = _BY_NAME.get(name)
+    if spec is None:
         raise ValueError(f"unknown stage {name!r}; stages are {STAGE_NAMES}")
-    return cls(config)
+    module, cls = spec.target.split(":")
+    return getattr(importlib.import_module(module), cls)(config)

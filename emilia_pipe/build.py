@@ -1,0 +1,193 @@
+"""One build folder over its life: lock, fingerprint check, plan, failure records, compaction.
+
+The plan gives every input a fixed place (its index) the first time a build sees it: inputs are sorted,
+so the same inputs get the same places whatever the order they are given in; inputs added by a later
+run go after the existing ones. An input is recognised on resume by its path, size and modification
+time, without reading it again; a file whose size or time changed gets a new place."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from emilia_pipe.audio import AUDIO_EXTENSIONS
+from emilia_pipe.ledger import (FORMAT_VERSION, STATE_DIR, BuildLock, BuildMismatchError, Ledger, fingerprint,
+                                fingerprint_diff, fingerprint_hash, read_build_info, write_atomic)
+from emilia_pipe.records import Failure
+from emilia_pipe.runners.calls import FileTask
+from emilia_pipe.writer import place, source_dirs
+
+# settings that rename clips: never changeable on an existing build, even when asked
+FROZEN = ("output.sources_per_shard",)
+
+
+def expand_inputs(inputs: Iterable[str | Path], exclude: Iterable[str | Path] = ()) -> list[Path]:
+    """Files as given, and audio/video files found under given folders (recursive). Folders in
+    ``exclude`` (the output) are never searched. Sorted by absolute path, duplicates removed."""
+    skip = [Path(e).absolute() for e in exclude]
+    out: dict[str, Path] = {}
+    for item in inputs:
+        p = Path(item).absolute()
+        if p.is_dir():
+            for root, dirs, names in os.walk(p):
+                r = Path(root)
+                dirs[:] = sorted(d for d in dirs if not any((r / d) == s for s in skip) and d != STATE_DIR)
+                for n in names:
+                    f = r / n
+                    if f.suffix.lower() in AUDIO_EXTENSIONS:
+                        out.setdefault(str(f), f)
+        else:
+            out.setdefault(str(p), p)  # a missing or unreadable file becomes a recorded failure, not a crash
+    return [out[k] for k in sorted(out)]
+
+
+class Build:
+    def __init__(self, out_dir: str | Path, config, allow_config_change: bool = False,
+                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)):
+        self.out = Path(out_dir)
+        self.cfg = config
+        self.allow = allow_config_change
+        self.log = log
+        self.ledger = Ledger(self.out)
+        self.lock = BuildLock(self.out, "run")
+        self.run = 0
+        self._failures: list[dict] = []
+        self._paths: dict[int, str] = {}
+
+    # --- open / close ------------------------------------------------------------------------
+    def __enter__(self) -> "Build":
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.lock.__enter__()
+        try:
+            self._open()
+        except BaseException:
+            self.lock.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.__exit__()
+
+    def _open(self) -> None:
+        self.ledger.ensure()
+        shutil.rmtree(self.ledger.tmp, ignore_errors=True)  # temporary files of a killed run
+        self.ledger.tmp.mkdir(parents=True, exist_ok=True)
+        fp = fingerprint(self.cfg)
+        info = read_build_info(self.out)
+        changed: list[str] = []
+        if info is not None:
+            changed = fingerprint_diff(info["fingerprint"], fp)
+            frozen = [d for d in changed if d.split(":")[0] in FROZEN]
+            if frozen or (changed and not self.allow):
+                raise BuildMismatchError(
+                    f"{self.out} was built with other settings or model versions:\n  " + "\n  ".join(changed)
+                    + ("\n" + ", ".join(FROZEN) + " can never change in a build (it fixes the clip ids)." if frozen else
+                       "\nUse the same settings, a new output folder, or --allow-config-change to continue anyway "
+                       "(clips already made keep the settings they were made with)."))
+        runs = info["runs"] if info else []
+        self.run = len(runs)
+        runs.append({"run": self.run, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
+                     "argv": sys.argv, "fingerprint": fingerprint_hash(fp), "changed": changed})
+        info = {"format": FORMAT_VERSION, "fingerprint": fp, "config": self.cfg.model_dump(mode="json"), "runs": runs}
+        write_atomic(self.out / STATE_DIR / "build.json", json.dumps(info, indent=2, ensure_ascii=False),
+                     tmp_dir=self.ledger.tmp)
+        if changed:
+            self.log("continuing with changed settings (--allow-config-change):\n  " + "\n  ".join(changed))
+
+    # --- plan ----------------------------------------------------------------------------------
+    def plan(self, files: list[Path]) -> tuple[list[FileTask], int]:
+        """Places for this run's inputs; returns the entries still to do and how many are done."""
+        plan = self.ledger.plan()
+        known: dict[str, tuple[int, int, int]] = {}
+        for idx, path, size, mtime in zip(plan["index"], plan["path"], plan["size"], plan["mtime_ns"]):
+            known[path] = (int(idx), int(size), int(mtime))  # later entries of a path win
+        done = self.ledger.done_indices()
+        next_index = int(plan["index"].max()) + 1 if len(plan) else 0
+        new_rows, entries, n_done = [], [], 0
+        for f in files:
+            path = str(f)
+            try:
+                st = f.stat()
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                size, mtime = -1, -1
+            prev = known.get(path)
+            if prev is not None and prev[1:] == (size, mtime):
+                index = prev[0]
+            else:
+                index = next_index
+                next_index += 1
+                new_rows.append({"index": index, "path": path, "size": size, "mtime_ns": mtime, "run": self.run})
+                known[path] = (index, size, mtime)
+            self._paths[index] = path
+            if index in done:
+                n_done += 1
+            else:
+                entries.append(FileTask(index, path))
+        self.ledger.append_plan(self.run, new_rows)
+        return entries, n_done
+
+    def path_of(self, index: int) -> str:
+        return self._paths.get(index, "")
+
+    def shas_done(self) -> dict[str, int]:
+        src = self.ledger.sources(["sha256", "status"])
+        src = src[src["status"] == "done"]
+        out: dict[str, int] = {}
+        for idx, sha in zip(src["index"].tolist(), src["sha256"].tolist()):
+            out.setdefault(sha, int(idx))
+        return out
+
+    # --- failures ------------------------------------------------------------------------------
+    def record_failure(self, failure: Failure, index: int) -> None:
+        self._failures.append({**failure.to_record(), "index": index, "run": self.run, "time": time.time()})
+        if len(self._failures) >= 256:
+            self.flush_failures()
+
+    def flush_failures(self) -> None:
+        if self._failures:
+            self.ledger.record_failures(f"{self.run:06d}-d-{int(time.time() * 1e6):016d}", self._failures)
+            self._failures = []
+
+    # --- after the run -------------------------------------------------------------------------
+    def compact(self) -> None:
+        self.ledger.compact(self.run)
+        self.remove_orphans()
+
+    def remove_orphans(self) -> None:
+        """MP3 folders of sources that are not done (a killed attempt, a failure after writing)."""
+        plan = self.ledger.plan(["index"])
+        done = self.ledger.done_indices()
+        per_shard = self.cfg.output.sources_per_shard
+        for idx in plan["index"].tolist():
+            if idx not in done:
+                for d in source_dirs(self.out, *place(int(idx), per_shard)):
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+def status(out_dir: str | Path) -> dict:
+    """Done / failed / pending sources and hours of a build (reads only the ledger)."""
+    ledger = Ledger(out_dir)
+    plan = ledger.plan(["index", "path", "size"]).drop_duplicates("index")
+    sources = ledger.sources(["status", "duration"])
+    done_idx = set(sources["index"].tolist())
+    failures = ledger.failures(done=done_idx)
+    failed_idx = set(failures["index"].tolist())
+    pending = plan[~plan["index"].isin(done_idx | failed_idx)]
+    info = read_build_info(out_dir) or {}
+    ok = sources[sources["status"] == "done"]
+    return {
+        "sources": {"planned": int(len(plan)), "done": int(len(ok)),
+                    "skipped": int((sources["status"] == "duplicate").sum()),
+                    "failed": int(len(failed_idx)), "pending": int(len(pending))},
+        "hours_done": round(float(ok["duration"].sum()) / 3600, 6),
+        "pending_bytes": int(pending["size"].clip(lower=0).sum()),
+        "failed_by_stage": {str(k): int(v) for k, v in failures["stage"].value_counts().items()} if len(failures) else {},
+        "runs": len(info.get("runs", [])),
+    }
+
