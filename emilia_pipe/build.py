@@ -3,7 +3,8 @@
 The plan gives every input a fixed place (its index) the first time a build sees it: inputs are sorted,
 so the same inputs get the same places whatever the order they are given in; inputs added by a later
 run go after the existing ones. An input is recognised on resume by its path, size and modification
-time, without reading it again; a file whose size or time changed gets a new place."""
+time, without reading it again. A file whose size or time changed keeps its place if it was never done
+(e.g. a broken file that was replaced), and gets a new place if its old content is already published."""
 from __future__ import annotations
 
 import json
@@ -119,6 +120,10 @@ class Build:
             prev = known.get(path)
             if prev is not None and prev[1:] == (size, mtime):
                 index = prev[0]
+            elif prev is not None and prev[0] not in done:  # changed before it was ever done: same place
+                index = prev[0]
+                new_rows.append({"index": index, "path": path, "size": size, "mtime_ns": mtime, "run": self.run})
+                known[path] = (index, size, mtime)
             else:
                 index = next_index
                 next_index += 1
@@ -173,7 +178,7 @@ class Build:
 def status(out_dir: str | Path) -> dict:
     """Done / failed / pending sources and hours of a build (reads only the ledger)."""
     ledger = Ledger(out_dir)
-    plan = ledger.plan(["index", "path", "size"]).drop_duplicates("index")
+    plan = ledger.plan(["index", "path", "size"]).drop_duplicates("index", keep="last")
     sources = ledger.sources(["status", "duration"])
     done_idx = set(sources["index"].tolist())
     failures = ledger.failures(done=done_idx)

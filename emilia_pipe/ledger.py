@@ -154,8 +154,11 @@ class Ledger:
     # writing
     def commit(self, part: str, sources: list[dict], clips: list[dict]) -> None:
         """Clips first, then the sources part that makes them count."""
+        from emilia_pipe import failpoints
+
         if clips:
             write_table_atomic(self.dir / f"clips-{part}.parquet", table_from_rows(clips, clip_schema()), self.tmp)
+        failpoints.hit("commit")
         write_table_atomic(self.dir / f"sources-{part}.parquet", table_from_rows(sources, SOURCE_SCHEMA), self.tmp)
 
     def record_failures(self, part: str, failures: list[dict]) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from emilia_pipe import failpoints
 from emilia_pipe.audio import encode_mp3
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.ledger import SOURCE_JSON_COLUMNS, STATE_DIR, Ledger, fsync_dir, write_atomic
@@ -110,6 +111,7 @@ class SourceWriter:
                 write_atomic(path, mp3, tmp_dir=self.ledger.tmp, sync_dir=False)
                 self.dirty_dirs.add(path.parent)
                 written += 1
+                failpoints.hit("mp3")
             c["source_index"], c["clip_index"] = index, c.pop("index")
         meta = job["source"]
         row = {**meta, "index": index, "status": job.get("status", "done"), "duplicate_of": job.get("duplicate_of"),
@@ -220,6 +222,7 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
             rel = f"{lang}/{shard}.jsonl"
             write_atomic(out / rel, _jsonl(_manifest_rows(rows)), tmp_dir=tmp)
             new_manifests.add(rel)
+            failpoints.hit("manifest")
     _remove_stale_manifests(out, new_manifests, tmp)
 
     # rejected.jsonl: filtered clips, then segments too short to be clips and files with no speaker turn

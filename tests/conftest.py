@@ -26,3 +26,17 @@ def lite_config():
     from emilia_pipe.config import load_config
 
     return load_config(overrides=["run.runner=local"])
+
+
+def load_build(out: Path) -> dict[str, dict]:
+    """file name -> {"source": source row, "clips": [clip rows]} read from a build's ledger."""
+    from emilia_pipe.ledger import Ledger
+
+    ledger = Ledger(out)
+    sources = ledger.sources()
+    clips = ledger.clips()
+    result = {}
+    for src in sources.to_dict("records"):
+        rows = clips[clips["source_index"] == src["index"]].to_dict("records")
+        result[Path(src["path"]).name] = {"source": src, "clips": rows}
+    return result

@@ -32,7 +32,9 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def _sources(out: Path) -> dict[str, dict]:
-    return {Path(r["source"]["path"]).name: r for r in (json.loads(p.read_text()) for p in (out / ".emilia/sources").glob("*.json"))}
+    from conftest import load_build
+
+    return load_build(out)
 
 
 def test_layout_and_every_line_validates(dataset):
@@ -49,7 +51,9 @@ def test_layout_and_every_line_validates(dataset):
             assert m and m.group(1) == lang_dir.name == line["language"].upper()
             assert manifest.name == f"{m.group(1)}_B{m.group(2)}.jsonl"
             assert line["wav"] == f"{m.group(1)}_B{m.group(2)}/{line['id'][:-8]}/mp3/{line['id']}.mp3"
-            assert line["speaker"].startswith(line["id"][:-8] + "_P")
+            # speaker: <main language of the source>_B_S_P##, same shard and place as the clip
+            assert re.fullmatch(r"[A-Z]+_B\d{5}_S\d{5}_P\d{2}", line["speaker"])
+            assert line["speaker"].split("_")[1:3] == line["id"].split("_")[1:3]
             assert 3.0 <= line["duration"] <= 30.0 and line["dnsmos"] >= 3.0
             assert line["language"] in ("zh", "en", "fr", "ja", "ko", "de") and line["language_prob"] > 0.8
             ids.append(line["id"])
@@ -144,7 +148,7 @@ def test_refilter_moves_lines_without_models(dataset, tmp_path):
     assert sum(1 for r in rejected if r["stage"] == "filter") == summary["clips"]["total"]
     assert all("dnsmos_low" in r["reasons"] for r in rejected if r["stage"] == "filter")
     # the stored config now carries the new threshold
-    assert json.loads((copy / ".emilia/config.json").read_text())["filter"]["dnsmos_min"] == 9
+    assert json.loads((copy / ".emilia/build.json").read_text())["config"]["filter"]["dnsmos_min"] == 9
     bad = subprocess.run(cli + ["--set", "filter.nonsense=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown key" in bad.stderr
 
@@ -156,7 +160,10 @@ def test_rerun_into_the_same_output_skips_done_files(tmp_path, sample_dir, lite_
     # same file under another name + a new file: the copy is recognised by content, only the new one runs
     copy = tmp_path.parent / "jfk_copy.flac"
     copy.write_bytes(files[0].read_bytes())
-    second = run_pipeline([copy, files[1]], tmp_path, lite_config)
-    assert second["files"]["ok"] == 2 and second["files"]["failed"] == 0
+    second = run_pipeline([files[0], copy, files[1]], tmp_path, lite_config)
+    assert second["this_run"]["already_done"] == 1  # known by path, size and mtime: not read again
+    assert second["files"] == {"ok": 2, "failed": 0, "skipped": 1, "failed_by_stage": {}}
+    skipped = _jsonl(tmp_path / "skipped.jsonl")
+    assert [(Path(s["path"]).name, Path(s["duplicate_of"]).name) for s in skipped] == [("jfk_copy.flac", "en_jfk_inaugural.flac")]
     assert sorted(p.name for p in tmp_path.rglob("*.mp3")) == ids_before
     assert second["clips"] == first["clips"]

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from emilia_pipe import failpoints
 from emilia_pipe.records import Clip, ClipAudio, Failure, Source, attach_analysis_audio, split_audio
 from emilia_pipe.stages import Stage
 
@@ -60,6 +61,7 @@ def run_batch_stage(stage: Stage, item, bundles: dict[int, ClipAudio]):
     t0 = time.perf_counter()
     try:
         attach_analysis_audio(clips, bundles)
+        failpoints.hit(stage.name)
         clips = stage.run(clips)
     except Exception as exc:  # noqa: BLE001
         return BatchFailure(stage.name, _error(exc))
