@@ -114,6 +114,9 @@ class StageResources(_Section):
     actors: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    custom: dict[str, float] = Field(default_factory=dict, description=(
+        "Ray custom resources each actor needs, e.g. {cpu_node: 1} to place a pool on nodes started with "
+        "`ray start --resources='{\"cpu_node\": 8}'`."))
 
 
 def _default_resources() -> dict[str, StageResources]:

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -40,3 +41,22 @@ def load_build(out: Path) -> dict[str, dict]:
         rows = clips[clips["source_index"] == src["index"]].to_dict("records")
         result[Path(src["path"]).name] = {"source": src, "clips": rows}
     return result
+
+
+def published(out: Path) -> dict:
+    """Everything a user of the build sees, with timing fields removed."""
+    view = {}
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if rel.startswith(".emilia") or path.is_dir():
+            continue
+        if rel == "summary.json":
+            s = json.loads(path.read_text())
+            view[rel] = {k: s[k] for k in ("files", "hours", "clips", "languages", "drop_reasons")}
+        elif rel == "sources.jsonl":
+            view[rel] = [{k: v for k, v in json.loads(l).items() if k != "timings"} for l in path.read_text().splitlines()]
+        elif path.suffix == ".mp3":
+            view[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            view[rel] = path.read_text()
+    return view

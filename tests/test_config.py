@@ -49,7 +49,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
 def test_inconsistent_values_are_rejected():
     with pytest.raises(ConfigError, match="min_clip_s must be below"):
         load_config(overrides=["segment.min_clip_s=40", "segment.max_clip_s=30"])
-    with pytest.raises(ConfigError, match="unknown stage"):
+    with pytest.raises(ConfigError, match="unknown pool"):
         load_config(overrides=["run.resources={transcriber: {actors: 2}}"])
 
 

@@ -2,7 +2,6 @@
 transcribing, between MP3 writes, between a ledger commit's two files, and while writing manifests, then
 rerun with the same command, equals an uninterrupted build byte for byte (timing fields aside), with no
 temporary or orphan file left. Also: the lock, the fingerprint check, failure records that expire."""
-import hashlib
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import published
 
 pytestmark = pytest.mark.integration
 
@@ -27,25 +27,6 @@ def cli(*args, env=None, check=None):
     if check is not None:
         assert proc.returncode == check, proc.stderr[-3000:]
     return proc
-
-
-def published(out: Path) -> dict:
-    """Everything a user of the build sees, with timing fields removed."""
-    view = {}
-    for path in sorted(out.rglob("*")):
-        rel = path.relative_to(out).as_posix()
-        if rel.startswith(".emilia") or path.is_dir():
-            continue
-        if rel == "summary.json":
-            s = json.loads(path.read_text())
-            view[rel] = {k: s[k] for k in ("files", "hours", "clips", "languages", "drop_reasons")}
-        elif rel == "sources.jsonl":
-            view[rel] = [{k: v for k, v in json.loads(l).items() if k != "timings"} for l in path.read_text().splitlines()]
-        elif path.suffix == ".mp3":
-            view[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-        else:
-            view[rel] = path.read_text()
-    return view
 
 
 @pytest.fixture(scope="module")

@@ -1,32 +1,87 @@
-"""The Ray path end to end: actor pools per stage, embedded local Ray, same result as in-process."""
+"""The Ray path end to end, compared byte for byte with the in-process build of the same inputs:
+embedded single-node Ray with several workers per pool, and a real two-node Ray cluster on this machine
+(`ray start --head` + `ray start --address`), with pools pinned to different nodes so audio crosses nodes
+through the object store and MP3s are written by a writer on the other node."""
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
-from emilia_pipe.config import load_config
-from emilia_pipe.runners.driver import run_pipeline
+from conftest import published
 
 pytestmark = pytest.mark.integration
 
 FILES = ["asr/en/en_jfk_inaugural.flac", "asr/de/de_picovoice_test_de.wav", "asr/en/en_ljspeech_LJ001-0001.wav",
          "nonspeech/animal_robin_bird_whistle.ogg"]
+COMMON = ["--set", "transcribe.batch_size=2", "--set", "run.max_files_in_flight=2"]
+RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _clips(out: Path) -> set:
-    from conftest import load_build
+def cli(*args, check=0):
+    proc = subprocess.run([sys.executable, "-m", "emilia_pipe.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=1200, env={**os.environ, "RAY_ADDRESS": ""})
+    assert proc.returncode == check, proc.stderr[-4000:]
+    return proc
 
-    recs = load_build(out).values()
-    return {(r["source"]["sha256"], c["start"], c["end"], c["language"], c["text"]) for r in recs for c in r["clips"]}
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, sample_dir):
+    folder = tmp_path_factory.mktemp("in")
+    for f in FILES:
+        shutil.copy(sample_dir / f, folder / Path(f).name)
+    return folder
 
 
-def test_ray_runner_matches_local_runner(tmp_path, sample_dir):
-    inputs = [sample_dir / f for f in FILES]
-    ray_cfg = load_config(overrides=["run.runner=ray", "transcribe.batch_size=2", "run.max_files_in_flight=2"])
-    s_ray = run_pipeline(inputs, tmp_path / "ray", ray_cfg)
-    local_cfg = load_config(overrides=["run.runner=local", "transcribe.batch_size=2"])
-    s_local = run_pipeline(inputs, tmp_path / "local", local_cfg)
-    assert s_ray["runner"] == "ray" and s_local["runner"] == "local"
-    assert s_ray["files"] == s_local["files"] == {"ok": 4, "failed": 0, "skipped": 0, "failed_by_stage": {}}
-    assert _clips(tmp_path / "ray") == _clips(tmp_path / "local")
-    assert s_ray["clips"] == s_local["clips"] and s_ray["clips"]["total"] >= 3
+@pytest.fixture(scope="module")
+def local_build(tmp_path_factory, inputs):
+    out = tmp_path_factory.mktemp("local") / "out"
+    cli("run", inputs, "-o", out, "--runner", "local", *COMMON)
+    return published(out)
+
+
+def test_ray_with_several_workers_equals_in_process(tmp_path, inputs, local_build):
+    out = tmp_path / "out"
+    proc = cli("run", inputs, "-o", out, "--runner", "ray", *COMMON,
+               "--set", "run.resources.transcribe={actors: 2, num_cpus: 0.25}",
+               "--set", "run.resources.write={actors: 2, num_cpus: 0.25}")
+    assert "transcribe: 2 actor(s)" in proc.stderr and "write: 2 actor(s)" in proc.stderr
+    view = published(out)
+    assert json.loads((out / "summary.json").read_text())["runner"] == "ray"
+    assert view == local_build
+    assert sum(k.endswith(".mp3") for k in view) >= 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_cluster_equals_in_process(tmp_path, inputs, local_build):
+    port = _free_port()
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    start = dict(capture_output=True, text=True, timeout=180, env=env)
+    head = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", '--resources={"head_node": 1}',
+                           "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp_path}/ray"], **start)
+    try:
+        assert head.returncode == 0, head.stderr[-3000:]
+        worker = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
+                                 '--resources={"worker_node": 1}', "--disable-usage-stats"], **start)
+        assert worker.returncode == 0, worker.stderr[-3000:]
+        out = tmp_path / "out"
+        on_head = "{actors: 1, num_cpus: 0.2, custom: {head_node: 0.2}}"
+        on_worker = "{actors: 1, num_cpus: 0.3, custom: {worker_node: 0.2}}"
+        cli("run", inputs, "-o", out, "--ray-address", f"127.0.0.1:{port}", *COMMON,
+            "--set", f"run.resources.standardize={on_head}", "--set", f"run.resources.diarize={on_head}",
+            "--set", f"run.resources.segment={on_head}", "--set", f"run.resources.transcribe={on_worker}",
+            "--set", f"run.resources.score={on_worker}", "--set", f"run.resources.write={on_worker}")
+        nodes = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{port}'); "
+                                "print(sum(n['Alive'] for n in ray.nodes()))"], **start)
+        assert nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr[-2000:]
+        assert published(out) == local_build
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)

@@ -78,14 +78,15 @@ class RayExecutor:
         for name in stage_names:
             res = config.run.resources[name]
             num_gpus = res.num_gpus if has_gpu else 0
-            cls = ray.remote(StageActor).options(num_cpus=res.num_cpus, num_gpus=num_gpus, max_restarts=-1,
-                                                 max_task_retries=0)
+            cls = ray.remote(StageActor).options(num_cpus=res.num_cpus, num_gpus=num_gpus, resources=res.custom,
+                                                 max_restarts=-1, max_task_retries=0)
             pool = [cls.remote(name, data) for _ in range(res.actors)]
             actors.extend(pool)
             self.pools[name] = itertools.cycle(pool)
             log(f"ray: {name}: {res.actors} actor(s), {res.num_cpus} CPU, {num_gpus} GPU each")
         wres = config.run.resources["write"]
-        wcls = ray.remote(WriterActor).options(num_cpus=wres.num_cpus, max_restarts=-1, max_task_retries=0)
+        wcls = ray.remote(WriterActor).options(num_cpus=wres.num_cpus, resources=wres.custom, max_restarts=-1,
+                                               max_task_retries=0)
         self.writers = [wcls.remote(str(out_dir), data, f"{run:06d}-w{i}") for i in range(wres.actors)]
         self.writer_cycle = itertools.cycle(self.writers)
         log(f"ray: write: {wres.actors} actor(s), {wres.num_cpus} CPU each")
