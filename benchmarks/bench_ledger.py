@@ -1,0 +1,148 @@
+"""Ledger at scale: `refilter` and `status` on 1,000,000 synthetic clip records, and the driver's peak memory
+while it tracks 100,000 sources.
+
+The orchestration figure uses stand-in stages (no model: each "file" yields two silent clips with fixed
+scores) and the real driver, scheduler, writer and ledger; it measures bookkeeping, not models.
+
+    python benchmarks/bench_ledger.py [--clips 1000000] [--sources 100000]
+
+Writes benchmarks/results/ledger.json."""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def make_ledger(out: Path, n_clips: int, clips_per_source: int = 50, per_part: int = 64) -> None:
+    """A build folder whose ledger holds ``n_clips`` clips, committed in parts as writers do."""
+    import numpy as np
+    import pyarrow as pa
+
+    from emilia_pipe.config import load_config
+    from emilia_pipe.build import Build
+    from emilia_pipe.ledger import SOURCE_SCHEMA, Ledger, clip_schema, write_table_atomic
+
+    cfg = load_config(overrides=["output.sources_per_shard=1000"])
+    with Build(out, cfg, log=lambda m: None):
+        pass
+    ledger = Ledger(out)
+    n_sources = n_clips // clips_per_source
+    rng = np.random.default_rng(0)
+    langs = np.array(["en", "zh", "de", "fr", "ja", "ko", "es"])
+    schema = clip_schema()
+    for part, first in enumerate(range(0, n_sources, per_part)):
+        idx = np.arange(first, min(first + per_part, n_sources))
+        n = len(idx) * clips_per_source
+        src = np.repeat(idx, clips_per_source)
+        w = np.tile(np.arange(clips_per_source), len(idx))
+        lang = langs[rng.integers(0, len(langs), n)]
+        dur = rng.uniform(3, 30, n).round(3)
+        chars = rng.integers(5, 300, n)
+        b, s = src // 1000, src % 1000
+        ids = [f"{l.upper()}_B{bb:05d}_S{ss:05d}_W{ww:06d}" for l, bb, ss, ww in zip(lang, b, s, w)]
+        cols = {
+            "source_index": src, "clip_index": w, "source_id": [f"{i:016x}" for i in src],
+            "start": np.zeros(n), "end": dur, "speaker": ["SPEAKER_00"] * n, "text": ["some words " * 3] * n,
+            "language": lang, "language_prob": rng.uniform(0.5, 1, n).round(4), "avg_logprob": rng.uniform(-1, 0, n),
+            "no_speech_prob": rng.uniform(0, 0.2, n), "compression_ratio": rng.uniform(1, 2.5, n),
+            "temperature": np.zeros(n), "dnsmos_sig": rng.uniform(2, 4, n), "dnsmos_bak": rng.uniform(2, 4, n),
+            "dnsmos_ovrl": rng.uniform(2, 4, n).round(4), "chars": chars, "sec_per_char": (dur / chars).round(5),
+            "id": ids, "wav": [f"{i.split('_')[0]}_B{i.split('_')[1][1:]}/{i[:-8]}/mp3/{i}.mp3" for i in ids],
+            "speaker_id": [i[:-8] + "_P00" for i in ids], "duration": dur,
+        }
+        table = pa.Table.from_pydict({f.name: cols.get(f.name, [None] * n) for f in schema}, schema=schema)
+        write_table_atomic(ledger.dir / f"clips-000000-w0-{part:06d}.parquet", table, ledger.tmp)
+        srows = {f.name: [None] * len(idx) for f in SOURCE_SCHEMA}
+        srows.update({"index": idx, "status": ["done"] * len(idx), "source_id": [f"{i:016x}" for i in idx],
+                      "path": [f"/data/raw/{i:07d}.mp3" for i in idx], "sha256": [f"{i:064x}" for i in idx],
+                      "duration": np.full(len(idx), 1800.0), "speech_turn_seconds": np.full(len(idx), 1500.0),
+                      "separated": [False] * len(idx), "primary_language": ["EN"] * len(idx),
+                      "clips": np.full(len(idx), clips_per_source), "turns": ["[]"] * len(idx),
+                      "dropped_segments": ["[]"] * len(idx), "timings": ["{}"] * len(idx), "run": np.zeros(len(idx))})
+        write_table_atomic(ledger.dir / f"sources-000000-w0-{part:06d}.parquet",
+                           pa.Table.from_pydict(srows, schema=SOURCE_SCHEMA), ledger.tmp)
+    plan = {"index": np.arange(n_sources), "path": [f"/data/raw/{i:07d}.mp3" for i in range(n_sources)],
+            "size": np.full(n_sources, 30_000_000), "mtime_ns": np.zeros(n_sources, dtype=np.int64),
+            "run": np.zeros(n_sources, dtype=np.int64)}
+    from emilia_pipe.ledger import PLAN_SCHEMA
+
+    write_table_atomic(ledger.dir / "plan-000000.parquet", pa.Table.from_pydict(plan, schema=PLAN_SCHEMA), ledger.tmp)
+
+
+def timed_cli(*args) -> dict:
+    """Run the CLI in a fresh process; wall time and that process's peak RSS."""
+    code = ("import resource, sys, time; from emilia_pipe.cli import main; t=time.perf_counter(); rc=main(sys.argv[1:]); "
+            "print('BENCH', rc, time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    line = [l for l in proc.stderr.splitlines() if l.startswith("BENCH")][-1].split()
+    return {"exit": int(line[1]), "seconds": round(float(line[2]), 2), "peak_rss_mib": round(int(line[3]) / 1024, 1)}
+
+
+def driver_memory(n_sources: int, work: Path) -> dict:
+    """Peak RSS of the driver process while it plans, schedules, writes and finalizes n_sources."""
+    code = f"""
+import resource, sys, time
+sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})
+from pathlib import Path
+from emilia_pipe.config import load_config
+from emilia_pipe.runners.driver import run_pipeline
+from test_driver import ScriptedExecutor
+
+class NoAudio(ScriptedExecutor):  # the writer's bookkeeping only: no MP3 encoding in this figure
+    def get(self, handle):
+        if handle.kind == "write":
+            return self.writer.write(handle.value[0], None)
+        return super().get(handle)
+inp = Path({str(work)!r}) / "in"
+inp.mkdir(parents=True, exist_ok=True)
+for i in range({n_sources}):
+    (inp / f"f{{i:07d}}.wav").write_bytes(b"x")
+cfg = load_config(overrides=["run.runner=local", "transcribe.batch_size=64", "run.max_files_in_flight=64",
+                             "run.max_open_sources=256", "run.commit_every_sources=1000", "output.sources_per_shard=1000"])
+t = time.perf_counter()
+s = run_pipeline([inp], Path({str(work)!r}) / "out", cfg, executor_factory=lambda c, st, o, r: NoAudio(c, o, r),
+                 log=lambda m: None)
+print("BENCH", time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, s["files"]["ok"], s["clips"]["total"], file=sys.stderr)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    line = [l for l in proc.stderr.splitlines() if l.startswith("BENCH")]
+    if not line:
+        raise RuntimeError(proc.stderr[-3000:])
+    _, secs, rss, ok, clips = line[-1].split()
+    return {"sources": int(ok), "clips": int(clips), "seconds": round(float(secs), 1), "driver_peak_rss_mib": round(int(rss) / 1024, 1),
+            "stand_in_stages": True}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clips", type=int, default=1_000_000)
+    ap.add_argument("--sources", type=int, default=100_000)
+    args = ap.parse_args()
+    result = {"machine": f"{__import__('os').cpu_count()} cores"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ledger-build"
+        t = time.perf_counter()
+        make_ledger(out, args.clips)
+        result["ledger"] = {"clips": args.clips, "build_seconds": round(time.perf_counter() - t, 1)}
+        result["refilter"] = timed_cli("refilter", out, "--set", "filter.dnsmos_min=3.1")
+        result["refilter_again"] = timed_cli("refilter", out, "--set", "filter.dnsmos_min=3.0")
+        result["status"] = timed_cli("status", out)
+        result["ledger"]["files_in_ledger"] = len(list((out / ".emilia/ledger").iterdir()))
+        print(json.dumps(result, indent=2), flush=True)
+        result["driver"] = driver_memory(args.sources, Path(tmp) / "drv")
+    print(json.dumps(result, indent=2))
+    dest = ROOT / "benchmarks/results/ledger.json"
+    dest.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
