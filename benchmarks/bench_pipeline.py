@@ -29,11 +29,13 @@ from emilia_pipe.runners.driver import run_pipeline  # noqa: E402
 
 
 class PeakMemory(threading.Thread):
-    """Peak summed RSS of this process and all its descendants."""
+    """Peak summed RSS of this process and all its descendants, and their CPU-seconds (user + system,
+    last sample of each process; a process that lives less than one sample interval is missed)."""
 
     def __init__(self, every_s: float = 0.2):
         super().__init__(daemon=True)
         self.every, self.peak, self._done = every_s, 0, threading.Event()
+        self.cpu: dict[int, float] = {}
 
     def run(self):
         me = psutil.Process()
@@ -42,10 +44,16 @@ class PeakMemory(threading.Thread):
             for p in [me] + me.children(recursive=True):
                 try:
                     total += p.memory_info().rss
+                    t = p.cpu_times()
+                    self.cpu[p.pid] = t.user + t.system
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
             self._done.wait(self.every)
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
 
     def stop(self) -> int:
         self._done.set()
@@ -89,6 +97,7 @@ def main() -> int:
         "real_time_factor": round(wall / (hours_in * 3600), 4),
         "per_stage": per_stage,
         "peak_rss_gib": round(peak / 2**30, 3),
+        "cpu_seconds": round(mem.cpu_seconds, 1),
         "clips": summary["clips"],
         "hours": summary["hours"],
         "cpu_count": psutil.cpu_count(),
@@ -100,7 +109,7 @@ def main() -> int:
     for stage, v in per_stage.items():
         print(f"{stage:<12}{v['seconds']:>10.1f}{(v['audio_hours_per_hour'] or 0):>12.1f}")
     print(f"{'end to end':<12}{wall:>10.1f}{report['end_to_end_audio_hours_per_hour']:>12.2f}")
-    print(f"peak RSS (process tree): {report['peak_rss_gib']:.2f} GiB   report: {out}")
+    print(f"peak RSS (process tree): {report['peak_rss_gib']:.2f} GiB   CPU: {report['cpu_seconds']:.0f} s   report: {out}")
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from emilia_pipe.config import ConfigError, PipelineConfig, apply_overrides, build_config, load_config
 from emilia_pipe.ledger import BuildLockedError, BuildMismatchError
 from emilia_pipe.models import ModelUnavailableError, model_statuses
+from emilia_pipe.runners.ray_executor import ResourcePlanError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(_load(args).model_dump(mode="json"), sort_keys=False))
             return 0
     except (ConfigError, BuildMismatchError) as exc:
+        print(f"emilia-pipe: {exc}", file=sys.stderr)
+        return 2
+    except ResourcePlanError as exc:
         print(f"emilia-pipe: {exc}", file=sys.stderr)
         return 2
     except BuildLockedError as exc:

@@ -143,6 +143,8 @@ class RunConfig(_Section):
     max_attempts: int = Field(2, ge=1, description="Tries per file when its worker dies (a timeout is not retried).")
     commit_every_sources: int = Field(64, ge=1, description="Writers commit their ledger rows after this many sources...")
     commit_every_s: float = Field(60.0, gt=0, description="...or after this many seconds, whichever comes first.")
+    actor_start_timeout_s: float = Field(600.0, gt=0, description="Pools that find no room on the cluster fail after this.")
+    allow_autoscaling: bool = Field(False, description="Accept pools larger than the cluster is now (it will grow).")
     torch_threads: int = Field(0, ge=0, description="0 = all cores of the worker.")
     resources: dict[str, StageResources] = Field(default_factory=_default_resources)
 

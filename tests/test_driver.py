@@ -170,3 +170,18 @@ def test_ids_follow_the_plan_not_completion(tmp_path, names):
     lines = [json.loads(l) for l in (tmp_path / "out/EN/EN_B00000.jsonl").read_text().splitlines()]
     by_source = {l["source"].rsplit("/", 1)[1]: l["id"][:-8] for l in lines}
     assert by_source == {"a.wav": "EN_B00000_S00000", "b.wav": "EN_B00000_S00001"}
+
+
+def test_a_resource_plan_larger_than_the_cluster_is_refused_at_once():
+    from emilia_pipe.runners.ray_executor import ResourcePlanError, check_plan, plan_demand
+
+    cfg = load_config(overrides=["run.resources.transcribe={actors: 2, num_cpus: 1, num_gpus: 0.5}",
+                                 "run.resources.write={actors: 3, num_cpus: 0.5, custom: {cpu_node: 1}}"])
+    pools = ["standardize", "diarize", "segment", "transcribe", "score", "write"]
+    assert plan_demand(cfg, pools, has_gpu=True) == {"CPU": 4.75, "GPU": 1.0, "cpu_node": 3.0}  # 0.25+0.5+0.25+2+0.25+1.5
+    assert "GPU" not in plan_demand(cfg, pools, has_gpu=False)  # GPU asks are dropped on a CPU-only cluster
+    check_plan(cfg, pools, {"CPU": 8, "GPU": 1, "cpu_node": 4}, has_gpu=True)  # fits: no error
+    with pytest.raises(ResourcePlanError, match="CPU 4.75 wanted, 2 available.*cpu_node 3 wanted, 0 available"):
+        check_plan(cfg, pools, {"CPU": 2}, has_gpu=False)
+    grow = load_config(overrides=["run.allow_autoscaling=true"])
+    check_plan(grow, pools, {"CPU": 0.5}, has_gpu=False)  # an autoscaling cluster may grow into it

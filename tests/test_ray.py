@@ -47,7 +47,7 @@ def test_ray_with_several_workers_equals_in_process(tmp_path, inputs, local_buil
     out = tmp_path / "out"
     proc = cli("run", inputs, "-o", out, "--runner", "ray", *COMMON,
                "--set", "run.resources.transcribe={actors: 2, num_cpus: 0.25}",
-               "--set", "run.resources.write={actors: 2, num_cpus: 0.25}")
+               "--set", "run.resources.write={actors: 2, num_cpus: 0.125}")
     assert "transcribe: 2 actor(s)" in proc.stderr and "write: 2 actor(s)" in proc.stderr
     view = published(out)
     assert json.loads((out / "summary.json").read_text())["runner"] == "ray"

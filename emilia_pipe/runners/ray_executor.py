@@ -59,6 +59,38 @@ class WriterActor:
         return True
 
 
+class ResourcePlanError(RuntimeError):
+    """The pools ask for more than the cluster has."""
+
+
+def _fmt(resources: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if not k.startswith(("node:", "memory", "object_store")))
+
+
+def plan_demand(config, pools: list[str], has_gpu: bool) -> dict[str, float]:
+    """Total resources the pools ask for: every actor's CPUs, GPUs (only where the cluster has GPUs) and
+    custom resources."""
+    total: dict[str, float] = {}
+    for name in pools:
+        res = config.run.resources[name]
+        want = {"CPU": res.num_cpus, "GPU": res.num_gpus if has_gpu else 0.0, **res.custom}
+        for k, v in want.items():
+            total[k] = total.get(k, 0.0) + v * res.actors
+    return {k: round(v, 6) for k, v in total.items() if v > 0}
+
+
+def check_plan(config, pools: list[str], cluster: dict, has_gpu: bool) -> None:
+    """Refuse at once a plan that cannot fit the cluster as it is (rather than wait forever)."""
+    demand = plan_demand(config, pools, has_gpu)
+    short = {k: v for k, v in demand.items() if v > cluster.get(k, 0.0) + 1e-9}
+    if short and not config.run.allow_autoscaling:
+        raise ResourcePlanError(
+            "the pools ask for more than the Ray cluster has: "
+            + ", ".join(f"{k} {v:g} wanted, {cluster.get(k, 0):g} available" for k, v in short.items())
+            + ". Lower run.resources.<pool>.actors / num_cpus / num_gpus (pools: " + ", ".join(pools)
+            + "), or set run.allow_autoscaling=true on a cluster that adds nodes on demand.")
+
+
 class RayExecutor:
     def __init__(self, config, stage_names: list[str], out_dir, run: int, address: str | None = None, log=print):
         import ray
@@ -71,7 +103,9 @@ class RayExecutor:
             else:
                 ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False, runtime_env=env)
         self._owns_ray = address is None
-        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        cluster = ray.cluster_resources()
+        has_gpu = cluster.get("GPU", 0) > 0
+        check_plan(config, [*stage_names, "write"], cluster, has_gpu)
         data = config.model_dump(mode="json")
         self.pools: dict[str, itertools.cycle] = {}
         actors = []
@@ -90,7 +124,15 @@ class RayExecutor:
         self.writers = [wcls.remote(str(out_dir), data, f"{run:06d}-w{i}") for i in range(wres.actors)]
         self.writer_cycle = itertools.cycle(self.writers)
         log(f"ray: write: {wres.actors} actor(s), {wres.num_cpus} CPU each")
-        ray.get([a.ready.remote() for a in actors + self.writers])  # surface model-loading errors now
+        # surface model-loading errors now; actors that find no room on the cluster would wait forever
+        ready = [a.ready.remote() for a in actors + self.writers]
+        done, waiting = ray.wait(ready, num_returns=len(ready), timeout=config.run.actor_start_timeout_s)
+        ray.get(done)
+        if waiting:
+            raise ResourcePlanError(
+                f"{len(waiting)} of {len(ready)} actors did not start within run.actor_start_timeout_s="
+                f"{config.run.actor_start_timeout_s:g} s: the cluster has no room for them (resources: "
+                f"{_fmt(cluster)}). Lower run.resources.<pool>.actors / num_cpus / num_gpus, or add nodes.")
         self.file_chain = file_chain(stage_names)
         self.batch_chain = batch_chain(stage_names)
         self.running: dict = {}  # final ref -> [(ref, actor)] of its chain, to find a hung actor
