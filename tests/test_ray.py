@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 def cli(*args, check=0):
     proc = subprocess.run([sys.executable, "-m", "emilia_pipe.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=1200, env={**os.environ, "RAY_ADDRESS": ""})
+                          timeout=1200, env={**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"})
     assert proc.returncode == check, proc.stderr[-4000:]
     return proc
 
@@ -63,10 +64,11 @@ def _free_port() -> int:
 
 def test_two_node_cluster_equals_in_process(tmp_path, inputs, local_build):
     port = _free_port()
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}  # loopback-only test cluster
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     start = dict(capture_output=True, text=True, timeout=180, env=env)
     head = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", '--resources={"head_node": 1}',
-                           "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp_path}/ray"], **start)
+                           "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"], **start)
     try:
         assert head.returncode == 0, head.stderr[-3000:]
         worker = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
@@ -85,3 +87,4 @@ def test_two_node_cluster_equals_in_process(tmp_path, inputs, local_build):
         assert published(out) == local_build
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        shutil.rmtree(temp, ignore_errors=True)
