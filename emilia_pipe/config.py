@@ -12,6 +12,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from emilia_pipe.audio import ANALYSIS_RATE
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PROFILES = ("lite", "full")
 
@@ -26,11 +28,20 @@ class _Section(BaseModel):
 
 class StandardizeConfig(_Section):
     sample_rate: int = Field(24000, gt=0, description="Output rate of the working audio and MP3s.")
-    analysis_rate: int = Field(16000, gt=0, description="Rate of the view fed to VAD, diarization, ASR, DNSMOS.")
+    analysis_rate: int = Field(ANALYSIS_RATE, gt=0, description="Rate of the view fed to VAD, diarization, ASR, "
+                               "DNSMOS. Must be 16000: every one of those models needs 16 kHz.")
     loudness: Literal["reference", "none", "peak"] = "reference"
     target_dbfs: float = -20.0
     max_gain_db: float = Field(3.0, ge=0)
     max_duration_s: float = Field(4 * 3600.0, gt=0, description="Longer inputs fail with a clear error.")
+
+    @field_validator("analysis_rate")
+    @classmethod
+    def _models_need_16k(cls, value: int) -> int:
+        if value != ANALYSIS_RATE:
+            raise ValueError(f"must be {ANALYSIS_RATE}: the VAD, diarization, Whisper and DNSMOS models "
+                             f"need {ANALYSIS_RATE // 1000} kHz input, got {value}")
+        return value
 
 
 class SeparateConfig(_Section):

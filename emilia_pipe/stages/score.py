@@ -10,11 +10,12 @@ import time
 
 import numpy as np
 
+from emilia_pipe.audio import ANALYSIS_RATE
 from emilia_pipe.models import dnsmos_onnx_path
 from emilia_pipe.records import Clip
 from emilia_pipe.stages import Stage
 
-SCORE_RATE = 16000
+SCORE_RATE = ANALYSIS_RATE
 # DNSMOS P.835 calibration polynomials (non-personalised), highest power first.
 POLY_SIG = np.poly1d([-0.08397278, 1.22083953, 0.0028434])
 POLY_BAK = np.poly1d([-0.13166888, 1.60915514, -0.39604546])

@@ -16,11 +16,12 @@ import zlib
 
 import numpy as np
 
+from emilia_pipe.audio import ANALYSIS_RATE
 from emilia_pipe.models import whisper_model_path
 from emilia_pipe.records import Clip
 from emilia_pipe.stages import Stage
 
-N_SAMPLES = 30 * 16000  # one Whisper window
+N_SAMPLES = 30 * ANALYSIS_RATE  # one Whisper window
 NO_SPEECH_THRESHOLD = 0.6
 
 
