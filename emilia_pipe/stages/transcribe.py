@@ -134,6 +134,7 @@ class Transcriber(Stage):
         for clip, (lang, prob) in zip(clips, langs):
             clip.language, clip.language_prob = lang, round(prob, 4)
         temps = self.cfg.temperatures or [0.0]
+        attempts: list[list[tuple]] = [[] for _ in clips]  # per clip: (text, avg_logprob, no_speech, temperature)
         pending = list(range(len(clips)))
         for step, temp in enumerate(temps):
             if step > 0:  # re-encode only the clips that need another try
@@ -141,12 +142,22 @@ class Transcriber(Stage):
             decoded = self.decode(enc, [clips[i].language for i in pending], temp)
             retry = []
             for i, (text, avg_lp, no_speech) in zip(pending, decoded):
-                clip = clips[i]
-                clip.text, clip.avg_logprob, clip.no_speech_prob = text, round(avg_lp, 4), round(no_speech, 4)
-                clip.compression_ratio = round(compression_ratio(text), 3)
-                clip.temperature = temp
+                attempts[i].append((text, avg_lp, no_speech, temp))
                 if self.needs_fallback(text, avg_lp, no_speech):
                     retry.append(i)
             pending = retry
             if not pending:
                 break
+        failed = set(pending)
+        for i, clip in enumerate(clips):
+            # a clip that passed keeps its last attempt; one that never passed keeps its best one
+            text, avg_lp, no_speech, temp = self.best_attempt(attempts[i]) if i in failed else attempts[i][-1]
+            clip.text, clip.avg_logprob, clip.no_speech_prob = text, round(avg_lp, 4), round(no_speech, 4)
+            clip.compression_ratio = round(compression_ratio(text), 3)
+            clip.temperature = temp
+
+    def best_attempt(self, attempts: list[tuple]) -> tuple:
+        """faster-whisper's rule when every temperature failed: the most likely attempt among those that
+        pass the compression-ratio check, else the most likely of all (never simply the last, hottest one)."""
+        passing = [a for a in attempts if compression_ratio(a[0]) <= self.cfg.compression_ratio_threshold]
+        return max(passing or attempts, key=lambda a: a[1])
