@@ -23,6 +23,7 @@ from emilia_pipe.stages import Stage
 
 N_SAMPLES = 30 * ANALYSIS_RATE  # one Whisper window
 NO_SPEECH_THRESHOLD = 0.6
+SAMPLING_SEED = 20240705
 
 
 def compression_ratio(text: str) -> float:
@@ -53,6 +54,12 @@ class Transcriber(Stage):
         compute_type = self.cfg.compute_type
         if compute_type == "auto":
             compute_type = "float16" if self.device == "cuda" else "int8"
+        import ctranslate2
+
+        # CTranslate2 seeds each worker thread's RNG once, at its first sampled decode, from this seed
+        # (set_random_seed has no effect after that): a fresh run over the same clips in the same order
+        # samples the same fallbacks. It cannot be re-seeded per clip (see tests/test_determinism.py).
+        ctranslate2.set_random_seed(SAMPLING_SEED)
         path = whisper_model_path(config.models.asr, config.models.cache_dir,
                                   token=os.environ.get(config.models.hf_token_env))
         self.model = WhisperModel(path, device=self.device, compute_type=compute_type,
