@@ -105,6 +105,10 @@ class ScoreConfig(_Section):
         "real clips the OVRL spread drops from 0.17-0.30 (1) to 0.05-0.12 (4), 8 gains no more; costs 4x "
         "DNSMOS time on short clips only."))
     onnx_threads: int = Field(0, ge=0, description="0 = onnxruntime default.")
+    skip_language_rejected: bool = Field(True, description=(
+        "Leave DNSMOS empty (None) for clips the language rule rejects (filter.languages, "
+        "filter.language_prob_min): they are rejected anyway. A later refilter that admits their "
+        "language will still find no score for them."))
 
 
 class FilterConfig(_Section):

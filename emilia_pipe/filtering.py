@@ -33,6 +33,11 @@ def iqr_bounds(values: Iterable[float], k: float) -> tuple[float, float]:
     return q1 - k * (q3 - q1), q3 + k * (q3 - q1)
 
 
+def language_rejected(language: str | None, language_prob: float | None, cfg: FilterConfig) -> bool:
+    """The reference's language rule: keep only allowed languages detected with prob > the minimum."""
+    return language not in cfg.languages or (language_prob or 0.0) <= cfg.language_prob_min
+
+
 def apply_filters(records: list[dict], cfg: FilterConfig) -> list[dict]:
     """Set ``kept`` and ``reasons`` on each clip record (in place) and return the records."""
     allowed = set(cfg.languages)

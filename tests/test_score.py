@@ -77,7 +77,7 @@ def test_dnsmos_ranks_clean_above_noisy(sample_dir, lite_config):
     noise = decode(sample_dir / "nonspeech/noise_doing_the_dishes.wav", 16000).samples[: speech.size]
     noisy = speech + 0.8 * noise * (np.std(speech) / (np.std(noise) + 1e-9))
     clips = [Clip(source_id="a", index=i, start=0, end=speech.size / 16000, speaker="S", audio_16k=a.astype(np.float32),
-                  text="some words here")
+                  text="some words here", language="en", language_prob=0.99)
              for i, a in enumerate((speech, noisy))]
     Scorer(lite_config).run(clips)
     clean, dirty = clips
@@ -103,3 +103,23 @@ def test_short_clip_verdict_is_stable_under_millisecond_shifts(sample_dir):
     # Over 4 short clips (LJ001-0004, de, this AMI clip, aishell 0121): 0.17-0.29 -> 0.05-0.12.
     assert spread(1) > 0.15
     assert spread(4) < 0.15
+
+
+def _noise_clip(i, language, prob):
+    audio = (0.05 * np.random.default_rng(i).standard_normal(16000 * 10)).astype(np.float32)  # 10 s: one window
+    return Clip(source_id="a", index=i, start=0, end=10.0, speaker="S", audio_16k=audio, text="a b c",
+                language=language, language_prob=prob)
+
+
+def test_clips_the_language_rule_rejects_are_not_scored():
+    from emilia_pipe.config import load_config
+
+    cfg = load_config()  # filter.languages zh en fr ja ko de, keep if language_prob > 0.8
+    clips = [_noise_clip(0, "en", 0.95), _noise_clip(1, "sv", 0.99), _noise_clip(2, "en", 0.8)]
+    Scorer(cfg).run(clips)
+    assert clips[0].dnsmos_ovrl is not None
+    assert [c.dnsmos_ovrl for c in clips[1:]] == [None, None] and clips[1].dnsmos_sig is None
+    assert [c.chars for c in clips] == [3, 3, 3]  # characters are still counted
+    clips = [_noise_clip(1, "sv", 0.99)]
+    Scorer(load_config(overrides=["score.skip_language_rejected=false"])).run(clips)
+    assert clips[0].dnsmos_ovrl is not None

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from emilia_pipe.audio import ANALYSIS_RATE
+from emilia_pipe.filtering import language_rejected
 from emilia_pipe.models import dnsmos_onnx_path
 from emilia_pipe.records import Clip
 from emilia_pipe.stages import Stage
@@ -33,7 +34,7 @@ def dnsmos_windows(audio_16k: np.ndarray, window_s: float, hop_s: float) -> np.n
     """(n_windows, window_len) float32 array of the windows DNSMOS scores for one clip, as the published
     code picks them: the window count comes from the whole seconds of the (tiled) clip, and a window the
     float arithmetic of its end makes one sample short is skipped (at a 1 s hop: every window starting at
-    7..23 s, since int((7 + 9.01) * 16000) = 256159), so clips of up to 30 s are scored on 0..16.01 s."""
+    7..23 s, since (7 + 9.01) = 16.009999999999998), so clips of up to 30 s are scored on 0..16.01 s."""
     win = int(window_s * SCORE_RATE)
     audio = np.asarray(audio_16k, dtype=np.float32)
     if audio.size == 0:
@@ -53,6 +54,7 @@ class Scorer(Stage):
         import onnxruntime as ort
 
         self.cfg = config.score
+        self.filter = config.filter
         opts = ort.SessionOptions()
         if self.cfg.onnx_threads:
             opts.intra_op_num_threads = self.cfg.onnx_threads
@@ -82,8 +84,10 @@ class Scorer(Stage):
     def run(self, clips: list[Clip]) -> list[Clip]:
         t0 = time.perf_counter()
         for clip in clips:
-            sig, bak, ovrl = self.clip_scores(clip.audio_16k)
-            clip.dnsmos_sig, clip.dnsmos_bak, clip.dnsmos_ovrl = round(sig, 4), round(bak, 4), round(ovrl, 4)
+            # the language rule rejects these anyway: DNSMOS would be wasted work (scores stay None)
+            if not (self.cfg.skip_language_rejected and language_rejected(clip.language, clip.language_prob, self.filter)):
+                sig, bak, ovrl = self.clip_scores(clip.audio_16k)
+                clip.dnsmos_sig, clip.dnsmos_bak, clip.dnsmos_ovrl = round(sig, 4), round(bak, 4), round(ovrl, 4)
             clip.chars = char_count(clip.text)
             clip.sec_per_char = round(clip.duration / clip.chars, 5) if clip.chars else None
         self.last_seconds = time.perf_counter() - t0
