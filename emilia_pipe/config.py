@@ -88,8 +88,13 @@ class TranscribeConfig(_Section):
     temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     compression_ratio_threshold: float = 2.4
     log_prob_threshold: float = -1.0
-    max_new_tokens: int = Field(224, ge=1)
-    initial_prompt: Optional[str] = None
+    max_new_tokens: int = Field(224, ge=1, description="Tokens the transcript may use, on top of the prompt "
+                                "(prompt + max_new_tokens must fit Whisper's 448).")
+    initial_prompt: Optional[str] = Field(None, description=(
+        "Text Whisper sees as preceding context. 'reference' = the reference's filler-word prompt "
+        "('um, uh, um, uh, So uhm, yeaah. Okay, ehm, uuuh.', 24 prompt tokens), meant to keep hesitations in "
+        "the text. Default None: on the sample recordings (Whisper base) it gave no gain: WER en 0 -> 0, "
+        "de 0.30 -> 0.20, fr 0 -> 0.15, CER zh/ja/ko unchanged."))
     compute_type: Literal["auto", "int8", "float16", "float32", "int8_float16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2 default.")

@@ -120,3 +120,32 @@ def test_noise_is_not_confident_speech(sample_dir, lite_config, transcribed):
     jfk = transcribed["asr/en/en_jfk_inaugural.flac"][0]
     # relative, not absolute: noise is far less likely to be speech than a clean speech recording
     assert clip.no_speech_prob > 5 * max(jfk.no_speech_prob, 0.01) or clip.avg_logprob < jfk.avg_logprob - 0.3
+
+
+@integration
+def test_reference_prompt_leaves_the_transcript_its_tokens(sample_dir, sample_manifest):
+    from emilia_pipe.config import load_config
+    from emilia_pipe.stages.transcribe import REFERENCE_PROMPT, Transcriber
+
+    # 32 new tokens hold the JFK sentence (about 25 tokens). The prompt is 24 tokens more (sot_prev and the
+    # filler words); with max_length fixed at max_new_tokens + 8 the transcript was cut after 13 tokens
+    # (' And so my fellow Americans ask not what your country can do for', WER 0.41).
+    plain = Transcriber(load_config(overrides=["transcribe.max_new_tokens=32"]))
+    stage = Transcriber(load_config(overrides=["transcribe.max_new_tokens=32", "transcribe.initial_prompt=reference"]))
+    added = len(stage.prompt("en")) - len(plain.prompt("en"))
+    assert added == 1 + len(stage.tokenizer("en").encode(" " + REFERENCE_PROMPT))
+    assert stage.max_length([stage.prompt("en")]) - plain.max_length([plain.prompt("en")]) == added
+
+    audio = decode(sample_dir / "asr/en/en_jfk_inaugural.flac", 16000).samples
+    clip = Clip(source_id="j", index=0, start=0.0, end=audio.size / 16000, speaker="S", audio_16k=audio)
+    stage.run([clip])
+    reference = next(m["reference_text"] for m in sample_manifest if m["file"] == "asr/en/en_jfk_inaugural.flac")
+    assert word_error_rate(reference, clip.text) <= 0.05, clip.text
+
+
+def test_prompt_and_new_tokens_beyond_whispers_448_are_refused():
+    from emilia_pipe.config import load_config
+    from emilia_pipe.stages.transcribe import Transcriber
+
+    with pytest.raises(ValueError, match="448"):
+        Transcriber(load_config(overrides=["transcribe.max_new_tokens=440", "transcribe.initial_prompt=reference"]))

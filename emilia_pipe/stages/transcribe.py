@@ -24,6 +24,8 @@ from emilia_pipe.stages import Stage
 N_SAMPLES = 30 * ANALYSIS_RATE  # one Whisper window
 NO_SPEECH_THRESHOLD = 0.6
 SAMPLING_SEED = 20240705
+# The reference's filler-word initial prompt (Emilia-Pipe's ASR default), chosen by initial_prompt: reference.
+REFERENCE_PROMPT = "um, uh, um, uh, So uhm, yeaah. Okay, ehm, uuuh."
 
 
 def compression_ratio(text: str) -> float:
@@ -68,6 +70,11 @@ class Transcriber(Stage):
         self._tokenizers: dict[str, object] = {}
         self.n_mels = self.model.feat_kwargs.get("feature_size") or 80
         self.multilingual = self.model.model.is_multilingual
+        longest = self.max_length([self.prompt("en")])
+        if longest > self.model.max_length:
+            raise ValueError(f"transcribe: the prompt ({longest - self.cfg.max_new_tokens} tokens) plus max_new_tokens "
+                             f"({self.cfg.max_new_tokens}) exceed Whisper's {self.model.max_length} tokens; "
+                             "shorten initial_prompt or lower max_new_tokens")
 
     def tokenizer(self, language: str):
         if language not in self._tokenizers:
@@ -78,8 +85,13 @@ class Transcriber(Stage):
 
     def prompt(self, language: str) -> list[int]:
         tok = self.tokenizer(language)
-        previous = tok.encode(" " + self.cfg.initial_prompt.strip()) if self.cfg.initial_prompt else []
+        text = REFERENCE_PROMPT if self.cfg.initial_prompt == "reference" else self.cfg.initial_prompt
+        previous = tok.encode(" " + text.strip()) if text else []
         return self.model.get_prompt(tok, previous, without_timestamps=True)
+
+    def max_length(self, prompts: list[list[int]]) -> int:
+        # CTranslate2 counts the prompt in max_length: the transcript gets max_new_tokens on top of it
+        return max(len(p) for p in prompts) + self.cfg.max_new_tokens
 
     def features(self, clips: list[Clip]) -> np.ndarray:
         from whisperx.audio import log_mel_spectrogram
@@ -99,8 +111,9 @@ class Transcriber(Stage):
 
     def decode(self, encoder_output, languages: list[str], temperature: float):
         cfg = self.cfg
+        prompts = [self.prompt(lang) for lang in languages]
         kwargs = dict(
-            max_length=min(cfg.max_new_tokens + 8, self.model.max_length),
+            max_length=self.max_length(prompts),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -110,7 +123,7 @@ class Transcriber(Stage):
             kwargs.update(beam_size=cfg.beam_size, patience=1.0, length_penalty=1.0)
         else:
             kwargs.update(beam_size=1, num_hypotheses=cfg.best_of, sampling_temperature=temperature, sampling_topk=0)
-        results = self.model.model.generate(encoder_output, [self.prompt(l) for l in languages], **kwargs)
+        results = self.model.model.generate(encoder_output, prompts, **kwargs)
         out = []
         for lang, res in zip(languages, results):
             tok = self.tokenizer(lang)
