@@ -9,6 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+# The rate of every clip's and source's ``audio_16k`` view. VAD, diarization, Whisper and DNSMOS were all
+# trained on 16 kHz audio, so this is fixed; the config validates ``standardize.analysis_rate`` against it.
+ANALYSIS_RATE = 16000
+
 AUDIO_EXTENSIONS = {
     ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".m4v", ".mov",
     ".webm", ".mkv", ".wma", ".aif", ".aiff", ".caf", ".ac3", ".amr",

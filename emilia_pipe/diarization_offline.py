@@ -32,7 +32,9 @@ with warnings.catch_warnings():
     from pyannote.audio.pipelines.speaker_diarization import SpeakerDiarization
     from pyannote.pipeline.parameter import ParamDict, Uniform
 
-SAMPLE_RATE = 16000
+from emilia_pipe.audio import ANALYSIS_RATE
+
+SAMPLE_RATE = ANALYSIS_RATE
 
 
 class CAMPPlusEmbedding(BaseInference):

@@ -74,6 +74,11 @@ def filter_frame(df: pd.DataFrame, cfg: FilterConfig) -> pd.DataFrame:
     return df
 
 
+def language_rejected(language: str | None, language_prob: float | None, cfg: FilterConfig) -> bool:
+    """The reference's language rule: keep only allowed languages detected with prob > the minimum."""
+    return language not in cfg.languages or (language_prob or 0.0) <= cfg.language_prob_min
+
+
 def apply_filters(records: list[dict], cfg: FilterConfig) -> list[dict]:
     """Record-list form of :func:`filter_frame`: sets ``kept`` and ``reasons`` on each dict in place.
     Records carry ``source_id`` (or ``source_index``) to group by file."""

@@ -79,3 +79,23 @@ def test_cli_missing_model_exits_3_before_any_work(tmp_path, capsys, monkeypatch
     rc = main(["run", str(wav), "-o", str(tmp_path / "out"), "--set", "models.asr=/nonexistent/whisper"])
     assert rc == 3
     assert "asr" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_analysis_rate_other_than_16k_is_rejected():
+    # every analysis model (VAD, diarization, Whisper, DNSMOS) was trained on 16 kHz audio
+    with pytest.raises(ConfigError, match=r"standardize\.analysis_rate: .*16000.*models"):
+        load_config(overrides=["standardize.analysis_rate=22050"])
+    assert load_config(overrides=["standardize.analysis_rate=16000"]).standardize.analysis_rate == 16000
+
+
+def test_stages_take_the_analysis_rate_from_one_place():
+    import re
+    from pathlib import Path
+
+    import emilia_pipe
+
+    pkg = Path(emilia_pipe.__file__).parent
+    files = sorted(pkg.glob("stages/*.py")) + [pkg / "diarization_offline.py"]
+    stray = [f"{f.name}:{n}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1)
+             if re.search(r"\b16_?000\b", line.split("#")[0])]
+    assert not stray, f"hard-coded 16 kHz in {stray}; use emilia_pipe.audio.ANALYSIS_RATE"

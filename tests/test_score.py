@@ -19,7 +19,56 @@ def test_windows_tile_short_clips_and_hop_long_ones():
     # 4 s doubles to 16 s (the reference tiles by doubling), then 1 s hops: 7 windows
     assert dnsmos_windows(np.ones(16000 * 4, np.float32), 9.01, 1.0).shape == (7, 144160)
     assert dnsmos_windows(np.ones(16000 * 12, np.float32), 9.01, 1.0).shape == (3, 144160)
-    assert dnsmos_windows(np.ones(16000 * 30, np.float32), 9.01, 1.0).shape == (21, 144160)
+    # 30 s: the published code plans 21 hops but keeps only the windows starting at 0..6 s: for i = 7..23
+    # int((i + 9.01) * 16000) rounds down to one sample short of 9.01 s (16.009999999999998 * 16000), and
+    # windows shorter than 9.01 s are skipped. The reference (same code) scored only those 7 windows.
+    assert dnsmos_windows(np.ones(16000 * 30, np.float32), 9.01, 1.0).shape == (7, 144160)
+
+
+@pytest.mark.parametrize("seconds, windows", [(4.3, 7), (9.5, 1), (10.7, 1), (17.25, 7)])
+def test_window_count_of_fractional_lengths_is_the_published_one(seconds, windows):
+    # published: num_hops = int(floor(seconds) - 9.01) + 1, i.e. the fraction of a second never adds a
+    # window (we used floor(seconds - 9.01) + 1: one window more for 10.7 s, 17.25 s and tiled 4.3 s)
+    audio = np.ones(int(seconds * 16000), np.float32)
+    assert len(dnsmos_windows(audio, 9.01, 1.0)) == windows
+
+
+def published_dnsmos(session, audio):
+    """The published DNSMOS P.835 computation (DNS-Challenge dnsmos_local.py), transcribed plainly:
+    non-personalised fit, one model run per window."""
+    fs, input_length = 16000, 9.01
+    p_ovr = np.poly1d([-0.06766283, 1.11546468, 0.04602535])
+    p_sig = np.poly1d([-0.08397278, 1.22083953, 0.0052439])
+    p_bak = np.poly1d([-0.13166888, 1.60915514, -0.39604546])
+    len_samples = int(input_length * fs)
+    while len(audio) < len_samples:
+        audio = np.append(audio, audio)
+    num_hops = int(np.floor(len(audio) / fs) - input_length) + 1
+    sig, bak, ovr = [], [], []
+    for idx in range(num_hops):
+        audio_seg = audio[int(idx * fs) : int((idx + input_length) * fs)]
+        if len(audio_seg) < len_samples:
+            continue
+        s, b, o = session.run(None, {"input_1": audio_seg.astype("float32")[np.newaxis, :]})[0][0]
+        sig.append(p_sig(s)), bak.append(p_bak(b)), ovr.append(p_ovr(o))
+    return np.mean(sig), np.mean(bak), np.mean(ovr)
+
+
+@pytest.mark.integration
+def test_scores_equal_the_published_computation(sample_dir, lite_config):
+    # Measured before the fix, OVRL ours - published: 4.3 s -0.0074, 9.5 s 0.0000, 10.7 s +0.0323,
+    # 17.25 s +0.0167 (one window too many); SIG off by a further 0.0024 everywhere (constant 0.0028434).
+    jfk = decode(sample_dir / "asr/en/en_jfk_inaugural.flac", 16000).samples
+    ami = decode(sample_dir / "diarization/ami_pyannote_tst00.wav", 16000).samples
+    cuts = [jfk[: int(4.3 * 16000)], jfk[: int(9.5 * 16000)], jfk[: int(10.7 * 16000)], ami[: int(17.25 * 16000)]]
+    scorer = Scorer(lite_config.model_copy(update={"score": lite_config.score.model_copy(
+        update={"short_clip_offsets": 1})}))  # 1 = exactly the published computation for the 4.3 s clip too
+    clips = [Clip(source_id="a", index=i, start=0, end=a.size / 16000, speaker="S", audio_16k=a, text="x y",
+                  language="en", language_prob=0.99) for i, a in enumerate(cuts)]
+    scorer.run(clips)
+    for clip, audio in zip(clips, cuts):
+        sig, bak, ovr = published_dnsmos(scorer.session, audio)
+        assert (clip.dnsmos_sig, clip.dnsmos_bak, clip.dnsmos_ovrl) == pytest.approx((sig, bak, ovr), abs=1e-4)
 
 
 @pytest.mark.integration
@@ -28,7 +77,7 @@ def test_dnsmos_ranks_clean_above_noisy(sample_dir, lite_config):
     noise = decode(sample_dir / "nonspeech/noise_doing_the_dishes.wav", 16000).samples[: speech.size]
     noisy = speech + 0.8 * noise * (np.std(speech) / (np.std(noise) + 1e-9))
     clips = [Clip(source_id="a", index=i, start=0, end=speech.size / 16000, speaker="S", audio_16k=a.astype(np.float32),
-                  text="some words here")
+                  text="some words here", language="en", language_prob=0.99)
              for i, a in enumerate((speech, noisy))]
     Scorer(lite_config).run(clips)
     clean, dirty = clips
@@ -36,3 +85,41 @@ def test_dnsmos_ranks_clean_above_noisy(sample_dir, lite_config):
     assert clean.dnsmos_ovrl > dirty.dnsmos_ovrl + 0.5
     assert clean.dnsmos_bak > dirty.dnsmos_bak + 0.5  # background score is what noise hurts most
     assert clean.chars == 13 and clean.sec_per_char == pytest.approx(clean.duration / 13, rel=1e-3)
+
+
+@pytest.mark.integration
+def test_short_clip_verdict_is_stable_under_millisecond_shifts(sample_dir):
+    from emilia_pipe.config import load_config
+
+    audio = decode(sample_dir / "asr/en/en_ami_ES2011a_headset0_40-46s.wav", 16000).samples
+    n = audio.size - 160  # a 6 s clip, its start moved by 1..10 ms
+
+    def spread(offsets):
+        scorer = Scorer(load_config(overrides=[f"score.short_clip_offsets={offsets}"]))
+        ovrl = [scorer.clip_scores(audio[16 * k : 16 * k + n])[2] for k in range(1, 11)]
+        return max(ovrl) - min(ovrl)
+
+    # Measured OVRL max - min: published computation (1 offset) 0.259, default (4 offsets) 0.078.
+    # Over 4 short clips (LJ001-0004, de, this AMI clip, aishell 0121): 0.17-0.29 -> 0.05-0.12.
+    assert spread(1) > 0.15
+    assert spread(4) < 0.15
+
+
+def _noise_clip(i, language, prob):
+    audio = (0.05 * np.random.default_rng(i).standard_normal(16000 * 10)).astype(np.float32)  # 10 s: one window
+    return Clip(source_id="a", index=i, start=0, end=10.0, speaker="S", audio_16k=audio, text="a b c",
+                language=language, language_prob=prob)
+
+
+def test_clips_the_language_rule_rejects_are_not_scored():
+    from emilia_pipe.config import load_config
+
+    cfg = load_config()  # filter.languages zh en fr ja ko de, keep if language_prob > 0.8
+    clips = [_noise_clip(0, "en", 0.95), _noise_clip(1, "sv", 0.99), _noise_clip(2, "en", 0.8)]
+    Scorer(cfg).run(clips)
+    assert clips[0].dnsmos_ovrl is not None
+    assert [c.dnsmos_ovrl for c in clips[1:]] == [None, None] and clips[1].dnsmos_sig is None
+    assert [c.chars for c in clips] == [3, 3, 3]  # characters are still counted
+    clips = [_noise_clip(1, "sv", 0.99)]
+    Scorer(load_config(overrides=["score.skip_language_rejected=false"])).run(clips)
+    assert clips[0].dnsmos_ovrl is not None

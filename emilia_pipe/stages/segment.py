@@ -13,12 +13,13 @@ import time
 
 import numpy as np
 
+from emilia_pipe.audio import ANALYSIS_RATE
 from emilia_pipe.models import silero_vad_onnx_path
 from emilia_pipe.records import Clip, Source, Turn
 from emilia_pipe.stages import Stage
 from emilia_pipe.torch_threads import restore_torch_threads
 
-VAD_RATE = 16000
+VAD_RATE = ANALYSIS_RATE
 VAD_FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)
 
 

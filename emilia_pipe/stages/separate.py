@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emilia_pipe.audio import resample
+from emilia_pipe.audio import ANALYSIS_RATE, resample
 from emilia_pipe.models import ModelUnavailableError, _is_path_ref
 from emilia_pipe.records import Source
 from emilia_pipe.stages import Stage
@@ -108,7 +108,7 @@ class Separator(Stage):
         t0 = time.perf_counter()
         vocals = self.vocals_of(source.audio, source.sample_rate)
         source.audio = vocals
-        source.audio_16k = resample(vocals, source.sample_rate, 16000)
+        source.audio_16k = resample(vocals, source.sample_rate, ANALYSIS_RATE)
         source.separated = True
         source.timings[self.name] = time.perf_counter() - t0
         return source

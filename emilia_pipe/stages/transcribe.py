@@ -16,12 +16,16 @@ import zlib
 
 import numpy as np
 
+from emilia_pipe.audio import ANALYSIS_RATE
 from emilia_pipe.models import whisper_model_path
 from emilia_pipe.records import Clip
 from emilia_pipe.stages import Stage
 
-N_SAMPLES = 30 * 16000  # one Whisper window
+N_SAMPLES = 30 * ANALYSIS_RATE  # one Whisper window
 NO_SPEECH_THRESHOLD = 0.6
+SAMPLING_SEED = 20240705
+# The reference's filler-word initial prompt (Emilia-Pipe's ASR default), chosen by initial_prompt: reference.
+REFERENCE_PROMPT = "um, uh, um, uh, So uhm, yeaah. Okay, ehm, uuuh."
 
 
 def compression_ratio(text: str) -> float:
@@ -52,6 +56,12 @@ class Transcriber(Stage):
         compute_type = self.cfg.compute_type
         if compute_type == "auto":
             compute_type = "float16" if self.device == "cuda" else "int8"
+        import ctranslate2
+
+        # CTranslate2 seeds each worker thread's RNG once, at its first sampled decode, from this seed
+        # (set_random_seed has no effect after that): a fresh run over the same clips in the same order
+        # samples the same fallbacks. It cannot be re-seeded per clip (see tests/test_determinism.py).
+        ctranslate2.set_random_seed(SAMPLING_SEED)
         path = whisper_model_path(config.models.asr, config.models.cache_dir,
                                   token=os.environ.get(config.models.hf_token_env))
         self.model = WhisperModel(path, device=self.device, compute_type=compute_type,
@@ -60,6 +70,11 @@ class Transcriber(Stage):
         self._tokenizers: dict[str, object] = {}
         self.n_mels = self.model.feat_kwargs.get("feature_size") or 80
         self.multilingual = self.model.model.is_multilingual
+        longest = self.max_length([self.prompt("en")])
+        if longest > self.model.max_length:
+            raise ValueError(f"transcribe: the prompt ({longest - self.cfg.max_new_tokens} tokens) plus max_new_tokens "
+                             f"({self.cfg.max_new_tokens}) exceed Whisper's {self.model.max_length} tokens; "
+                             "shorten initial_prompt or lower max_new_tokens")
 
     def tokenizer(self, language: str):
         if language not in self._tokenizers:
@@ -70,8 +85,13 @@ class Transcriber(Stage):
 
     def prompt(self, language: str) -> list[int]:
         tok = self.tokenizer(language)
-        previous = tok.encode(" " + self.cfg.initial_prompt.strip()) if self.cfg.initial_prompt else []
+        text = REFERENCE_PROMPT if self.cfg.initial_prompt == "reference" else self.cfg.initial_prompt
+        previous = tok.encode(" " + text.strip()) if text else []
         return self.model.get_prompt(tok, previous, without_timestamps=True)
+
+    def max_length(self, prompts: list[list[int]]) -> int:
+        # CTranslate2 counts the prompt in max_length: the transcript gets max_new_tokens on top of it
+        return max(len(p) for p in prompts) + self.cfg.max_new_tokens
 
     def features(self, clips: list[Clip]) -> np.ndarray:
         from whisperx.audio import log_mel_spectrogram
@@ -91,8 +111,9 @@ class Transcriber(Stage):
 
     def decode(self, encoder_output, languages: list[str], temperature: float):
         cfg = self.cfg
+        prompts = [self.prompt(lang) for lang in languages]
         kwargs = dict(
-            max_length=min(cfg.max_new_tokens + 8, self.model.max_length),
+            max_length=self.max_length(prompts),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -102,7 +123,7 @@ class Transcriber(Stage):
             kwargs.update(beam_size=cfg.beam_size, patience=1.0, length_penalty=1.0)
         else:
             kwargs.update(beam_size=1, num_hypotheses=cfg.best_of, sampling_temperature=temperature, sampling_topk=0)
-        results = self.model.model.generate(encoder_output, [self.prompt(l) for l in languages], **kwargs)
+        results = self.model.model.generate(encoder_output, prompts, **kwargs)
         out = []
         for lang, res in zip(languages, results):
             tok = self.tokenizer(lang)
@@ -133,6 +154,7 @@ class Transcriber(Stage):
         for clip, (lang, prob) in zip(clips, langs):
             clip.language, clip.language_prob = lang, round(prob, 4)
         temps = self.cfg.temperatures or [0.0]
+        attempts: list[list[tuple]] = [[] for _ in clips]  # per clip: (text, avg_logprob, no_speech, temperature)
         pending = list(range(len(clips)))
         for step, temp in enumerate(temps):
             if step > 0:  # re-encode only the clips that need another try
@@ -140,12 +162,22 @@ class Transcriber(Stage):
             decoded = self.decode(enc, [clips[i].language for i in pending], temp)
             retry = []
             for i, (text, avg_lp, no_speech) in zip(pending, decoded):
-                clip = clips[i]
-                clip.text, clip.avg_logprob, clip.no_speech_prob = text, round(avg_lp, 4), round(no_speech, 4)
-                clip.compression_ratio = round(compression_ratio(text), 3)
-                clip.temperature = temp
+                attempts[i].append((text, avg_lp, no_speech, temp))
                 if self.needs_fallback(text, avg_lp, no_speech):
                     retry.append(i)
             pending = retry
             if not pending:
                 break
+        failed = set(pending)
+        for i, clip in enumerate(clips):
+            # a clip that passed keeps its last attempt; one that never passed keeps its best one
+            text, avg_lp, no_speech, temp = self.best_attempt(attempts[i]) if i in failed else attempts[i][-1]
+            clip.text, clip.avg_logprob, clip.no_speech_prob = text, round(avg_lp, 4), round(no_speech, 4)
+            clip.compression_ratio = round(compression_ratio(text), 3)
+            clip.temperature = temp
+
+    def best_attempt(self, attempts: list[tuple]) -> tuple:
+        """faster-whisper's rule when every temperature failed: the most likely attempt among those that
+        pass the compression-ratio check, else the most likely of all (never simply the last, hottest one)."""
+        passing = [a for a in attempts if compression_ratio(a[0]) <= self.cfg.compression_ratio_threshold]
+        return max(passing or attempts, key=lambda a: a[1])
