@@ -21,7 +21,7 @@ from emilia_pipe.ledger import (FORMAT_VERSION, STATE_DIR, BuildLock, BuildMisma
                                 fingerprint_diff, fingerprint_hash, read_build_info, write_atomic)
 from emilia_pipe.records import Failure
 from emilia_pipe.runners.calls import FileTask
-from emilia_pipe.writer import place, source_dirs
+from emilia_pipe.writer import language_dirs, place, source_dirs
 
 # settings that rename clips: never changeable on an existing build, even when asked
 FROZEN = ("output.sources_per_shard",)
@@ -169,9 +169,10 @@ class Build:
         plan = self.ledger.plan(["index"])
         done = self.ledger.done_indices()
         per_shard = self.cfg.output.sources_per_shard
+        langs = language_dirs(self.out)
         for idx in plan["index"].tolist():
             if idx not in done:
-                for d in source_dirs(self.out, *place(int(idx), per_shard)):
+                for d in source_dirs(self.out, *place(int(idx), per_shard), langs):
                     shutil.rmtree(d, ignore_errors=True)
 
 

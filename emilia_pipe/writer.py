@@ -49,14 +49,17 @@ def place(index: int, sources_per_shard: int) -> tuple[int, int]:
     return index // sources_per_shard, index % sources_per_shard
 
 
-def source_dirs(out: Path, b: int, s: int) -> list[Path]:
-    """Every folder holding MP3s of the source at shard ``b``, place ``s`` (one per language)."""
-    found = []
+def language_dirs(out: Path) -> list[str]:
     try:
-        langs = [e.name for e in os.scandir(out) if e.is_dir() and _LANG_DIR.match(e.name)]
+        return sorted(e.name for e in os.scandir(out) if e.is_dir() and _LANG_DIR.match(e.name))
     except FileNotFoundError:
         return []
-    for lang in langs:
+
+
+def source_dirs(out: Path, b: int, s: int, langs: Optional[list[str]] = None) -> list[Path]:
+    """Every folder holding MP3s of the source at shard ``b``, place ``s`` (one per language)."""
+    found = []
+    for lang in language_dirs(out) if langs is None else langs:
         d = out / lang / f"{lang}_B{b:05d}" / f"{lang}_B{b:05d}_S{s:05d}"
         if d.is_dir():
             found.append(d)
