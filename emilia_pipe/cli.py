@@ -141,6 +141,15 @@ def cmd_refilter(args) -> int:
     return 0
 
 
+# errors that end a command with a one-line message (no traceback) and a documented exit status
+_EXIT_CODES = (
+    ((ConfigError, BuildMismatchError, ResourcePlanError, FileNotFoundError), 2),
+    ((ModelUnavailableError,), 3),
+    ((BuildLockedError,), 4),
+)
+EXIT_CODES = tuple(t for types, _ in _EXIT_CODES for t in types)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -157,21 +166,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(_load(args).model_dump(mode="json"), sort_keys=False))
             return 0
-    except (ConfigError, BuildMismatchError) as exc:
-        print(f"emilia-pipe: {exc}", file=sys.stderr)
-        return 2
-    except ResourcePlanError as exc:
-        print(f"emilia-pipe: {exc}", file=sys.stderr)
-        return 2
-    except BuildLockedError as exc:
-        print(f"emilia-pipe: {exc}", file=sys.stderr)
-        return 4
-    except ModelUnavailableError as exc:
-        print(f"emilia-pipe: model missing:\n{exc}", file=sys.stderr)
-        return 3
-    except FileNotFoundError as exc:
-        print(f"emilia-pipe: {exc}", file=sys.stderr)
-        return 2
+    except EXIT_CODES as exc:
+        code = next(c for types, c in _EXIT_CODES if isinstance(exc, types))
+        prefix = "model missing:\n" if isinstance(exc, ModelUnavailableError) else ""
+        print(f"emilia-pipe: {prefix}{exc}", file=sys.stderr)
+        return code
     return 0
 
 

@@ -54,17 +54,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | str, tmp_dir: Optional[Path] = None, sync_dir: bool = True) -> None:
-    """Write to a temporary name (in ``tmp_dir`` when given: same filesystem, outside the published
-    tree), fsync, rename into place, fsync the folder so the rename itself survives a power cut."""
+def _publish(path: Path, tmp_dir: Path, write, sync_dir: bool = True) -> None:
+    """``write(tmp)`` fills a temporary file (in ``tmp_dir``: same filesystem, outside the published
+    tree); it is fsynced and renamed into place, and the folder fsynced so the rename survives a power cut."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    where = tmp_dir if tmp_dir is not None else path.parent
-    where.mkdir(parents=True, exist_ok=True)
-    tmp = where / f".{path.name}.tmp{os.getpid()}"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f".{path.name}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -75,19 +73,13 @@ def write_atomic(path: Path, data: bytes | str, tmp_dir: Optional[Path] = None, 
         fsync_dir(path.parent)
 
 
+def write_atomic(path: Path, data: bytes | str, tmp_dir: Optional[Path] = None, sync_dir: bool = True) -> None:
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    _publish(path, tmp_dir if tmp_dir is not None else path.parent, lambda tmp: tmp.write_bytes(payload), sync_dir)
+
+
 def write_table_atomic(path: Path, table: pa.Table, tmp_dir: Path) -> None:
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f".{path.name}.tmp{os.getpid()}"
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    _publish(path, tmp_dir, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 # --- schemas -------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,20 @@ def published(out: Path) -> dict:
         else:
             view[rel] = path.read_text()
     return view
+
+
+def cli(*args, env=None, check=None) -> subprocess.CompletedProcess:
+    """Run ``emilia-pipe ARGS`` in a fresh interpreter (never against an ambient Ray cluster)."""
+    proc = subprocess.run([sys.executable, "-m", "emilia_pipe.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled", **(env or {})},
+                          timeout=1200)
+    if check is not None:
+        assert proc.returncode == check, proc.stderr[-4000:]
+    return proc
+
+
+def copy_inputs(folder: Path, names: list[str]) -> Path:
+    """Copy sample_data files (relative names) flat into ``folder``."""
+    for f in names:
+        shutil.copy(SAMPLE / f, folder / Path(f).name)
+    return folder

@@ -1,6 +1,5 @@
 """A clip's transcript and scores depend on the clip alone: not on the batch it shares, its position in the
 batch, or what the worker ran before (needed when clips are spread over workers). Real lite models."""
-import numpy as np
 import pytest
 
 from emilia_pipe.audio import ANALYSIS_RATE, decode

@@ -3,15 +3,13 @@ transcribing, between MP3 writes, between a ledger commit's two files, and while
 rerun with the same command, equals an uninterrupted build byte for byte (timing fields aside), with no
 temporary or orphan file left. Also: the lock, the fingerprint check, failure records that expire."""
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import published
+from conftest import cli, copy_inputs, published
 
 pytestmark = pytest.mark.integration
 
@@ -21,20 +19,9 @@ FILES = ["asr/en/en_jfk_inaugural.flac", "asr/de/de_picovoice_test_de.wav", "asr
 SETTINGS = ["--runner", "local", "--set", "run.commit_every_sources=1", "--set", "transcribe.batch_size=2"]
 
 
-def cli(*args, env=None, check=None):
-    proc = subprocess.run([sys.executable, "-m", "emilia_pipe.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=900)
-    if check is not None:
-        assert proc.returncode == check, proc.stderr[-3000:]
-    return proc
-
-
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, sample_dir):
-    folder = tmp_path_factory.mktemp("in")
-    for f in FILES:
-        shutil.copy(sample_dir / f, folder / Path(f).name)
-    return folder
+def inputs(tmp_path_factory):
+    return copy_inputs(tmp_path_factory.mktemp("in"), FILES)
 
 
 @pytest.fixture(scope="module")

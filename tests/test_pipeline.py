@@ -1,5 +1,4 @@
 """End to end on sample_data/ with the real lite models (local runner), then refilter."""
-import io
 import json
 import re
 import subprocess

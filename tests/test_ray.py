@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import published
+from conftest import cli, copy_inputs, published
 
 pytestmark = pytest.mark.integration
 
@@ -22,25 +22,15 @@ COMMON = ["--set", "transcribe.batch_size=2", "--set", "run.max_files_in_flight=
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def cli(*args, check=0):
-    proc = subprocess.run([sys.executable, "-m", "emilia_pipe.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=1200, env={**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"})
-    assert proc.returncode == check, proc.stderr[-4000:]
-    return proc
-
-
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, sample_dir):
-    folder = tmp_path_factory.mktemp("in")
-    for f in FILES:
-        shutil.copy(sample_dir / f, folder / Path(f).name)
-    return folder
+def inputs(tmp_path_factory):
+    return copy_inputs(tmp_path_factory.mktemp("in"), FILES)
 
 
 @pytest.fixture(scope="module")
 def local_build(tmp_path_factory, inputs):
     out = tmp_path_factory.mktemp("local") / "out"
-    cli("run", inputs, "-o", out, "--runner", "local", *COMMON)
+    cli("run", inputs, "-o", out, "--runner", "local", *COMMON, check=0)
     return published(out)
 
 
@@ -48,7 +38,7 @@ def test_ray_with_several_workers_equals_in_process(tmp_path, inputs, local_buil
     out = tmp_path / "out"
     proc = cli("run", inputs, "-o", out, "--runner", "ray", *COMMON,
                "--set", "run.resources.transcribe={actors: 2, num_cpus: 0.25}",
-               "--set", "run.resources.write={actors: 2, num_cpus: 0.125}")
+               "--set", "run.resources.write={actors: 2, num_cpus: 0.125}", check=0)
     assert "transcribe: 2 actor(s)" in proc.stderr and "write: 2 actor(s)" in proc.stderr
     view = published(out)
     assert json.loads((out / "summary.json").read_text())["runner"] == "ray"
@@ -80,7 +70,7 @@ def test_two_node_cluster_equals_in_process(tmp_path, inputs, local_build):
         cli("run", inputs, "-o", out, "--ray-address", f"127.0.0.1:{port}", *COMMON,
             "--set", f"run.resources.standardize={on_head}", "--set", f"run.resources.diarize={on_head}",
             "--set", f"run.resources.segment={on_head}", "--set", f"run.resources.transcribe={on_worker}",
-            "--set", f"run.resources.score={on_worker}", "--set", f"run.resources.write={on_worker}")
+            "--set", f"run.resources.score={on_worker}", "--set", f"run.resources.write={on_worker}", check=0)
         nodes = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{port}'); "
                                 "print(sum(n['Alive'] for n in ray.nodes()))"], **start)
         assert nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr[-2000:]

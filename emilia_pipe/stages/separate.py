@@ -6,7 +6,6 @@ The model is named by ``models.separation``: a Demucs name (``htdemucs``, downlo
 and every record says separation did not run."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
