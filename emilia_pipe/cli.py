@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("inputs", nargs="+", help="audio/video files or folders (searched recursively)")
     run.add_argument("-o", "--out", required=True, help="output dataset folder")
     run.add_argument("--ray-address", help="connect to an existing Ray cluster (default: start a local one)")
-    run.add_argument("--runner", choices=("ray", "local"), help="'local' runs every stage in this process, without Ray")
+    run.add_argument("--runner", choices=("auto", "ray", "local"),
+                     help="'local' runs every stage in this process, without Ray; 'auto' (default) picks local on a "
+                          "CPU machine, ray with a GPU or --ray-address")
     run.add_argument("--allow-config-change", action="store_true",
                      help="resume a build whose settings or model versions differ from this run's")
     _config_args(run)

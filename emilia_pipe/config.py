@@ -157,7 +157,12 @@ def _default_resources() -> dict[str, StageResources]:
 
 
 class RunConfig(_Section):
-    runner: Literal["ray", "local"] = "ray"
+    runner: Literal["auto", "ray", "local"] = Field("auto", description=(
+        "auto = ray when a cluster address is given or a GPU is present, else local (one process, two "
+        "overlapping lanes: the fastest and lightest on a CPU machine, measured)."))
+    local_overlap: bool = Field(True, description=(
+        "Local runner: run the batched stages and the writer in a second thread, overlapping the per-file "
+        "stages (used when the machine has 2+ cores)."))
     ray_address: Optional[str] = None
     max_files_in_flight: int = Field(4, ge=1, description="Files in the per-file stages at once.")
     max_open_sources: int = Field(16, ge=1, description="Decoded sources whose clips are not yet written.")

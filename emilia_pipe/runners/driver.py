@@ -28,6 +28,43 @@ def active_stages(config: PipelineConfig) -> list[str]:
     return [s for s in STAGE_NAMES if s != "separate" or config.separation_enabled]
 
 
+def gpu_count() -> int:
+    """CUDA devices, asked through CTranslate2 (a light import, unlike torch)."""
+    try:
+        import ctranslate2
+
+        return int(ctranslate2.get_cuda_device_count())
+    except Exception:  # noqa: BLE001 - no CUDA runtime at all
+        return 0
+
+
+def choose_runner(config: PipelineConfig) -> str:
+    """``run.runner: auto``: Ray for a cluster or a GPU; on a CPU machine one process with two lanes,
+    which measured faster and far lighter than five Ray actor processes sharing the cores."""
+    if config.run.runner != "auto":
+        return config.run.runner
+    return "ray" if config.run.ray_address or gpu_count() > 0 else "local"
+
+
+def size_local(config: PipelineConfig) -> PipelineConfig:
+    """Thread counts for the local runner: with two lanes each lane's libraries get half the cores,
+    so the lanes never oversubscribe them; settings the user made are kept."""
+    from emilia_pipe.torch_threads import default_threads
+
+    cores = default_threads()
+    overlap = config.run.local_overlap and cores >= 2
+    per_lane = max(1, cores // 2) if overlap else cores
+    cfg = config.model_copy(deep=True)
+    cfg.run.local_overlap = overlap
+    if cfg.run.torch_threads == 0:
+        cfg.run.torch_threads = per_lane
+    if cfg.transcribe.cpu_threads == 0:
+        cfg.transcribe.cpu_threads = per_lane
+    if cfg.score.onnx_threads == 0:
+        cfg.score.onnx_threads = per_lane
+    return cfg
+
+
 def preflight(config: PipelineConfig) -> None:
     """Fail before any work when a model the run needs is missing."""
     missing = [m for m in model_statuses(config) if not m.present]
@@ -292,6 +329,7 @@ def run_pipeline(
         raise FileNotFoundError(f"no audio files found in {', '.join(map(str, inputs))}")
     preflight(config)
     stages = active_stages(config)
+    runner = choose_runner(config)
     if not config.separation_enabled:
         log("separation: off (profile has no separation model) - clips are cut from the original mix")
     with Build(out_dir, config, allow_config_change=allow_config_change, log=log) as build:
@@ -304,14 +342,17 @@ def run_pipeline(
             if entries:
                 if executor_factory is not None:
                     executor = executor_factory(config, stages, out_dir, build.run)
-                elif config.run.runner == "ray":
+                elif runner == "ray":
                     from emilia_pipe.runners.ray_executor import RayExecutor
 
                     executor = RayExecutor(config, stages, out_dir, build.run, address=config.run.ray_address, log=log)
                 else:
                     from emilia_pipe.runners.local import LocalExecutor
 
-                    executor = LocalExecutor(config, stages, out_dir, build.run)
+                    sized = size_local(config)
+                    log(f"local runner: {'two lanes' if sized.run.local_overlap else 'one lane'}, "
+                        f"{sized.run.torch_threads} thread(s) per lane")
+                    executor = LocalExecutor(sized, stages, out_dir, build.run)
                 scheduler = Scheduler(build, executor, config, entries, build.shas_done(), log)
                 scheduler.run()
                 executor.commit_writers()
@@ -332,7 +373,7 @@ def run_pipeline(
             "batched_stage_seconds": scheduler.batched_seconds if scheduler else {},
             "wall_seconds": round(wall, 3),
             "audio_hours_per_hour": round(audio_s / wall, 4) if wall > 0 else 0.0,
-            "runner": config.run.runner,
+            "runner": runner,
             "this_run": {"files": len(entries), "failed": (scheduler.failures_this_run if scheduler else 0),
                          "already_done": n_done, "audio_hours": round(audio_s / 3600, 6)},
         })

@@ -1,25 +1,38 @@
-"""Run every stage in this process, one call after another: no start-up cost, one copy of each model.
-Each call runs under a SIGALRM deadline (``run.task_timeout_s``), so a hung file becomes a failure."""
+"""Run every stage in this process: no start-up cost, one copy of each model.
+
+Two lanes overlap on a machine with two or more cores: the calling (main) thread runs the per-file
+stages (decode, separation, diarization, VAD), while one background thread runs the batched stages
+(ASR, DNSMOS) and the writer. The models release the GIL while they compute, so the lanes use two
+cores with one copy of the models in memory. Each lane's libraries get half the cores, so the two never
+oversubscribe them (measured: two torch threads on two busy cores run several times slower than one).
+Per-file calls run under a SIGALRM deadline (``run.task_timeout_s``), so a hung file becomes a failure."""
 from __future__ import annotations
 
-from emilia_pipe.runners.calls import BatchFailure, deadline, finish_file, run_batch_stage, run_file_stage
+import concurrent.futures as cf
+
 from emilia_pipe.records import Failure
+from emilia_pipe.runners.calls import BatchFailure, deadline, finish_file, run_batch_stage, run_file_stage
 from emilia_pipe.stages import batch_chain, build_stage, file_chain
+from emilia_pipe.torch_threads import set_torch_threads
 from emilia_pipe.writer import SourceWriter
 
 
 class LocalExecutor:
     def __init__(self, config, stage_names: list[str], out_dir, run: int):
         self.timeout = config.run.task_timeout_s
+        self.threads = config.run.torch_threads
         self.stages = {name: build_stage(name, config) for name in stage_names}
         self.file_chain = file_chain(stage_names)
         self.batch_chain = batch_chain(stage_names)
         self.writer = SourceWriter(out_dir, config, part=f"{run:06d}-w0")
+        # one background lane for the batched stages and the writer (none: everything in this thread)
+        self.lane = cf.ThreadPoolExecutor(1, thread_name_prefix="emilia-batch") if config.run.local_overlap else None
 
     def submit_file(self, task):
         item = task
         try:
             with deadline(self.timeout):
+                set_torch_threads(self.threads)
                 for name in self.file_chain:
                     item = run_file_stage(self.stages[name], item)
         except TimeoutError as exc:
@@ -27,38 +40,60 @@ class LocalExecutor:
         meta, audio = finish_file(item)
         return _Done(meta), _Done(audio)
 
+    def _batch(self, clips, bundles):
+        item = clips
+        for name in self.batch_chain:
+            item = run_batch_stage(self.stages[name], item, bundles)
+        return item
+
     def submit_batch(self, clips, audio_handles):
         bundles = {h.value.index: h.value for h in audio_handles}
-        item = clips
+        if self.lane is not None:
+            return self.lane.submit(self._batch, clips, bundles)
         try:
             with deadline(self.timeout):
-                for name in self.batch_chain:
-                    item = run_batch_stage(self.stages[name], item, bundles)
+                return _Done(self._batch(clips, bundles))
         except TimeoutError as exc:
-            item = BatchFailure("timeout", str(exc))
-        return _Done(item)
+            return _Done(BatchFailure("timeout", str(exc)))
 
     def submit_write(self, job, audio_handle):
+        audio = audio_handle.value if audio_handle is not None else None
+        if self.lane is not None:
+            return self.lane.submit(self.writer.write, job, audio)
         try:
-            return _Done(self.writer.write(job, audio_handle.value if audio_handle is not None else None))
+            return _Done(self.writer.write(job, audio))
         except Exception as exc:  # noqa: BLE001 - e.g. disk full: that source fails, as on a Ray writer
             return _Done(exc, failed=True)
 
     def commit_writers(self) -> None:
-        self.writer.commit()
+        if self.lane is not None:
+            self.lane.submit(self.writer.commit).result()
+        else:
+            self.writer.commit()
 
     def wait(self, handles, timeout=None):
-        return list(handles)
+        done = [h for h in handles if isinstance(h, _Done) or h.done()]
+        if done:
+            return done
+        finished, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return list(finished)
 
     def get(self, handle):
+        if isinstance(handle, cf.Future):
+            return handle.result()  # re-raises what the lane raised (e.g. disk full in the writer)
         if handle.failed:
             raise handle.value
         return handle.value
 
-    def cancel(self, handle) -> None:  # calls finish before returning: nothing is ever still running
-        pass
+    def cancel(self, handle) -> None:
+        # a per-file call is interrupted by its own deadline; a stuck lane thread cannot be stopped from
+        # here: its task is recorded as failed and later lane work waits behind it
+        if isinstance(handle, cf.Future):
+            handle.cancel()
 
     def shutdown(self):
+        if self.lane is not None:
+            self.lane.shutdown(wait=True, cancel_futures=True)
         self.stages.clear()
 
 
