@@ -8,15 +8,14 @@ time, without reading it again. A file whose size or time changed keeps its plac
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-from emilia_pipe.audio import AUDIO_EXTENSIONS
+from emilia_pipe.inputs import InputProblem, input_stat, is_url
 from emilia_pipe.ledger import (FORMAT_VERSION, STATE_DIR, BuildLock, BuildMismatchError, Ledger, fingerprint,
                                 fingerprint_diff, fingerprint_hash, read_build_info, write_atomic)
 from emilia_pipe.records import Failure
@@ -25,26 +24,6 @@ from emilia_pipe.writer import language_dirs, place, source_dirs
 
 # settings that rename clips: never changeable on an existing build, even when asked
 FROZEN = ("output.sources_per_shard",)
-
-
-def expand_inputs(inputs: Iterable[str | Path], exclude: Iterable[str | Path] = ()) -> list[Path]:
-    """Files as given, and audio/video files found under given folders (recursive). Folders in
-    ``exclude`` (the output) are never searched. Sorted by absolute path, duplicates removed."""
-    skip = [Path(e).absolute() for e in exclude]
-    out: dict[str, Path] = {}
-    for item in inputs:
-        p = Path(item).absolute()
-        if p.is_dir():
-            for root, dirs, names in os.walk(p):
-                r = Path(root)
-                dirs[:] = sorted(d for d in dirs if not any((r / d) == s for s in skip) and d != STATE_DIR)
-                for n in names:
-                    f = r / n
-                    if f.suffix.lower() in AUDIO_EXTENSIONS:
-                        out.setdefault(str(f), f)
-        else:
-            out.setdefault(str(p), p)  # a missing or unreadable file becomes a recorded failure, not a crash
-    return [out[k] for k in sorted(out)]
 
 
 class Build:
@@ -59,6 +38,7 @@ class Build:
         self.run = 0
         self._failures: list[dict] = []
         self._paths: dict[int, str] = {}
+        self.input_failures = 0  # inputs recorded as failed when planned (FIFOs, dangling links...)
 
     # --- open / close ------------------------------------------------------------------------
     def __enter__(self) -> "Build":
@@ -101,22 +81,20 @@ class Build:
             self.log("continuing with changed settings (--allow-config-change):\n  " + "\n  ".join(changed))
 
     # --- plan ----------------------------------------------------------------------------------
-    def plan(self, files: list[Path]) -> tuple[list[FileTask], int]:
-        """Places for this run's inputs; returns the entries still to do and how many are done."""
+    def plan(self, files: list[str], problems: list[InputProblem] = ()) -> tuple[list[FileTask], int]:
+        """Places for this run's inputs; returns the entries still to do and how many are done. Inputs
+        that are not audio files (``problems``) get a place too and are recorded at once, stage
+        ``input``: a failure, or a source skipped with its reason. They are never opened."""
         plan = self.ledger.plan()
         known: dict[str, tuple[int, int, int]] = {}
         for idx, path, size, mtime in zip(plan["index"], plan["path"], plan["size"], plan["mtime_ns"]):
             known[path] = (int(idx), int(size), int(mtime))  # later entries of a path win
         done = self.ledger.done_indices()
         next_index = int(plan["index"].max()) + 1 if len(plan) else 0
-        new_rows, entries, n_done = [], [], 0
-        for f in files:
-            path = str(f)
-            try:
-                st = f.stat()
-                size, mtime = st.st_size, st.st_mtime_ns
-            except OSError:
-                size, mtime = -1, -1
+        new_rows, entries, skips, n_done = [], [], [], 0
+        problem_of = {p.path: p for p in problems}
+        for path in sorted({*map(str, files), *problem_of}):
+            size, mtime = input_stat(path)
             prev = known.get(path)
             if prev is not None and prev[1:] == (size, mtime):
                 index = prev[0]
@@ -130,11 +108,21 @@ class Build:
                 new_rows.append({"index": index, "path": path, "size": size, "mtime_ns": mtime, "run": self.run})
                 known[path] = (index, size, mtime)
             self._paths[index] = path
+            problem = problem_of.get(path)
             if index in done:
-                n_done += 1
+                n_done += problem is None
+            elif problem is None:
+                entries.append(FileTask(index, path, str(self.ledger.tmp) if is_url(path) else None))
+            elif problem.failed:
+                self.record_failure(Failure(path, "input", problem.reason, "InputError"), index)
+                self.input_failures += 1
             else:
-                entries.append(FileTask(index, path))
+                skips.append({"index": index, "status": "skipped", "path": path, "note": problem.reason,
+                              "run": self.run})
         self.ledger.append_plan(self.run, new_rows)
+        if skips:  # recorded like a finished source, so it is not planned again until it changes
+            self.ledger.commit(f"{self.run:06d}-i-{int(time.time() * 1e6):016d}", skips, [])
+        self.flush_failures()
         return entries, n_done
 
     def path_of(self, index: int) -> str:
@@ -189,7 +177,7 @@ def status(out_dir: str | Path) -> dict:
     ok = sources[sources["status"] == "done"]
     return {
         "sources": {"planned": int(len(plan)), "done": int(len(ok)),
-                    "skipped": int((sources["status"] == "duplicate").sum()),
+                    "skipped": int((sources["status"] != "done").sum()),
                     "failed": int(len(failed_idx)), "pending": int(len(pending))},
         "hours_done": round(float(ok["duration"].sum()) / 3600, 6),
         "pending_bytes": int(pending["size"].clip(lower=0).sum()),

@@ -2,16 +2,19 @@
 
 Exit status: 0 = every file went through; 1 = the run finished but some files of this run failed (their
 count is printed and in summary.json, their reasons in failures.jsonl); 2 = bad usage or configuration
-(also: resuming a build with other settings); 3 = a needed model is missing; 4 = the build folder is in
-use by another run."""
+(also: resuming a build with other settings; an input that names nothing; an output that is a file or
+read-only); 3 = a needed model is missing; 4 = the build folder is in use by another run; 5 = the output
+could not be written (disk full): the same command resumes the build."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
 
 from emilia_pipe.config import ConfigError, PipelineConfig, apply_overrides, build_config, load_config
+from emilia_pipe.inputs import InputError, OutputError
 from emilia_pipe.ledger import BuildLockedError, BuildMismatchError
 from emilia_pipe.models import ModelUnavailableError, model_statuses
 from emilia_pipe.runners.ray_executor import ResourcePlanError
@@ -29,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="process audio files/folders into an Emilia-format dataset")
-    run.add_argument("inputs", nargs="+", help="audio/video files or folders (searched recursively)")
+    run.add_argument("inputs", nargs="*", help="audio/video files, folders (searched recursively), quoted globs "
+                     "('data/**/*.wav'), @LIST files (one path or URL a line) or URLs (s3://, gs://, https://)")
+    run.add_argument("--inputs-from", action="append", default=[], metavar="FILE",
+                     help="read inputs from FILE, one path or URL a line, # comments (repeatable)")
     run.add_argument("-o", "--out", required=True, help="output dataset folder")
     run.add_argument("--ray-address", help="connect to an existing Ray cluster (default: start a local one)")
     run.add_argument("--runner", choices=("auto", "ray", "local"),
@@ -68,8 +74,11 @@ def _load(args) -> PipelineConfig:
 def cmd_run(args) -> int:
     from emilia_pipe.runners.driver import run_pipeline
 
+    inputs = list(args.inputs) + [f"@{f}" for f in args.inputs_from]
+    if not inputs:
+        raise InputError("no inputs given; name files, folders, globs or URLs, or use --inputs-from FILE")
     config = _load(args)
-    summary = run_pipeline(args.inputs, args.out, config, allow_config_change=args.allow_config_change)
+    summary = run_pipeline(inputs, args.out, config, allow_config_change=args.allow_config_change)
     failed = summary["this_run"]["failed"]
     print(f"dataset written to {args.out} ({summary['clips']['kept']} clips kept, {failed} file(s) failed in this run, "
           f"{summary['files']['failed']} failed in the build)")
@@ -145,11 +154,12 @@ def cmd_refilter(args) -> int:
 
 # errors that end a command with a one-line message (no traceback) and a documented exit status
 _EXIT_CODES = (
-    ((ConfigError, BuildMismatchError, ResourcePlanError, FileNotFoundError), 2),
+    ((ConfigError, BuildMismatchError, ResourcePlanError, FileNotFoundError, InputError, OutputError), 2),
     ((ModelUnavailableError,), 3),
     ((BuildLockedError,), 4),
 )
 EXIT_CODES = tuple(t for types, _ in _EXIT_CODES for t in types)
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # exit 5: the output could not be written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         prefix = "model missing:\n" if isinstance(exc, ModelUnavailableError) else ""
         print(f"emilia-pipe: {prefix}{exc}", file=sys.stderr)
         return code
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        # the build stays consistent (every file is published by rename): the same command resumes it
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"emilia-pipe: cannot write the output: {exc.strerror or exc}{where}; free space (or fix the folder) "
+              "and run the same command again, the build resumes", file=sys.stderr)
+        return 5
     return 0
 
 

@@ -16,6 +16,7 @@ from emilia_pipe.audio import ANALYSIS_RATE
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PROFILES = ("lite", "full")
+WORKING_RATES = (16000, 22050, 24000, 32000, 44100, 48000)  # MP3 can store them; none is below the 16 kHz view
 
 
 class ConfigError(ValueError):
@@ -23,7 +24,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and Inf are never a valid threshold (every comparison with NaN is False: a NaN filter keeps all)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class StandardizeConfig(_Section):
@@ -33,7 +35,19 @@ class StandardizeConfig(_Section):
     loudness: Literal["reference", "none", "peak"] = "reference"
     target_dbfs: float = -20.0
     max_gain_db: float = Field(3.0, ge=0)
-    max_duration_s: float = Field(4 * 3600.0, gt=0, description="Longer inputs fail with a clear error.")
+    max_duration_s: float = Field(4 * 3600.0, gt=0, description=(
+        "Longer inputs fail with a clear error, before decoding when the container states its duration."))
+    max_nonfinite_fraction: float = Field(0.01, ge=0, le=1, description=(
+        "Inputs with more NaN/Inf samples than this fraction fail; fewer are replaced by silence and counted "
+        "(nonfinite_samples in sources.jsonl)."))
+
+    @field_validator("sample_rate")
+    @classmethod
+    def _mp3_rate(cls, value: int) -> int:
+        if value not in WORKING_RATES:
+            raise ValueError(f"must be one of {', '.join(map(str, WORKING_RATES))} (an MP3 rate at or above the "
+                             f"models' {ANALYSIS_RATE // 1000} kHz), got {value}")
+        return value
 
     @field_validator("analysis_rate")
     @classmethod
@@ -60,6 +74,13 @@ class DiarizeConfig(_Section):
     segmentation_batch_size: int = Field(32, ge=1)
     min_speakers: Optional[int] = Field(None, ge=1)
     max_speakers: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> "DiarizeConfig":
+        if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
+            raise ValueError(f"diarize.min_speakers ({self.min_speakers}) must not exceed diarize.max_speakers "
+                             f"({self.max_speakers})")
+        return self
 
 
 class SegmentConfig(_Section):
@@ -126,6 +147,12 @@ class FilterConfig(_Section):
     iqr_scope: Literal["file", "speaker", "language", "none"] = "file"
     iqr_k: float = Field(1.5, ge=0)
     iqr_min_clips: int = Field(1, ge=1, description="Fewer clips in a group than this: IQR rule not applied.")
+
+    @model_validator(mode="after")
+    def _order(self) -> "FilterConfig":
+        if self.min_duration_s >= self.max_duration_s:
+            raise ValueError("filter.min_duration_s must be below filter.max_duration_s")
+        return self
 
 
 class OutputConfig(_Section):
@@ -267,15 +294,30 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _valid_keys(loc: tuple) -> str:
+    """The keys of the section holding ``loc`` (for an unknown key's message)."""
+    model = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return ""
+        model = ann
+    return ", ".join(model.model_fields)
+
+
 def _format_errors(exc: ValidationError) -> str:
-    lines = []
+    """One line: every problem with its key, then how to see the valid settings."""
+    parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {where}: unknown key")
+            keys = _valid_keys(err["loc"])
+            parts.append(f"{where}: unknown key" + (f" (valid: {keys})" if keys else ""))
         else:
-            lines.append(f"  {where}: {err['msg']}")
-    return "invalid configuration:\n" + "\n".join(lines)
+            got = "" if err["type"].startswith(("value_error", "assertion")) else f" (got {err['input']!r})"
+            parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}{got}")
+    return "invalid configuration: " + "; ".join(parts) + "; `emilia-pipe config` prints every setting"
 
 
 def build_config(data: dict) -> PipelineConfig:

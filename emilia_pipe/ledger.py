@@ -112,6 +112,8 @@ SOURCE_SCHEMA = pa.schema([
     ("codec", pa.string()), ("container", pa.string()), ("gain_db", pa.float64()), ("separated", pa.bool_()),
     ("speech_turn_seconds", pa.float64()), ("primary_language", pa.string()), ("clips", pa.int64()),
     ("turns", pa.string()), ("dropped_segments", pa.string()), ("timings", pa.string()), ("run", pa.int64()),
+    ("decode_errors", pa.string()), ("nonfinite_samples", pa.int64()),
+    ("note", pa.string()),  # why a source is skipped (status "skipped": an input that is not an audio file)
 ])
 FAILURE_SCHEMA = pa.schema([
     ("index", pa.int64()), ("path", pa.string()), ("stage", pa.string()), ("error", pa.string()),
@@ -120,7 +122,7 @@ FAILURE_SCHEMA = pa.schema([
 PLAN_SCHEMA = pa.schema([
     ("index", pa.int64()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("run", pa.int64()),
 ])
-SOURCE_JSON_COLUMNS = ("turns", "dropped_segments", "timings")
+SOURCE_JSON_COLUMNS = ("turns", "dropped_segments", "timings", "decode_errors")
 
 
 def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
@@ -189,7 +191,7 @@ class Ledger:
         return self._read(self._parts("plan"), PLAN_SCHEMA, columns).to_pandas()
 
     def sources(self, columns: Optional[list[str]] = None):
-        """Committed sources (status ``done`` or ``duplicate``), one row per index, in index order
+        """Committed sources (status ``done``, ``duplicate`` or ``skipped``), one row per index, in index order
         (with the ``index`` column whatever ``columns`` asks for)."""
         cols = None if columns is None else list(dict.fromkeys(["index", *columns]))
         df = self._read(self._parts("sources"), SOURCE_SCHEMA, cols).to_pandas()

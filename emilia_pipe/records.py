@@ -95,6 +95,8 @@ class Source:
     dropped_segments: list[dict[str, Any]] = field(default_factory=list)  # pieces too short to be clips
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     index: int = -1  # place in the build plan (set by the runner; fixes the source's shard and ids)
+    decode_errors: list[str] = field(default_factory=list)  # what the decoder reported (corrupt frames...)
+    nonfinite_samples: int = 0  # NaN/Inf samples in the input, replaced by silence
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -112,6 +114,8 @@ class Source:
             "turns": [dataclasses.asdict(t) for t in self.turns],
             "dropped_segments": self.dropped_segments,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "decode_errors": self.decode_errors,
+            "nonfinite_samples": self.nonfinite_samples,
         }
 
 

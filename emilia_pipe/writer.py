@@ -102,20 +102,25 @@ class SourceWriter:
         main = primary_language(clips)
         speakers = sorted({c["speaker"] for c in clips})
         written = 0
-        for c in clips:
-            lang = lang_folder(c["language"])
-            prefix = f"{lang}_B{b:05d}_S{s:05d}"
-            c["id"] = f"{prefix}_W{c['index']:06d}"
-            c["speaker_id"] = f"{main}_B{b:05d}_S{s:05d}_P{speakers.index(c['speaker']):02d}"
-            c["wav"] = f"{lang}_B{b:05d}/{prefix}/mp3/{c['id']}.mp3" if keep[c["index"]] else None
-            if c["wav"] and audio is not None:
-                path = self.out / lang / c["wav"]
-                mp3 = encode_mp3(audio.working[c["index"]], audio.sample_rate, self.cfg.output.mp3_bitrate_kbps)
-                write_atomic(path, mp3, tmp_dir=self.ledger.tmp, sync_dir=False)
-                self.dirty_dirs.add(path.parent)
-                written += 1
-                failpoints.hit("mp3")
-            c["source_index"], c["clip_index"] = index, c.pop("index")
+        try:
+            for c in clips:
+                lang = lang_folder(c["language"])
+                prefix = f"{lang}_B{b:05d}_S{s:05d}"
+                c["id"] = f"{prefix}_W{c['index']:06d}"
+                c["speaker_id"] = f"{main}_B{b:05d}_S{s:05d}_P{speakers.index(c['speaker']):02d}"
+                c["wav"] = f"{lang}_B{b:05d}/{prefix}/mp3/{c['id']}.mp3" if keep[c["index"]] else None
+                if c["wav"] and audio is not None:
+                    path = self.out / lang / c["wav"]
+                    mp3 = encode_mp3(audio.working[c["index"]], audio.sample_rate, self.cfg.output.mp3_bitrate_kbps)
+                    write_atomic(path, mp3, tmp_dir=self.ledger.tmp, sync_dir=False)
+                    self.dirty_dirs.add(path.parent)
+                    written += 1
+                    failpoints.hit("mp3")
+                c["source_index"], c["clip_index"] = index, c.pop("index")
+        except BaseException:  # e.g. disk full: no half-written source stays in the published tree
+            for d in source_dirs(self.out, b, s):
+                shutil.rmtree(d, ignore_errors=True)
+            raise
         meta = job["source"]
         row = {**meta, "index": index, "status": job.get("status", "done"), "duplicate_of": job.get("duplicate_of"),
                "primary_language": main, "clips": len(clips), "run": job["run"]}
@@ -196,9 +201,10 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     tmp = ledger.tmp
     sources = ledger.sources()
     done = sources[sources["status"] == "done"]
-    # the same content under two names: the earliest place in the plan is published, the others skipped
+    # the same content under two names: the earliest place in the plan is published, the others skipped;
+    # inputs that are not audio files (a folder named x.wav, a second name of one file) are skipped too
     dup = done["sha256"].duplicated(keep="first")
-    skipped = pd.concat([sources[sources["status"] == "duplicate"], done[dup]])
+    skipped = pd.concat([sources[sources["status"].isin(["duplicate", "skipped"])], done[dup]])
     if len(skipped):
         first_by_sha = done[~dup].set_index("sha256")["index"]
         skipped = skipped.assign(duplicate_of=skipped["sha256"].map(first_by_sha).astype("Int64"))
@@ -248,8 +254,11 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     failures = ledger.failures(done=sources["index"].tolist())
     failure_rows = [{k: rec[k] for k in ("path", "stage", "error", "error_type")} for rec in failures.to_dict("records")]
     write_atomic(out / "failures.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failure_rows), tmp_dir=tmp)
-    skipped_rows = [{"path": r["path"], "sha256": r["sha256"], "reason": "duplicate",
-                     "duplicate_of": _plan_path(sources, r["duplicate_of"])} for r in skipped.to_dict("records")]
+    skipped_rows = [{"path": r["path"], "sha256": r["sha256"] if r["status"] != "skipped" else None,
+                     "stage": "input" if r["status"] == "skipped" else "standardize",
+                     "reason": r["note"] if r["status"] == "skipped" else "duplicate",
+                     "duplicate_of": _plan_path(sources, r["duplicate_of"]) if r["status"] != "skipped" else None}
+                    for r in skipped.to_dict("records")]
     write_atomic(out / "skipped.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in skipped_rows), tmp_dir=tmp)
     write_atomic(out / "sources.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in source_rows), tmp_dir=tmp)
 
@@ -270,6 +279,8 @@ def _plan_path(sources, index) -> Optional[str]:
 def _source_record(rec: dict) -> dict:
     out = {k: rec[k] for k in ("source_id", "path", "sha256", "duration", "orig_sample_rate", "orig_channels",
                                "codec", "container", "gain_db", "separated", "speech_turn_seconds")}
+    nonfinite = rec.get("nonfinite_samples")
+    out["nonfinite_samples"] = 0 if nonfinite is None or nonfinite != nonfinite else int(nonfinite)  # NaN: older part
     for k in SOURCE_JSON_COLUMNS:
         out[k] = json.loads(rec[k]) if rec[k] else ([] if k != "timings" else {})
     out["index"] = int(rec["index"])
@@ -347,7 +358,7 @@ def format_summary(summary: dict) -> str:
     base = h["input"] or 1e-12
     f = summary["files"]
     lines = [
-        f"files: {f['ok']} ok, {f['failed']} failed, {f.get('skipped', 0)} skipped (duplicates)"
+        f"files: {f['ok']} ok, {f['failed']} failed, {f.get('skipped', 0)} skipped (duplicates, non-audio inputs)"
         + (f" {f['failed_by_stage']}" if f["failed"] else ""),
         f"separation: {'on' if summary['separation'] else 'OFF (no separation model in this profile)'}",
         "hours                     h        % of input",

@@ -17,7 +17,8 @@ from emilia_pipe.stages import Stage
 @dataclass(frozen=True)
 class FileTask:
     index: int  # place in the build plan
-    path: str
+    path: str  # local path or URL
+    stage_dir: Optional[str] = None  # where a URL is copied to be decoded (OUT/.emilia/tmp)
 
 
 class BatchFailure(Exception):
@@ -36,8 +37,8 @@ def run_file_stage(stage: Stage, item: Union[FileTask, Source, Failure]) -> Unio
         return item
     path = item.path
     try:
-        if isinstance(item, FileTask):
-            source = stage.run(item.path)
+        if isinstance(item, FileTask):  # the first stage (standardize) reads the input
+            source = stage.run(item)
             source.index = item.index
             return source
         return stage.run(item)

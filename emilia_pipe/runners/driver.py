@@ -8,6 +8,7 @@ cancelled and recorded as a failure. A failing batch is retried clip by clip, so
 its own source."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import deque
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from emilia_pipe.build import Build, expand_inputs
+from emilia_pipe.build import Build
+from emilia_pipe.inputs import InputError, OutputError, expand_inputs
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.models import ModelUnavailableError, model_statuses
 from emilia_pipe.records import Clip, Failure, Source
@@ -63,6 +65,18 @@ def size_local(config: PipelineConfig) -> PipelineConfig:
     if cfg.score.onnx_threads == 0:
         cfg.score.onnx_threads = per_lane
     return cfg
+
+
+def check_output(out_dir: str | Path) -> None:
+    """Fail at once, with the fix, when the output cannot be written; creates nothing."""
+    out = Path(out_dir).absolute()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {out} is a file, not a folder; give -o a new folder or an existing build")
+    parent = out
+    while not parent.exists():  # the nearest existing folder is where the output gets created
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):  # also false on a read-only filesystem, even for root
+        raise OutputError(f"cannot write to {parent} (read-only or no permission); give -o a writable folder")
 
 
 def preflight(config: PipelineConfig) -> None:
@@ -324,16 +338,17 @@ def run_pipeline(
     """Process ``inputs`` into an Emilia-format dataset in ``out_dir``; returns the summary. A build
     folder that already holds work is resumed: sources already done are not read again."""
     t_start = time.perf_counter()
-    files = expand_inputs(inputs, exclude=[out_dir])
-    if not files:
-        raise FileNotFoundError(f"no audio files found in {', '.join(map(str, inputs))}")
+    check_output(out_dir)
+    found = expand_inputs(inputs, exclude=[out_dir])  # usage errors here, before any model loads
+    if not found.files and not found.problems:
+        raise InputError(f"no audio files found in {', '.join(map(str, inputs))}")
     preflight(config)
     stages = active_stages(config)
     runner = choose_runner(config)
     if not config.separation_enabled:
         log("separation: off (profile has no separation model) - clips are cut from the original mix")
     with Build(out_dir, config, allow_config_change=allow_config_change, log=log) as build:
-        entries, n_done = build.plan(files)
+        entries, n_done = build.plan(found.files, found.problems)
         if n_done:
             log(f"{n_done} file(s) already done in {out_dir}: not read again")
         executor = None
@@ -374,7 +389,8 @@ def run_pipeline(
             "wall_seconds": round(wall, 3),
             "audio_hours_per_hour": round(audio_s / wall, 4) if wall > 0 else 0.0,
             "runner": runner,
-            "this_run": {"files": len(entries), "failed": (scheduler.failures_this_run if scheduler else 0),
+            "this_run": {"files": len(entries) + build.input_failures,
+                         "failed": (scheduler.failures_this_run if scheduler else 0) + build.input_failures,
                          "already_done": n_done, "audio_hours": round(audio_s / 3600, 6)},
         })
         build.compact()

@@ -2,10 +2,13 @@
 and keep a 16 kHz view for the analysis stages (VAD, diarization, ASR, DNSMOS)."""
 from __future__ import annotations
 
+import os
+import stat
 import time
 from pathlib import Path
 
-from emilia_pipe.audio import decode, normalize_loudness, resample, sha256_of
+from emilia_pipe.audio import AudioDecodeError, decode, normalize_loudness, resample, sha256_of
+from emilia_pipe.inputs import is_url, local_copy
 from emilia_pipe.records import Source
 from emilia_pipe.stages import Stage
 
@@ -16,17 +19,25 @@ class Standardizer(Stage):
     def __init__(self, config):
         self.cfg = config.standardize
 
-    def run(self, path: str | Path) -> Source:
+    def run(self, item) -> Source:
+        """``item``: a path or URL, or a task with ``path`` and ``stage_dir`` (where a URL is staged)."""
         t0 = time.perf_counter()
-        path = Path(path)
-        digest = sha256_of(path)
-        decoded = decode(path, self.cfg.sample_rate, self.cfg.max_duration_s)
+        path = str(getattr(item, "path", item))
+        with local_copy(path, getattr(item, "stage_dir", None)) as (local, digest):
+            if not is_url(path):
+                _check_regular(local)
+            decoded = decode(local, self.cfg.sample_rate, self.cfg.max_duration_s)
+            digest = digest or sha256_of(local)  # after decoding: a file over the cap is never read whole
+        if decoded.input_samples and decoded.nonfinite_samples > self.cfg.max_nonfinite_fraction * decoded.input_samples:
+            raise AudioDecodeError(
+                f"{path}: {decoded.nonfinite_samples} of {decoded.input_samples} samples are NaN/Inf, more than "
+                f"standardize.max_nonfinite_fraction={self.cfg.max_nonfinite_fraction:g}")
         samples, gain_db = normalize_loudness(
             decoded.samples, self.cfg.loudness, self.cfg.target_dbfs, self.cfg.max_gain_db
         )
         source = Source(
             source_id=digest[:16],
-            path=str(path),
+            path=path,
             sha256=digest,
             duration=samples.size / self.cfg.sample_rate,
             orig_sample_rate=decoded.orig_sample_rate,
@@ -37,6 +48,17 @@ class Standardizer(Stage):
             sample_rate=self.cfg.sample_rate,
             audio=samples,
             audio_16k=resample(samples, self.cfg.sample_rate, self.cfg.analysis_rate),
+            decode_errors=decoded.decode_errors,
+            nonfinite_samples=decoded.nonfinite_samples,
         )
         source.timings[self.name] = time.perf_counter() - t0
         return source
+
+
+def _check_regular(path: str | Path) -> None:
+    """Never open a FIFO or device (it can block forever); say plainly when a file is empty."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioDecodeError(f"{path} is not a regular file: never opened")
+    if st.st_size == 0:
+        raise AudioDecodeError(f"{path} is empty (0 bytes)")

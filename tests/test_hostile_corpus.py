@@ -1,0 +1,64 @@
+"""The hostile-input corpus (tests/corpus.py) through the real lite models, once, with the command line
+(local runner): every input ends processed, failed or skipped with its stage and reason, the good files
+next to the bad ones are written, nothing outside the inputs is run or read, and the run exits 1
+because some inputs failed."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from corpus import EXPECT, make_corpus, outcomes
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile-real")
+    src = make_corpus(root)
+    out = root / "out"
+    proc = subprocess.run([sys.executable, "-m", "emilia_pipe.cli", "run", str(src), "-o", str(out), "--runner", "local"],
+                          capture_output=True, text=True, timeout=1200, cwd=src,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""})
+    return root, src, out, proc
+
+
+def test_exit_status_is_1_and_no_traceback(build):
+    _, _, _, proc = build
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr and "failed in this run" in proc.stdout
+
+
+def test_every_input_has_its_outcome(build):
+    _, src, out, _ = build
+    got = outcomes(out)
+    assert {n: (got[n]["outcome"], got[n]["stage"]) for n in EXPECT if n in got} == \
+        {n: e[:2] for n, e in EXPECT.items()}
+    for name, (outcome, _, _) in EXPECT.items():
+        if outcome == "failed":
+            assert name in got[name]["reason"], got[name]
+
+
+def test_good_files_are_written_and_silence_is_rejected_with_its_reason(build):
+    _, src, out, _ = build
+    lines = [json.loads(line) for p in out.glob("*/*.jsonl") for line in p.read_text().splitlines()]
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    clips = [c for c in lines + rejected if c["source"] == str(src / "good.wav") and c["wav"]]
+    assert clips, "good.wav gave no clip"
+    for c in clips:
+        assert (out / c["id"].split("_")[0] / c["wav"]).stat().st_size > 1000
+    no_turns = {Path(r["source"]).name for r in rejected if r["reasons"] == ["no_speaker_turns"]}
+    assert "silence_10min.wav" in no_turns
+    # a square wave is not speech: whatever diarization makes of it, no clip of it is kept
+    assert not [c for c in lines if Path(c["source"]).name == "clipped_square.wav"]
+    assert not list((out / ".emilia/tmp").iterdir())
+
+
+def test_nothing_outside_the_inputs_is_run_or_read(build):
+    root, _, out, _ = build
+    assert not list(root.rglob("pwned*"))
+    text = "".join(p.read_text() for p in out.glob("*.jsonl"))
+    assert "canary" not in text and "outside_target" not in text
