@@ -67,15 +67,16 @@ class Scorer(Stage):
         """(SIG, BAK, OVRL) of one clip. A clip shorter than the window is scored at
         ``short_clip_offsets`` start offsets spread over 10 ms and the scores averaged: on a tiled clip
         the model's verdict swings with sub-frame shifts (a 1 ms later start moved OVRL by up to 0.3)."""
-        offsets = [0]
+        offsets, limit = [0], None
         if audio_16k.size < int(self.cfg.window_s * SCORE_RATE):
             n = self.cfg.short_clip_offsets
             offsets = [round(k * 0.010 * SCORE_RATE / n) for k in range(n)]
-        return tuple(float(v) for v in np.mean([self.window_scores(audio_16k[d:]) for d in offsets], axis=0))
+            limit = self.cfg.short_clip_windows or None
+        return tuple(float(v) for v in np.mean([self.window_scores(audio_16k[d:], limit) for d in offsets], axis=0))
 
-    def window_scores(self, audio_16k: np.ndarray) -> tuple[float, float, float]:
-        """Mean (SIG, BAK, OVRL) over the clip's windows; one model run per clip, whatever the batch."""
-        windows = dnsmos_windows(audio_16k, self.cfg.window_s, self.cfg.hop_s)
+    def window_scores(self, audio_16k: np.ndarray, limit: int | None = None) -> tuple[float, float, float]:
+        """Mean (SIG, BAK, OVRL) over the clip's windows (the first ``limit``); runs per clip, whatever the batch."""
+        windows = dnsmos_windows(audio_16k, self.cfg.window_s, self.cfg.hop_s)[:limit]
         raw = np.concatenate([self.session.run(None, {self.input_name: windows[i : i + self.cfg.batch_windows]})[0]
                               for i in range(0, len(windows), self.cfg.batch_windows)])
         return (float(np.mean(POLY_SIG(raw[:, 0]))), float(np.mean(POLY_BAK(raw[:, 1]))),
