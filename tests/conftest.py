@@ -80,3 +80,15 @@ def copy_inputs(folder: Path, names: list[str]) -> Path:
     for f in names:
         shutil.copy(SAMPLE / f, folder / Path(f).name)
     return folder
+
+
+def kept_clips(out: Path) -> list[dict]:
+    """The kept clips of a build: source file, span, language, text, DNSMOS (what tests/golden compares)."""
+    rows = []
+    for manifest in sorted(out.glob("*/*_B*.jsonl")):
+        for line in manifest.read_text().splitlines():
+            r = json.loads(line)
+            rows.append({"source": Path(r["source"]).name, "start": r["start"], "end": r["end"], "language": r["language"],
+                         "text": r["text"], "dnsmos_sig": r["dnsmos_sig"], "dnsmos_bak": r["dnsmos_bak"],
+                         "dnsmos_ovrl": r["dnsmos_ovrl"]})
+    return sorted(rows, key=lambda r: (r["source"], r["start"]))

@@ -170,3 +170,19 @@ def test_rerun_into_the_same_output_skips_done_files(tmp_path, sample_dir, lite_
     assert [(Path(s["path"]).name, Path(s["duplicate_of"]).name) for s in skipped] == [("jfk_copy.flac", "en_jfk_inaugural.flac")]
     assert sorted(p.name for p in tmp_path.rglob("*.mp3")) == ids_before
     assert second["clips"] == first["clips"]
+
+
+def test_kept_clips_match_the_golden_build(dataset):
+    """Speed work must not change results: the kept clips of sample_data (spans, languages, texts, DNSMOS)
+    equal tests/golden/sample_data_kept.json, made by tests/golden/make_golden.py with the default settings.
+    Regenerate it only with a change that is meant to change results, and say why in the commit."""
+    from conftest import kept_clips
+
+    out, _ = dataset
+    golden = json.loads((Path(__file__).parent / "golden/sample_data_kept.json").read_text())
+    got = kept_clips(out)
+    assert [(g["source"], g["language"], g["text"]) for g in got] == [(g["source"], g["language"], g["text"]) for g in golden]
+    for g, ref in zip(got, golden):
+        assert abs(g["start"] - ref["start"]) <= 0.02 and abs(g["end"] - ref["end"]) <= 0.02, (g, ref)
+        for k in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"):
+            assert abs(g[k] - ref[k]) <= 0.01, (k, g, ref)
