@@ -58,6 +58,8 @@ def size_local(config: PipelineConfig) -> PipelineConfig:
     per_lane = max(1, cores // 2) if overlap else cores
     cfg = config.model_copy(deep=True)
     cfg.run.local_overlap = overlap
+    if overlap:  # the main thread runs each file to the end: hand its clips over after every file
+        cfg.run.max_files_in_flight = 1
     if cfg.run.torch_threads == 0:
         cfg.run.torch_threads = per_lane
     if cfg.transcribe.cpu_threads == 0:
