@@ -4,7 +4,7 @@ Reports audio-hours per hour end to end and per stage (input audio hours divided
 stage spent, i.e. one worker's throughput), plus peak memory of the whole process tree (Ray workers
 included), sampled every 0.2 s. Writes a JSON report.
 
-    python benchmarks/bench_pipeline.py                     # local runner, lite profile
+    python benchmarks/bench_pipeline.py                     # the default run (runner auto), lite profile
     python benchmarks/bench_pipeline.py --runner ray
     python benchmarks/bench_pipeline.py --set transcribe.batch_size=32 --out benchmarks/results/b32.json
 """
@@ -64,7 +64,7 @@ class PeakMemory(threading.Thread):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("inputs", nargs="*", default=[str(ROOT / "sample_data")])
-    ap.add_argument("--runner", choices=("local", "ray"), default="local")
+    ap.add_argument("--runner", choices=("auto", "local", "ray"), default="auto", help="auto = the default run")
     ap.add_argument("--profile", choices=("lite", "full"), default="lite")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     ap.add_argument("--out", default=None, help="JSON report (default benchmarks/results/pipeline-<runner>.json)")

@@ -22,7 +22,8 @@ def dataset(tmp_path_factory, sample_dir, lite_config):
     bad = tmp_path_factory.mktemp("bad")
     (bad / "corrupt.mp3").write_bytes(b"\x00\x01 definitely not an mp3" * 50)
     out = tmp_path_factory.mktemp("out")
-    summary = run_pipeline([sample_dir, bad / "corrupt.mp3", bad / "missing.wav"], out, lite_config)
+    # (a missing input is a usage error before any work, exit 2: tested in test_inputs.py)
+    summary = run_pipeline([sample_dir, bad / "corrupt.mp3"], out, lite_config)
     return out, summary
 
 
@@ -111,9 +112,9 @@ def test_failures_are_recorded_and_the_run_went_on(dataset):
     out, summary = dataset
     failures = _jsonl(out / "failures.jsonl")
     by_name = {Path(f["path"]).name: f for f in failures}
-    assert set(by_name) == {"corrupt.mp3", "missing.wav"}
+    assert set(by_name) == {"corrupt.mp3"}
     assert all(f["stage"] == "standardize" and f["error"] for f in failures)
-    assert summary["files"]["failed"] == 2 and summary["files"]["ok"] == 33
+    assert summary["files"]["failed"] == 1 and summary["files"]["ok"] == 33
 
 
 def test_summary_accounts_for_every_hour(dataset):
