@@ -199,6 +199,9 @@ class RunConfig(_Section):
     max_open_sources: int = Field(16, ge=1, description="Decoded sources whose clips are not yet written.")
     max_inflight_audio_mb: float = Field(2048, gt=0, description="Clip audio of open sources held in memory / object store.")
     max_batches_in_flight: int = Field(2, ge=1)
+    min_batch_fill: float = Field(0.5, gt=0, le=1, description=(
+        "When the batched stages are idle, send a batch once this fraction of transcribe.batch_size is "
+        "queued, rather than wait for a full one (1 = full batches only, except at the end)."))
     max_writes_in_flight: int = Field(8, ge=1)
     task_timeout_s: float = Field(3600.0, gt=0, description="A file, batch or write taking longer fails (recorded).")
     max_attempts: int = Field(2, ge=1, description="Tries per file when its worker dies (a timeout is not retried).")

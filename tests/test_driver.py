@@ -159,9 +159,16 @@ def test_work_in_flight_is_bounded_whatever_the_input_count(tmp_path):
 
 
 def test_batches_are_filled_across_files(tmp_path):
-    # the local executor finishes each call at once; batches must still fill up to batch_size
-    summary, _, ex = _run(tmp_path, [f"f{i}.wav" for i in range(10)], overrides=["transcribe.batch_size=8"])
+    # batches fill across files up to batch_size; only the last one is partial
+    summary, _, ex = _run(tmp_path, [f"f{i}.wav" for i in range(10)],
+                          overrides=["transcribe.batch_size=8", "run.min_batch_fill=1"])
     assert ex.batch_sizes == [8, 8, 4]
+
+
+def test_an_idle_batch_stage_gets_half_a_batch(tmp_path):
+    # with nothing in the batched stages, half a batch is sent at once (both lanes busy), never less
+    summary, _, ex = _run(tmp_path, [f"f{i}.wav" for i in range(10)], overrides=["transcribe.batch_size=8"])
+    assert ex.batch_sizes[0] == 4 and min(ex.batch_sizes[:-1]) >= 4 and sum(ex.batch_sizes) == 20
 
 
 @pytest.mark.parametrize("names", [["a.wav", "b.wav"]])

@@ -9,6 +9,7 @@ its own source."""
 from __future__ import annotations
 
 import os
+import math
 import sys
 import time
 from collections import deque
@@ -167,11 +168,14 @@ class Scheduler:
     def _submit_batches(self) -> None:
         r = self.cfg.run
         size = self.cfg.transcribe.batch_size
-        # a partial batch goes only when no more clips can arrive before something else finishes
+        # a partial batch goes when no more clips can arrive before something else finishes, or when the
+        # batched stages sit idle and part of a batch is waiting (so both lanes / pools keep working)
         starved = not self.pending and self._count("file") == 0
         blocked = self._count("file") == 0 and not self._can_open_more()
+        fill = max(1, math.ceil(size * r.min_batch_fill))
         while self.queue and self._count("batch") < r.max_batches_in_flight and (
-                len(self.queue) >= size or starved or blocked):
+                len(self.queue) >= size or starved or blocked
+                or (self._count("batch") == 0 and len(self.queue) >= fill)):
             batch = [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
             self._start_batch(batch, single=False)
 
