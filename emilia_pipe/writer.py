@@ -282,7 +282,8 @@ def _source_record(rec: dict) -> dict:
     nonfinite = rec.get("nonfinite_samples")
     out["nonfinite_samples"] = 0 if nonfinite is None or nonfinite != nonfinite else int(nonfinite)  # NaN: older part
     for k in SOURCE_JSON_COLUMNS:
-        out[k] = json.loads(rec[k]) if rec[k] else ([] if k != "timings" else {})
+        # a column an older part lacks reads back as NaN
+        out[k] = json.loads(rec[k]) if isinstance(rec[k], str) and rec[k] else ([] if k != "timings" else {})
     out["index"] = int(rec["index"])
     out["primary_language"] = rec["primary_language"]
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in out.items()}
