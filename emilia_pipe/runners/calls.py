@@ -27,6 +27,24 @@ class BatchFailure(Exception):
         self.stage, self.error = stage, error
 
 
+def _libc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return lambda _pad: 0
+
+
+_malloc_trim = _libc_trim()
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS after a stage: glibc keeps it otherwise, and a worker holding every
+    model grew from 1.6 to 3.5 GiB over three files (measured); with this it stays near 1.75 GiB."""
+    _malloc_trim(0)
+
+
 def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
@@ -44,6 +62,8 @@ def run_file_stage(stage: Stage, item: Union[FileTask, Source, Failure]) -> Unio
         return stage.run(item)
     except Exception as exc:  # noqa: BLE001 - any error in one file must not stop the run
         return Failure(path=path, stage=stage.name, error=_error(exc), error_type=type(exc).__name__)
+    finally:
+        release_memory()
 
 
 def finish_file(item: Union[Source, Failure]) -> tuple[Union[Source, Failure], Optional[ClipAudio]]:
@@ -69,6 +89,7 @@ def run_batch_stage(stage: Stage, item, bundles: dict[int, ClipAudio]):
     finally:
         for c in clips:
             c.audio = c.audio_16k = None
+        release_memory()
     return clips, {**seconds, stage.name: time.perf_counter() - t0}
 
 
