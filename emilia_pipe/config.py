@@ -119,6 +119,7 @@ class TranscribeConfig(_Section):
     compute_type: Literal["auto", "int8", "float16", "float32", "int8_float16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2 default.")
+    workers: int = Field(1, ge=1, description="Batches one model can decode at once (CTranslate2 inter_threads).")
 
 
 class ScoreConfig(_Section):
@@ -192,8 +193,8 @@ class RunConfig(_Section):
         "auto = ray when a cluster address is given or a GPU is present, else local (one process, two "
         "overlapping lanes: the fastest and lightest on a CPU machine, measured)."))
     local_overlap: bool = Field(True, description=(
-        "Local runner: run the batched stages and the writer in a second thread, overlapping the per-file "
-        "stages (used when the machine has 2+ cores)."))
+        "Local runner: run the batched stages and the writer in worker threads (one per core), overlapping "
+        "the per-file stages (used when the machine has 2+ cores)."))
     ray_address: Optional[str] = None
     max_files_in_flight: int = Field(4, ge=1, description="Files in the per-file stages at once.")
     max_open_sources: int = Field(16, ge=1, description="Decoded sources whose clips are not yet written.")

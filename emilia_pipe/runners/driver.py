@@ -50,8 +50,9 @@ def choose_runner(config: PipelineConfig) -> str:
 
 
 def size_local(config: PipelineConfig) -> PipelineConfig:
-    """Thread counts for the local runner: with two lanes each lane's libraries get half the cores,
-    so the lanes never oversubscribe them; settings the user made are kept."""
+    """Thread counts for the local runner: the per-file lane's libraries get half the cores, the batched
+    stages run on one worker thread per core with half the cores' threads each; settings the user made
+    are kept."""
     from emilia_pipe.torch_threads import default_threads
 
     cores = default_threads()
@@ -59,8 +60,14 @@ def size_local(config: PipelineConfig) -> PipelineConfig:
     per_lane = max(1, cores // 2) if overlap else cores
     cfg = config.model_copy(deep=True)
     cfg.run.local_overlap = overlap
-    if overlap:  # the main thread runs each file to the end: hand its clips over after every file
+    if overlap:
+        # the main thread runs each file to the end: hand its clips over after every file
         cfg.run.max_files_in_flight = 1
+        # one batch worker per core: when the per-file lane waits, the batched stages use every core
+        cfg.run.max_batches_in_flight = max(cfg.run.max_batches_in_flight, cores)
+        cfg.transcribe.workers = max(cfg.transcribe.workers, cores)
+        # no object store here: memory is bounded by run.max_inflight_audio_mb, so let more sources wait
+        cfg.run.max_open_sources = max(cfg.run.max_open_sources, 64)
     if cfg.run.torch_threads == 0:
         cfg.run.torch_threads = per_lane
     if cfg.transcribe.cpu_threads == 0:

@@ -65,7 +65,8 @@ class Transcriber(Stage):
         path = whisper_model_path(config.models.asr, config.models.cache_dir,
                                   token=os.environ.get(config.models.hf_token_env))
         self.model = WhisperModel(path, device=self.device, compute_type=compute_type,
-                                  cpu_threads=self.cfg.cpu_threads, local_files_only=True)
+                                  cpu_threads=self.cfg.cpu_threads, num_workers=self.cfg.workers,
+                                  local_files_only=True)
         self._Tokenizer = Tokenizer
         self._tokenizers: dict[str, object] = {}
         self.n_mels = self.model.feat_kwargs.get("feature_size") or 80
