@@ -35,8 +35,6 @@ from emilia_pipe.config import PipelineConfig
 from emilia_pipe.ledger import SOURCE_JSON_COLUMNS, STATE_DIR, Ledger, fsync_dir, write_atomic
 from emilia_pipe.records import ClipAudio
 
-WORK_DIR = STATE_DIR
-MANIFEST_FIELDS = ("id", "wav", "text", "duration", "speaker", "language", "dnsmos")
 _LANG_DIR = re.compile(r"^[A-Z]{1,8}$")
 
 
@@ -254,10 +252,11 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     failures = ledger.failures(done=sources["index"].tolist())
     failure_rows = [{k: rec[k] for k in ("path", "stage", "error", "error_type")} for rec in failures.to_dict("records")]
     write_atomic(out / "failures.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failure_rows), tmp_dir=tmp)
+    path_of = dict(zip(sources["index"].tolist(), sources["path"].tolist()))
     skipped_rows = [{"path": r["path"], "sha256": r["sha256"] if r["status"] != "skipped" else None,
                      "stage": "input" if r["status"] == "skipped" else "standardize",
                      "reason": r["note"] if r["status"] == "skipped" else "duplicate",
-                     "duplicate_of": _plan_path(sources, r["duplicate_of"]) if r["status"] != "skipped" else None}
+                     "duplicate_of": _path_of(path_of, r["duplicate_of"]) if r["status"] != "skipped" else None}
                     for r in skipped.to_dict("records")]
     write_atomic(out / "skipped.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in skipped_rows), tmp_dir=tmp)
     write_atomic(out / "sources.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in source_rows), tmp_dir=tmp)
@@ -267,13 +266,10 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     return summary
 
 
-def _plan_path(sources, index) -> Optional[str]:
+def _path_of(path_of: dict, index) -> Optional[str]:
     import pandas as pd
 
-    if index is None or pd.isna(index):
-        return None
-    match = sources.loc[sources["index"] == int(index), "path"]
-    return match.iloc[0] if len(match) else None
+    return None if index is None or pd.isna(index) else path_of.get(int(index))
 
 
 def _source_record(rec: dict) -> dict:

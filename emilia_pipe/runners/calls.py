@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from emilia_pipe import failpoints
-from emilia_pipe.records import Clip, ClipAudio, Failure, Source, attach_analysis_audio, split_audio
+from emilia_pipe.records import ClipAudio, Failure, Source, attach_analysis_audio, split_audio
 from emilia_pipe.stages import Stage
 
 
@@ -112,6 +112,3 @@ def deadline(seconds: Optional[float]):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
-
-def clip_key(clip: Clip) -> tuple[int, int]:
-    return clip.source_index, clip.index
