@@ -5,9 +5,11 @@ import contextlib
 import hashlib
 import io
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -32,7 +34,7 @@ MAX_PLAUSIBLE_RATE = 768_000
 
 @dataclass
 class DecodedAudio:
-    samples: np.ndarray  # float32 mono
+    samples: "np.ndarray | DiskAudio"  # float32 mono
     sample_rate: int
     orig_sample_rate: int
     orig_channels: int
@@ -41,6 +43,10 @@ class DecodedAudio:
     decode_errors: list[str] = field(default_factory=list)  # what ffmpeg reported while decoding
     nonfinite_samples: int = 0  # NaN/Inf input samples (all channels), replaced by 0
     input_samples: int = 0  # input samples (all channels) of float streams, checked for NaN/Inf
+    # set when the input went to disk (samples is then a DiskAudio): the 16 kHz copy and level statistics
+    analysis: Optional["DiskAudio"] = None
+    sumsq: float = 0.0
+    peak: float = 0.0
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -49,6 +55,113 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+class DiskAudio:
+    """Float32 mono samples of a long source kept in a file under the build's temporary folder instead
+    of memory. Slicing reads just that span; ``lazy(a, b)`` is a span read only when used (a clip's
+    audio, until the writer encodes it). It pickles as its path: every worker of a build sees OUT.
+
+    ``scale`` is applied on every read: the loudness gain of a long file is known only after decoding it
+    whole, and applying it on read saves a second pass over the file."""
+
+    dtype = np.dtype(np.float32)
+    ndim = 1
+
+    def __init__(self, path: str | Path, sample_rate: int, size: int = 0, scale: float = 1.0):
+        self.path, self.sample_rate, self.size, self.scale = str(path), sample_rate, size, scale
+
+    @classmethod
+    def create(cls, path: str | Path, sample_rate: int) -> "DiskAudio":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        open(path, "wb").close()
+        return cls(path, sample_rate)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.size,)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, samples: np.ndarray) -> None:
+        with open(self.path, "ab") as fh:
+            fh.write(np.ascontiguousarray(samples, dtype="<f4").tobytes())
+        self.size += samples.size
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = max(0, start), min(self.size, stop)
+        if stop <= start:
+            return np.zeros(0, np.float32)
+        with open(self.path, "rb") as fh:
+            fh.seek(start * 4)
+            arr = np.fromfile(fh, dtype="<f4", count=stop - start).astype(np.float32, copy=False)
+        if self.scale != 1.0:
+            arr *= np.float32(self.scale)
+        return arr
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("DiskAudio supports contiguous slices only")
+        start, stop, _ = key.indices(self.size)
+        return self.read(start, stop)
+
+    def lazy(self, start: int, stop: int) -> "AudioSpan":
+        return AudioSpan(self, max(0, start), min(self.size, stop))
+
+    def chunks(self, samples: int):
+        """(offset, array) pieces of at most ``samples`` samples, in order."""
+        for offset in range(0, self.size, samples):
+            yield offset, self.read(offset, offset + samples)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def chunk_cores(duration: float, chunk_s: float) -> list[tuple[float, float]]:
+    """Equal spans tiling [0, duration], each at most ``chunk_s`` long."""
+    n = max(1, math.ceil(duration / chunk_s))
+    bounds = [round(duration * k / n, 3) for k in range(n + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def spill_path(directory: str | Path, index: int, tag: str) -> str:
+    """Where a long source's audio lives while it is processed (``OUT/.emilia/tmp``); named by the
+    source's plan index so that whoever closes the source can remove it."""
+    return str(Path(directory) / f"audio-{index:09d}-{tag}.f32")
+
+
+def remove_spilled(directory: str | Path, index: int) -> None:
+    for path in Path(directory).glob(f"audio-{index:09d}-*.f32"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+@dataclass
+class AudioSpan:
+    """A span of a :class:`DiskAudio`, read when converted with ``np.asarray``."""
+
+    audio: DiskAudio
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * self.size
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = self.audio.read(self.start, self.stop)
+        return arr if dtype is None else arr.astype(dtype, copy=False)
+
+
+def read_span(audio, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of an in-memory array or a DiskAudio, as a new array."""
+    return audio.read(start, stop) if isinstance(audio, DiskAudio) else np.array(audio[max(0, start):stop])
 
 
 def declared_duration(container, stream) -> float | None:
@@ -90,9 +203,82 @@ def _finite(frame, av) -> tuple[object, int]:
     return clean, n
 
 
-def decode(path: "str | Path | io.IOBase", sample_rate: int, max_duration_s: float | None = None) -> DecodedAudio:
+@dataclass(frozen=True)
+class Spill:
+    """Where decoding moves a long input: once the output passes ``after_s`` seconds, the samples go to
+    a DiskAudio at ``working_path`` and a 16 kHz copy (ffmpeg's resampler, streamed) to ``analysis_path``,
+    so memory stays flat however long the file is."""
+
+    after_s: float
+    working_path: str
+    analysis_path: str
+
+
+class _Sink:
+    """Collects decoded samples: in memory, then (past the spill point) on disk with a 16 kHz copy and the
+    level statistics the loudness step needs."""
+
+    def __init__(self, rate: int, spill: Optional[Spill]):
+        self.rate, self.spill = rate, spill
+        self.chunks: list[np.ndarray] = []
+        self.total = 0
+        self.disk = self.analysis = None
+        self._to_analysis = None
+        self.sumsq = self.peak = 0.0
+        self.nonfinite = 0
+
+    def add(self, arr: np.ndarray) -> None:
+        self.total += arr.size
+        if self.disk is not None:
+            self._write(arr)
+            return
+        self.chunks.append(arr)
+        if self.spill is not None and self.total > self.spill.after_s * self.rate:
+            import av
+
+            self.disk = DiskAudio.create(self.spill.working_path, self.rate)
+            self.analysis = DiskAudio.create(self.spill.analysis_path, ANALYSIS_RATE)
+            self._to_analysis = av.AudioResampler(format="flt", layout="mono", rate=ANALYSIS_RATE)
+            chunks, self.chunks = self.chunks, []
+            for c in chunks:
+                self._write(c)
+
+    def _write(self, arr: np.ndarray) -> None:
+        import av
+
+        bad = ~np.isfinite(arr)  # a codec we did not check: never pass NaN on
+        if bad.any():
+            arr = np.where(bad, np.float32(0), arr)
+            self.nonfinite += int(bad.sum())
+        self.sumsq += float(np.dot(arr.astype(np.float64), arr))
+        self.peak = max(self.peak, float(np.abs(arr).max(initial=0.0)))
+        self.disk.append(arr)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr, np.float32).reshape(1, -1), format="flt",
+                                           layout="mono")
+        frame.sample_rate = self.rate
+        self._resample_analysis(frame)
+
+    def _resample_analysis(self, frame) -> None:
+        for out in self._to_analysis.resample(frame):
+            self.analysis.append(out.to_ndarray().reshape(-1))
+
+    def finish(self) -> "np.ndarray | DiskAudio":
+        if self.disk is not None:
+            self._resample_analysis(None)
+            return self.disk
+        return np.concatenate(self.chunks).astype(np.float32, copy=False) if self.chunks else np.zeros(0, np.float32)
+
+    def discard(self) -> None:
+        for d in (self.disk, self.analysis):
+            if d is not None:
+                d.remove()
+
+
+def decode(path: "str | Path | io.IOBase", sample_rate: int, max_duration_s: float | None = None,
+           spill: Optional[Spill] = None) -> DecodedAudio:
     """Decode the first audio stream to float32 mono at ``sample_rate`` (ffmpeg's resampler). A file
-    whose header says it is longer than ``max_duration_s`` fails before any decoding."""
+    whose header says it is longer than ``max_duration_s`` fails before any decoding; past
+    ``spill.after_s`` seconds the samples go to disk (see :class:`Spill`)."""
     import av  # imported here so stages that only resample never need PyAV
 
     try:
@@ -100,60 +286,65 @@ def decode(path: "str | Path | io.IOBase", sample_rate: int, max_duration_s: flo
     except (av.error.FFmpegError, OSError) as exc:
         raise AudioDecodeError(f"cannot open {path}: {exc}") from exc
     errors: list[str] = []
-    with container:
-        streams = container.streams.audio
-        if not streams:
-            raise AudioDecodeError(f"{path} has no audio stream")
-        stream = streams[0]
-        ctx = stream.codec_context
-        orig_rate = int(ctx.sample_rate or 0)
-        orig_channels = int(ctx.channels or (ctx.layout.nb_channels if ctx.layout else 0) or 0)
-        if orig_channels <= 0:
-            raise AudioDecodeError(f"{path}: its audio stream has no channels (corrupt header)")
-        if not 0 < orig_rate <= MAX_PLAUSIBLE_RATE:
-            raise AudioDecodeError(f"{path}: sample rate {orig_rate} Hz is not plausible (corrupt header)")
-        declared = declared_duration(container, stream)
-        if max_duration_s is not None and declared is not None and declared > max_duration_s:
-            raise AudioDecodeError(f"{path} is {declared:.0f} s long (container header), longer than "
-                                   f"standardize.max_duration_s={max_duration_s:.0f} s")
-        check_finite = (ctx.name or "").startswith("pcm_f")  # only float PCM can carry NaN/Inf
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        chunks: list[np.ndarray] = []
-        total = nonfinite = checked = 0
-        limit = None if max_duration_s is None else int(max_duration_s * sample_rate)
-        try:
-            with _ffmpeg_errors(errors):
-                for frame in container.decode(stream):
-                    frame.pts = None  # let the resampler run on sample counts; some containers have bad pts
-                    if check_finite:
-                        checked += frame.samples * orig_channels
-                        frame, n = _finite(frame, av)
-                        nonfinite += n
-                    for out in resampler.resample(frame):
-                        arr = out.to_ndarray().reshape(-1)
-                        chunks.append(arr)
-                        total += arr.size
-                    if limit is not None and total > limit:
-                        raise AudioDecodeError(
-                            f"{path} is longer than standardize.max_duration_s={max_duration_s:.0f} s"
-                        )
-                for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().reshape(-1))
-        except av.error.FFmpegError as exc:
-            raise AudioDecodeError(f"decoding {path} failed: {exc}") from exc
-        codec = ctx.name or "unknown"
-        fmt = container.format.name if container.format else "unknown"
-    samples = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
-    if samples.size == 0:
+    sink = _Sink(sample_rate, spill)
+    try:
+        with container:
+            streams = container.streams.audio
+            if not streams:
+                raise AudioDecodeError(f"{path} has no audio stream")
+            stream = streams[0]
+            ctx = stream.codec_context
+            orig_rate = int(ctx.sample_rate or 0)
+            orig_channels = int(ctx.channels or (ctx.layout.nb_channels if ctx.layout else 0) or 0)
+            if orig_channels <= 0:
+                raise AudioDecodeError(f"{path}: its audio stream has no channels (corrupt header)")
+            if not 0 < orig_rate <= MAX_PLAUSIBLE_RATE:
+                raise AudioDecodeError(f"{path}: sample rate {orig_rate} Hz is not plausible (corrupt header)")
+            declared = declared_duration(container, stream)
+            if max_duration_s is not None and declared is not None and declared > max_duration_s:
+                raise AudioDecodeError(f"{path} is {declared:.0f} s long (container header), longer than "
+                                       f"standardize.max_duration_s={max_duration_s:.0f} s")
+            check_finite = (ctx.name or "").startswith("pcm_f")  # only float PCM can carry NaN/Inf
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            nonfinite = checked = 0
+            limit = None if max_duration_s is None else int(max_duration_s * sample_rate)
+            try:
+                with _ffmpeg_errors(errors):
+                    for frame in container.decode(stream):
+                        frame.pts = None  # let the resampler run on sample counts; some containers have bad pts
+                        if check_finite:
+                            checked += frame.samples * orig_channels
+                            frame, n = _finite(frame, av)
+                            nonfinite += n
+                        for out in resampler.resample(frame):
+                            sink.add(out.to_ndarray().reshape(-1))
+                        if limit is not None and sink.total > limit:
+                            raise AudioDecodeError(
+                                f"{path} is longer than standardize.max_duration_s={max_duration_s:.0f} s"
+                            )
+                    for out in resampler.resample(None):
+                        sink.add(out.to_ndarray().reshape(-1))
+            except av.error.FFmpegError as exc:
+                raise AudioDecodeError(f"decoding {path} failed: {exc}") from exc
+            codec = ctx.name or "unknown"
+            fmt = container.format.name if container.format else "unknown"
+        samples = sink.finish()
+    except BaseException:
+        sink.discard()
+        raise
+    if sink.total == 0:
         raise AudioDecodeError(f"{path} decoded to zero samples" + (f" ({'; '.join(errors)})" if errors else ""))
-    got = samples.size / sample_rate
+    got = sink.total / sample_rate
     if errors and declared and got < declared - 0.05:  # say what the errors cost
         errors.append(f"decoded {got:.2f} s of the {declared:.2f} s the header declares")
-    if not np.isfinite(samples).all():  # a codec we did not check: still never pass NaN on
+    if sink.nonfinite:
+        nonfinite, checked = nonfinite + sink.nonfinite, max(checked, sink.total)
+    elif isinstance(samples, np.ndarray) and not np.isfinite(samples).all():  # a codec we did not check
         bad = ~np.isfinite(samples)
         nonfinite, checked = nonfinite + int(bad.sum()), max(checked, samples.size)
         samples[bad] = 0.0
-    return DecodedAudio(samples, sample_rate, orig_rate, orig_channels, codec, fmt, errors, nonfinite, checked)
+    return DecodedAudio(samples, sample_rate, orig_rate, orig_channels, codec, fmt, errors, nonfinite, checked,
+                        sink.analysis, sink.sumsq, sink.peak)
 
 
 def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
@@ -171,18 +362,31 @@ def dbfs(samples: np.ndarray) -> float:
     return -math.inf if rms <= 0 else 20.0 * math.log10(rms)
 
 
+def reference_gain_db(level_dbfs: float, target_dbfs: float, max_gain_db: float) -> float:
+    """The reference's gain toward ``target_dbfs``, clamped to +-max_gain_db (none for silence)."""
+    return max(-max_gain_db, min(max_gain_db, target_dbfs - level_dbfs)) if math.isfinite(level_dbfs) else 0.0
+
+
+def loudness_scale(sumsq: float, n: int, peak: float, mode: str, target_dbfs: float,
+                   max_gain_db: float) -> tuple[float, float]:
+    """:func:`normalize_loudness` from level statistics, for audio on disk: the factor to apply on read,
+    and the gain (dB). Gain then peak normalisation is one factor."""
+    if mode == "none":
+        return 1.0, 0.0
+    rms = math.sqrt(sumsq / n) if n else 0.0
+    gain_db = reference_gain_db(20.0 * math.log10(rms) if rms > 0 else -math.inf, target_dbfs, max_gain_db) \
+        if mode == "reference" else 0.0
+    gain = 10.0 ** (gain_db / 20.0)
+    return (gain / (peak * gain) if peak > 0 else 1.0), gain_db
+
+
 def normalize_loudness(samples: np.ndarray, mode: str, target_dbfs: float, max_gain_db: float) -> tuple[np.ndarray, float]:
     """The reference's loudness step: gain toward ``target_dbfs`` clamped to +-max_gain_db, then peak
     normalisation. Returns the new samples and the gain applied before the peak step (dB)."""
     if mode == "none":
         return samples, 0.0
-    gain_db = 0.0
-    out = samples
-    if mode == "reference":
-        level = dbfs(samples)
-        if math.isfinite(level):
-            gain_db = max(-max_gain_db, min(max_gain_db, target_dbfs - level))
-            out = samples * np.float32(10.0 ** (gain_db / 20.0))
+    gain_db = reference_gain_db(dbfs(samples), target_dbfs, max_gain_db) if mode == "reference" else 0.0
+    out = samples * np.float32(10.0 ** (gain_db / 20.0)) if gain_db else samples
     peak = float(np.max(np.abs(out))) if out.size else 0.0
     if peak > 0:
         out = out / np.float32(peak)
@@ -197,7 +401,7 @@ def encode_mp3(samples: np.ndarray, sample_rate: int, bitrate_kbps: int) -> byte
     with av.open(buf, mode="w", format="mp3") as container:
         stream = container.add_stream("libmp3lame", rate=sample_rate, layout="mono")
         stream.bit_rate = bitrate_kbps * 1000
-        pcm = np.clip(samples, -1.0, 1.0).astype(np.float32).reshape(1, -1)
+        pcm = np.clip(np.asarray(samples), -1.0, 1.0).astype(np.float32).reshape(1, -1)  # a span reads here
         frame = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
         frame.sample_rate = sample_rate
         for packet in stream.encode(frame):

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from emilia_pipe.inputs import InputProblem, input_stat, is_url
+from emilia_pipe.audio import remove_spilled
+from emilia_pipe.inputs import InputProblem, input_stat
 from emilia_pipe.ledger import (FORMAT_VERSION, STATE_DIR, BuildLock, BuildMismatchError, Ledger, fingerprint,
                                 fingerprint_diff, fingerprint_hash, read_build_info, write_atomic)
 from emilia_pipe.records import Failure
@@ -112,7 +113,7 @@ class Build:
             if index in done:
                 n_done += problem is None
             elif problem is None:
-                entries.append(FileTask(index, path, str(self.ledger.tmp) if is_url(path) else None))
+                entries.append(FileTask(index, path, str(self.ledger.tmp)))
             elif problem.failed:
                 self.record_failure(Failure(path, "input", problem.reason, "InputError"), index)
                 self.input_failures += 1
@@ -152,8 +153,15 @@ class Build:
         self.ledger.compact(self.run)
         self.remove_orphans()
 
+    def discard_audio(self, index: int) -> None:
+        """A source that failed: remove its audio on disk (a long input's), if any is left."""
+        remove_spilled(self.ledger.tmp, index)
+
     def remove_orphans(self) -> None:
-        """MP3 folders of sources that are not done (a killed attempt, a failure after writing)."""
+        """MP3 folders of sources that are not done (a killed attempt, a failure after writing), and any
+        long input's audio left in the temporary folder."""
+        for path in self.ledger.tmp.glob("audio-*.f32"):
+            path.unlink(missing_ok=True)
         plan = self.ledger.plan(["index"])
         done = self.ledger.done_indices()
         per_shard = self.cfg.output.sources_per_shard

@@ -35,8 +35,9 @@ class StandardizeConfig(_Section):
     loudness: Literal["reference", "none", "peak"] = "reference"
     target_dbfs: float = -20.0
     max_gain_db: float = Field(3.0, ge=0)
-    max_duration_s: float = Field(4 * 3600.0, gt=0, description=(
-        "Longer inputs fail with a clear error, before decoding when the container states its duration."))
+    max_duration_s: Optional[float] = Field(None, gt=0, description=(
+        "None = no cap (long inputs are processed in chunks, see long_input). Set it to refuse longer inputs: "
+        "they fail with a clear error, before decoding when the container states its duration."))
     max_nonfinite_fraction: float = Field(0.01, ge=0, le=1, description=(
         "Inputs with more NaN/Inf samples than this fraction fail; fewer are replaced by silence and counted "
         "(nonfinite_samples in sources.jsonl)."))
@@ -56,6 +57,29 @@ class StandardizeConfig(_Section):
             raise ValueError(f"must be {ANALYSIS_RATE}: the VAD, diarization, Whisper and DNSMOS models "
                              f"need {ANALYSIS_RATE // 1000} kHz input, got {value}")
         return value
+
+
+class LongInputConfig(_Section):
+    """Inputs longer than ``chunk_s`` never sit whole in memory: decoding writes them to
+    ``OUT/.emilia/tmp`` (float32 at both rates, removed once the source is written), and separation,
+    diarization and VAD work on chunks of ``chunk_s`` seconds."""
+
+    chunk_s: float = Field(1800.0, ge=60, description=(
+        "Chunk length. 30 min keeps pyannote's clustering small (~5k embeddings at the default step; it is "
+        "quadratic: 20k took 3.1 GiB and 60 s) while few speakers need linking across chunks."))
+    overlap_s: float = Field(30.0, ge=0, description=(
+        "Audio shared by neighbouring diarization chunks; the seam between them is placed at a pause inside "
+        "this overlap, and separation discards half of it on each side (no edge effects)."))
+    link_threshold: float = Field(0.7045, gt=0, le=2, description=(
+        "A chunk's speaker joins a speaker of earlier chunks when their centroid embeddings (unit vectors) "
+        "are closer than this Euclidean distance (0.7045 ~ cosine similarity 0.75, the clustering "
+        "threshold); otherwise it is a new speaker. One chunk's speakers never merge with each other."))
+
+    @model_validator(mode="after")
+    def _overlap(self) -> "LongInputConfig":
+        if self.overlap_s * 2 >= self.chunk_s:
+            raise ValueError("long_input.overlap_s must be below half of long_input.chunk_s")
+        return self
 
 
 class SeparateConfig(_Section):
@@ -242,6 +266,7 @@ class ModelsConfig(_Section):
 class PipelineConfig(_Section):
     profile: Literal["lite", "full"] = "lite"
     standardize: StandardizeConfig = Field(default_factory=StandardizeConfig)
+    long_input: LongInputConfig = Field(default_factory=LongInputConfig)
     separate: SeparateConfig = Field(default_factory=SeparateConfig)
     diarize: DiarizeConfig = Field(default_factory=DiarizeConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)

@@ -134,7 +134,7 @@ class OfflineSpeakerDiarization(SpeakerDiarization):
         # Skip SpeakerDiarization.__init__ (it would fetch the community-1 PLDA and embedding from the hub)
         # and set exactly the attributes its apply() uses.
         Pipeline.__init__(self)
-        self.legacy = True  # apply() returns the Annotation only
+        self.legacy = False  # apply() returns DiarizeOutput: the annotation and each speaker's centroid
         self.segmentation_step = segmentation_step
         self.embedding_batch_size = embedding_batch_size
         self.embedding_exclude_overlap = False

@@ -87,8 +87,10 @@ class Source:
     container: str
     gain_db: float = 0.0
     sample_rate: int = 24000
-    audio: Optional[np.ndarray] = None  # float32 mono at sample_rate
-    audio_16k: Optional[np.ndarray] = None  # float32 mono at 16 kHz
+    # float32 mono at sample_rate and at 16 kHz: arrays, or DiskAudio for an input longer than
+    # long_input.chunk_s (then stages read it a chunk at a time)
+    audio: Any = None
+    audio_16k: Any = None
     separated: bool = False
     turns: list[Turn] = field(default_factory=list)
     clips: list[Clip] = field(default_factory=list)
@@ -126,8 +128,9 @@ class ClipAudio:
 
     index: int  # the source's plan index
     sample_rate: int
-    working: list[np.ndarray]  # per clip, at the working rate (for the MP3)
-    analysis: list[np.ndarray]  # per clip, at the analysis rate (for ASR and DNSMOS)
+    # per clip: arrays, or AudioSpans of a long source's DiskAudio (read when used)
+    working: list[Any]  # at the working rate (for the MP3)
+    analysis: list[Any]  # at the analysis rate (for ASR and DNSMOS)
 
     @property
     def nbytes(self) -> int:
@@ -147,7 +150,7 @@ def split_audio(source: Source) -> tuple[Source, ClipAudio]:
 
 def attach_analysis_audio(clips: list[Clip], bundles: dict[int, ClipAudio]) -> None:
     for c in clips:
-        c.audio_16k = bundles[c.source_index].analysis[c.index]
+        c.audio_16k = np.asarray(bundles[c.source_index].analysis[c.index])
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 
 from emilia_pipe import failpoints
-from emilia_pipe.audio import encode_mp3
+from emilia_pipe.audio import encode_mp3, remove_spilled
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.ledger import SOURCE_JSON_COLUMNS, STATE_DIR, Ledger, fsync_dir, write_atomic
 from emilia_pipe.records import ClipAudio
@@ -119,6 +119,7 @@ class SourceWriter:
             for d in source_dirs(self.out, b, s):
                 shutil.rmtree(d, ignore_errors=True)
             raise
+        remove_spilled(self.ledger.tmp, index)  # a long source's audio on disk: every MP3 is written
         meta = job["source"]
         row = {**meta, "index": index, "status": job.get("status", "done"), "duplicate_of": job.get("duplicate_of"),
                "primary_language": main, "clips": len(clips), "run": job["run"]}

@@ -139,7 +139,7 @@ def make_corpus(root: Path) -> Path:
     os.symlink("loop_b.wav", d / "loop_a.wav")
     os.symlink("loop_a.wav", d / "loop_b.wav")
     os.symlink("missing_target.wav", d / "dangling.wav")
-    with open(d / "sparse_2gb.wav", "wb") as fh:  # 2 GB of 16 kHz 16-bit mono: 17 h, over the 4 h cap
+    with open(d / "sparse_2gb.wav", "wb") as fh:  # 2 GB of 16 kHz 16-bit mono: 17 h, over the tests' 4 h cap
         fh.write(_wav_header(16000, 1, 16, 2 * 10**9 - 44))
         fh.truncate(2 * 10**9)
     nan = speech.copy()

@@ -50,3 +50,28 @@ def test_named_model_missing_offline_is_a_clear_error(tmp_path, monkeypatch):
         Separator(load_config(overrides=["separate.enabled=true", "models.separation=/nonexistent/x.th"]))
     with pytest.raises(ModelUnavailableError, match="not a Demucs model name"):
         Separator(load_config(overrides=["separate.enabled=true", "models.separation=htdemucs_nope"]))
+
+
+def test_long_source_is_separated_chunk_by_chunk_on_disk(tiny_demucs, tmp_path):
+    """A DiskAudio source (a long input): vocals come back on disk at both rates, same length, and the
+    mix's files are removed."""
+    from emilia_pipe.audio import DiskAudio, spill_path
+    from emilia_pipe.stages.separate import Separator
+
+    cfg = load_config(overrides=["separate.enabled=true", f"models.separation={tiny_demucs}",
+                                 "long_input.chunk_s=60", "long_input.overlap_s=4"])
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(24000 * 130)).astype(np.float32)
+    mix = DiskAudio.create(spill_path(tmp_path, 7, "working"), 24000)
+    mix.append(audio)
+    mix16 = DiskAudio.create(spill_path(tmp_path, 7, "analysis"), 16000)
+    mix16.append(audio[::3][: 16000 * 130])
+    src = Source(source_id="x", path="x.wav", sha256="0" * 64, duration=130.0, orig_sample_rate=24000,
+                 orig_channels=1, codec="pcm", container="wav", audio=mix, audio_16k=mix16)
+    out = Separator(cfg).run(src)
+    assert isinstance(out.audio, DiskAudio) and out.audio.size == audio.size
+    assert abs(out.audio_16k.size - 16000 * 130) <= 3
+    vocals = out.audio[0:out.audio.size]
+    assert np.isfinite(vocals).all() and not np.allclose(vocals, audio)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio-000000007-analysis-vocals.f32",
+                                                         "audio-000000007-working-vocals.f32"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from emilia_pipe import failpoints
+from emilia_pipe.audio import DiskAudio
 from emilia_pipe.records import ClipAudio, Failure, Source, attach_analysis_audio, split_audio
 from emilia_pipe.stages import Stage
 
@@ -18,7 +19,7 @@ from emilia_pipe.stages import Stage
 class FileTask:
     index: int  # place in the build plan
     path: str  # local path or URL
-    stage_dir: Optional[str] = None  # where a URL is copied to be decoded (OUT/.emilia/tmp)
+    stage_dir: Optional[str] = None  # OUT/.emilia/tmp: where a URL is staged and a long input's audio kept
 
 
 class BatchFailure(Exception):
@@ -61,9 +62,17 @@ def run_file_stage(stage: Stage, item: Union[FileTask, Source, Failure]) -> Unio
             return source
         return stage.run(item)
     except Exception as exc:  # noqa: BLE001 - any error in one file must not stop the run
+        discard_disk_audio(item)
         return Failure(path=path, stage=stage.name, error=_error(exc), error_type=type(exc).__name__)
     finally:
         release_memory()
+
+
+def discard_disk_audio(item) -> None:
+    """A long source that failed: its audio on disk is of no more use."""
+    for audio in (getattr(item, "audio", None), getattr(item, "audio_16k", None)):
+        if isinstance(audio, DiskAudio):
+            audio.remove()
 
 
 def finish_file(item: Union[Source, Failure]) -> tuple[Union[Source, Failure], Optional[ClipAudio]]:

@@ -202,6 +202,7 @@ class Scheduler:
     # --- results ----------------------------------------------------------------------------
     def _fail(self, index: int, path: str, stage: str, error: str, error_type: str) -> None:
         self.build.record_failure(Failure(path, stage, error, error_type), index)
+        self.build.discard_audio(index)
         self.failures_this_run += 1
         self.progress.failed += 1
         self.progress.files_done += 1

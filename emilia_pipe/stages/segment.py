@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from emilia_pipe.audio import ANALYSIS_RATE
+from emilia_pipe.audio import ANALYSIS_RATE, DiskAudio, read_span
 from emilia_pipe.models import silero_vad_onnx_path
 from emilia_pipe.records import Clip, Source, Turn
 from emilia_pipe.stages import Stage
@@ -21,6 +21,7 @@ from emilia_pipe.torch_threads import restore_torch_threads
 
 VAD_RATE = ANALYSIS_RATE
 VAD_FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)
+SEAM_JOIN_S = 0.25  # speech spans this close to a VAD chunk edge on both sides are one span cut by it
 
 
 Piece = Turn  # a span of one speaker, as cutting goes on
@@ -96,12 +97,30 @@ def merge_short(pieces: list[Piece], min_len: float, max_len: float, max_gap: fl
     return kept, dropped
 
 
+def clip_span(audio, start: int, stop: int):
+    """A clip's samples: a copy of an in-memory span, or a lazy span of a long source's DiskAudio."""
+    return audio.lazy(start, stop) if isinstance(audio, DiskAudio) else audio[start:stop].copy()
+
+
+class LazyFrameProbs:
+    """Silero frame probabilities of long audio, computed for just the frames asked for (by slice)."""
+
+    def __init__(self, segmenter: "Segmenter", audio_16k):
+        self.segmenter, self.audio = segmenter, audio_16k
+        self.size = audio_16k.size // VAD_FRAME
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        start, stop, _ = key.indices(self.size)
+        return self.segmenter.frame_probs(read_span(self.audio, start * VAD_FRAME, stop * VAD_FRAME))
+
+
 class Segmenter(Stage):
     name = "segment"
 
     def __init__(self, config):
         self.cfg = config.segment
         self.models = config.models
+        self.chunk_s = config.long_input.chunk_s
         # Importing silero_vad sets torch to one thread for the whole process: restore it.
         with restore_torch_threads(config.run.torch_threads):
             from silero_vad import get_speech_timestamps
@@ -111,7 +130,24 @@ class Segmenter(Stage):
         path = silero_vad_onnx_path(config.models.vad)
         self.model = OnnxWrapper(str(path), force_onnx_cpu=True)
 
-    def speech_spans(self, audio_16k: np.ndarray) -> list[tuple[float, float]]:
+    def speech_spans(self, audio_16k) -> list[tuple[float, float]]:
+        """Silero speech spans (seconds) of an array or DiskAudio; long audio is read a chunk at a time and
+        a span broken by a chunk edge is joined again."""
+        step = int(self.chunk_s * VAD_RATE)
+        if not isinstance(audio_16k, DiskAudio) and audio_16k.size <= step:
+            return self._spans(audio_16k)
+        spans: list[tuple[float, float]] = []
+        for offset in range(0, audio_16k.size, step):
+            edge = offset / VAD_RATE
+            for s, e in self._spans(read_span(audio_16k, offset, offset + step)):
+                s, e = s + edge, e + edge
+                if spans and offset and spans[-1][1] >= edge - SEAM_JOIN_S and s <= edge + SEAM_JOIN_S:
+                    spans[-1] = (spans[-1][0], e)
+                else:
+                    spans.append((s, e))
+        return spans
+
+    def _spans(self, audio_16k: np.ndarray) -> list[tuple[float, float]]:
         import torch
 
         if audio_16k.size < VAD_FRAME:
@@ -153,8 +189,9 @@ class Segmenter(Stage):
                 continue
             for start, end in split_at_largest_gaps(speech, cfg.turn_split_s):
                 if end - start > cfg.max_clip_s:
-                    if probs is None:
-                        probs = self.frame_probs(audio_16k)
+                    if probs is None:  # long audio: only the frames a cut needs, computed when asked
+                        probs = (LazyFrameProbs(self, audio_16k) if isinstance(audio_16k, DiskAudio)
+                                 or audio_16k.size > self.chunk_s * VAD_RATE else self.frame_probs(audio_16k))
                     parts = force_cut(start, end, cfg.max_clip_s, probs)
                 else:
                     parts = [(start, end)]
@@ -178,8 +215,8 @@ class Segmenter(Stage):
                     start=round(p.start, 3),
                     end=round(p.end, 3),
                     speaker=p.speaker,
-                    audio=source.audio[int(p.start * sr) : int(p.end * sr)].copy(),
-                    audio_16k=source.audio_16k[int(p.start * VAD_RATE) : int(p.end * VAD_RATE)].copy(),
+                    audio=clip_span(source.audio, int(p.start * sr), int(p.end * sr)),
+                    audio_16k=clip_span(source.audio_16k, int(p.start * VAD_RATE), int(p.end * VAD_RATE)),
                 )
             )
         source.clips = clips

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emilia_pipe.audio import ANALYSIS_RATE, resample
+from emilia_pipe.audio import ANALYSIS_RATE, DiskAudio, chunk_cores, resample
 from emilia_pipe.models import ModelUnavailableError, _is_path_ref
 from emilia_pipe.records import Source
 from emilia_pipe.stages import Stage
@@ -73,6 +73,7 @@ class Separator(Stage):
         import torch
 
         self.cfg = config.separate
+        self.long = config.long_input
         ref = config.models.separation
         if ref is None:
             raise ModelUnavailableError("separation is enabled but models.separation names no model; set one "
@@ -103,11 +104,42 @@ class Separator(Stage):
         vocals = (out[0, self.vocals] * std + mean).mean(0).cpu().numpy().astype(np.float32)
         return resample(vocals, rate, sample_rate)[: audio.size]
 
+    def _separate_on_disk(self, source: Source) -> None:
+        """A long source, chunk by chunk: each chunk is separated with ``long_input.overlap_s / 2`` of context
+        on both sides that is then dropped, so no chunk edge reaches the output; vocals go to new files."""
+        mix, sr = source.audio, source.sample_rate
+        vocals = DiskAudio.create(_derived(mix.path), sr)
+        vocals_16k = DiskAudio.create(_derived(source.audio_16k.path), ANALYSIS_RATE)
+        margin = int(self.long.overlap_s / 2 * sr)
+        try:
+            for core_start, core_end in chunk_cores(mix.size / sr, self.long.chunk_s):
+                a, b = int(round(core_start * sr)), int(round(core_end * sr))
+                lo, hi = max(0, a - margin), min(mix.size, b + margin)
+                out = self.vocals_of(mix.read(lo, hi), sr)
+                vocals.append(out[a - lo: b - lo])
+                to16 = lambda i: int(round(i * ANALYSIS_RATE / sr))  # noqa: E731
+                vocals_16k.append(resample(out, sr, ANALYSIS_RATE)[to16(a) - to16(lo): to16(b) - to16(lo)])
+        except BaseException:
+            vocals.remove()
+            vocals_16k.remove()
+            raise
+        mix.remove()
+        source.audio_16k.remove()
+        source.audio, source.audio_16k = vocals, vocals_16k
+
     def run(self, source: Source) -> Source:
         t0 = time.perf_counter()
-        vocals = self.vocals_of(source.audio, source.sample_rate)
-        source.audio = vocals
-        source.audio_16k = resample(vocals, source.sample_rate, ANALYSIS_RATE)
+        if isinstance(source.audio, DiskAudio):
+            self._separate_on_disk(source)
+        else:
+            vocals = self.vocals_of(source.audio, source.sample_rate)
+            source.audio = vocals
+            source.audio_16k = resample(vocals, source.sample_rate, ANALYSIS_RATE)
         source.separated = True
         source.timings[self.name] = time.perf_counter() - t0
         return source
+
+
+def _derived(path: str) -> str:
+    """The vocals' file next to the mix's (same source index, so the same clean-up finds it)."""
+    return path[: -len(".f32")] + "-vocals.f32"

@@ -1,13 +1,17 @@
 """Stage 1: decode any input to mono float32 at the working rate, apply the reference loudness,
-and keep a 16 kHz view for the analysis stages (VAD, diarization, ASR, DNSMOS)."""
+and keep a 16 kHz view for the analysis stages (VAD, diarization, ASR, DNSMOS). An input longer than
+``long_input.chunk_s`` is decoded to disk (:class:`~emilia_pipe.audio.DiskAudio`), never whole in memory."""
 from __future__ import annotations
 
 import os
 import stat
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
-from emilia_pipe.audio import AudioDecodeError, decode, normalize_loudness, resample, sha256_of
+from emilia_pipe.audio import (AudioDecodeError, DiskAudio, Spill, decode, loudness_scale, normalize_loudness,
+                               resample, sha256_of, spill_path)
 from emilia_pipe.inputs import is_url, local_copy
 from emilia_pipe.records import Source
 from emilia_pipe.stages import Stage
@@ -18,23 +22,43 @@ class Standardizer(Stage):
 
     def __init__(self, config):
         self.cfg = config.standardize
+        self.long = config.long_input
 
     def run(self, item) -> Source:
-        """``item``: a path or URL, or a task with ``path`` and ``stage_dir`` (where a URL is staged)."""
+        """``item``: a path or URL, or a task with ``path``, ``index`` and ``stage_dir`` (where a URL is
+        staged and a long input's audio is kept while it is processed)."""
         t0 = time.perf_counter()
         path = str(getattr(item, "path", item))
-        with local_copy(path, getattr(item, "stage_dir", None)) as (local, digest):
+        stage_dir = getattr(item, "stage_dir", None)
+        index = 0 if isinstance(item, (str, Path)) else item.index
+        # outside a build (a direct call), a long input goes to the system's temporary folder, uniquely named
+        where, suffix = (stage_dir, "") if stage_dir else (tempfile.gettempdir(), f"-{uuid.uuid4().hex[:12]}")
+        spill = Spill(self.long.chunk_s, spill_path(where, index, "working" + suffix),
+                      spill_path(where, index, "analysis" + suffix))
+        with local_copy(path, stage_dir) as (local, digest):
             if not is_url(path):
                 _check_regular(local)
-            decoded = decode(local, self.cfg.sample_rate, self.cfg.max_duration_s)
-            digest = digest or sha256_of(local)  # after decoding: a file over the cap is never read whole
+            decoded = decode(local, self.cfg.sample_rate, self.cfg.max_duration_s, spill)
+            try:
+                digest = digest or sha256_of(local)  # after decoding: a file over the cap is never read whole
+            except BaseException:
+                _discard(decoded)
+                raise
         if decoded.input_samples and decoded.nonfinite_samples > self.cfg.max_nonfinite_fraction * decoded.input_samples:
+            _discard(decoded)
             raise AudioDecodeError(
                 f"{path}: {decoded.nonfinite_samples} of {decoded.input_samples} samples are NaN/Inf, more than "
                 f"standardize.max_nonfinite_fraction={self.cfg.max_nonfinite_fraction:g}")
-        samples, gain_db = normalize_loudness(
-            decoded.samples, self.cfg.loudness, self.cfg.target_dbfs, self.cfg.max_gain_db
-        )
+        if isinstance(decoded.samples, DiskAudio):  # long input: the gain is applied on every read
+            samples, analysis = decoded.samples, decoded.analysis
+            scale, gain_db = loudness_scale(decoded.sumsq, samples.size, decoded.peak, self.cfg.loudness,
+                                            self.cfg.target_dbfs, self.cfg.max_gain_db)
+            samples.scale = analysis.scale = scale
+        else:
+            samples, gain_db = normalize_loudness(
+                decoded.samples, self.cfg.loudness, self.cfg.target_dbfs, self.cfg.max_gain_db
+            )
+            analysis = resample(samples, self.cfg.sample_rate, self.cfg.analysis_rate)
         source = Source(
             source_id=digest[:16],
             path=path,
@@ -47,12 +71,18 @@ class Standardizer(Stage):
             gain_db=gain_db,
             sample_rate=self.cfg.sample_rate,
             audio=samples,
-            audio_16k=resample(samples, self.cfg.sample_rate, self.cfg.analysis_rate),
+            audio_16k=analysis,
             decode_errors=decoded.decode_errors,
             nonfinite_samples=decoded.nonfinite_samples,
         )
         source.timings[self.name] = time.perf_counter() - t0
         return source
+
+
+def _discard(decoded) -> None:
+    for audio in (decoded.samples, decoded.analysis):
+        if isinstance(audio, DiskAudio):
+            audio.remove()
 
 
 def _check_regular(path: str | Path) -> None:
