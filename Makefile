@@ -7,9 +7,16 @@ BIN := $(VENV)/bin
 OUT ?= out/sample
 ARGS ?=
 
-.PHONY: run test bench env clean
+.PHONY: run test bench env browser clean
 
-env: $(VENV)/.installed
+env: $(VENV)/.installed browser
+
+# Debian's Chromium renders datacard.html in the data card test (headless screenshot); root installs it
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	  else echo "chromium is missing: install it (apt-get install chromium) to run the data card test" >&2; fi; }
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +28,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/emilia-pipe run sample_data -o $(OUT) $(ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest -q tests
 
 bench: $(VENV)/.installed

@@ -56,7 +56,8 @@ def main() -> int:
                         help="config override, e.g. diarize.segmentation_step=0.2")
     args = parser.parse_args()
 
-    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.core import Annotation, Segment
+    from pyannote.database.util import load_rttm, load_uem
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     from emilia_pipe.config import PipelineConfig, config_to_dict, load_config
@@ -84,13 +85,8 @@ def main() -> int:
     per_file, total_audio, total_time = {}, 0.0, 0.0
     for uri, stem in FILES.items():
         audio = load_audio(folder / f"{stem}.wav")
-        reference = Annotation(uri=uri)
-        for line in (folder / f"{stem}.rttm").read_text().splitlines():
-            f = line.split()
-            if f and f[0] == "SPEAKER" and f[1] == uri:
-                reference[Segment(float(f[3]), float(f[3]) + float(f[4]))] = f[7]
-        uem = Timeline([Segment(float(f[2]), float(f[3])) for f in
-                        (l.split() for l in (folder / f"{stem}.uem").read_text().splitlines()) if f and f[0] == uri])
+        reference = load_rttm(str(folder / f"{stem}.rttm"))[uri]
+        uem = load_uem(str(folder / f"{stem}.uem"))[uri]
 
         t = time.perf_counter()
         turns = diarizer.diarize(audio)

@@ -1,4 +1,4 @@
-"""Command line: ``emilia-pipe run | status | refilter | models | config``.
+"""Command line: ``emilia-pipe run | status | refilter | eval | models | config``.
 
 Exit status: 0 = every file went through; 1 = the run finished but some files of this run failed (their
 count is printed and in summary.json, their reasons in failures.jsonl); 2 = bad usage or configuration
@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     refilter.add_argument("out", help="dataset folder written by 'emilia-pipe run'")
     refilter.add_argument("-c", "--config", action="append", default=[], metavar="FILE")
     refilter.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+
+    ev = sub.add_parser("eval", help="WER/CER per language and DER of a build against your labelled references")
+    ev.add_argument("out", help="dataset folder written by 'emilia-pipe run'")
+    ev.add_argument("--refs", action="append", required=True, metavar="REFS",
+                    help="a transcript list (TSV: path-or-id<TAB>text, or with a header as sample_data/asr_references.tsv) "
+                         "or a folder of .rttm files matched to sources by file stem (repeatable)")
+    ev.add_argument("--json", action="store_true", help="print JSON")
 
     _config_args(sub.add_parser("config", help="print the effective configuration (profile, files, overrides applied)"))
     return parser
@@ -152,6 +159,20 @@ def cmd_refilter(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from emilia_pipe.evaluation import evaluate, format_report
+    from emilia_pipe.ledger import is_build
+
+    if not is_build(args.out):
+        raise ConfigError(f"{args.out} is not a dataset written by emilia-pipe (no .emilia/build.json)")
+    try:
+        report = evaluate(args.out, args.refs)
+    except ValueError as exc:  # a malformed reference list
+        raise ConfigError(str(exc)) from None
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
+    return 0
+
+
 # errors that end a command with a one-line message (no traceback) and a documented exit status
 _EXIT_CODES = (
     ((ConfigError, BuildMismatchError, ResourcePlanError, FileNotFoundError, InputError, OutputError), 2),
@@ -173,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_refilter(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "eval":
+            return cmd_eval(args)
         if args.command == "config":
             import yaml
 

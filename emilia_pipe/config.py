@@ -176,11 +176,32 @@ class FilterConfig(_Section):
     iqr_scope: Literal["file", "speaker", "language", "none"] = "file"
     iqr_k: float = Field(1.5, ge=0)
     iqr_min_clips: int = Field(1, ge=1, description="Fewer clips in a group than this: IQR rule not applied.")
+    # Hallucination and non-speech guards (not in the reference; None = rule off). A clip without the score
+    # (an older build, a clip never transcribed) is not judged by that rule. Defaults measured on sample_data:
+    # kept speech clips span speech_prob 0.71-0.99, no_speech_prob <= 0.23, avg_logprob >= -0.52,
+    # compression_ratio <= 1.54, chars_per_s 4.0-15.8, repeat_ngram_frac <= 0.08.
+    speech_prob_min: Optional[float] = Field(0.5, ge=0, le=1, description=(
+        "non_speech: mean Silero VAD speech probability over the clip below this (music, noise; sample_data song "
+        "clips 0.02-0.78, speech clips 0.46-0.99)."))
+    no_speech_prob_max: Optional[float] = Field(0.5, ge=0, le=1, description=(
+        "no_speech_prob_high: Whisper's no-speech probability above this."))
+    compression_ratio_max: Optional[float] = Field(2.4, gt=0, description=(
+        "compression_ratio_high: gzip ratio of the text above this (repetitive text; Whisper's own 2.4)."))
+    avg_logprob_min: Optional[float] = Field(-1.0, le=0, description=(
+        "avg_logprob_low: mean token log-probability below this (unlikely text; Whisper's own -1.0)."))
+    chars_per_s_min: Optional[float] = Field(1.0, ge=0, description=(
+        "chars_per_s_out_of_range: counted characters per second below this (text missing for the audio)..."))
+    chars_per_s_max: Optional[float] = Field(25.0, gt=0, description=(
+        "...or above this (more text than anyone can say: invented text)."))
+    repeat_ngram_max: Optional[float] = Field(0.4, ge=0, le=1, description=(
+        "repeated_ngrams: fraction of the text's word 3-grams that repeat an earlier one above this (loops)."))
 
     @model_validator(mode="after")
     def _order(self) -> "FilterConfig":
         if self.min_duration_s >= self.max_duration_s:
             raise ValueError("filter.min_duration_s must be below filter.max_duration_s")
+        if None not in (self.chars_per_s_min, self.chars_per_s_max) and self.chars_per_s_min >= self.chars_per_s_max:
+            raise ValueError("filter.chars_per_s_min must be below filter.chars_per_s_max")
         return self
 
 

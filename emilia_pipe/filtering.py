@@ -14,6 +14,8 @@ from emilia_pipe.config import FilterConfig
 REASONS = (
     "too_short", "too_long", "language_not_allowed", "language_prob_low", "dnsmos_low",
     "too_few_chars", "no_text", "sec_per_char_outlier",
+    "non_speech", "no_speech_prob_high", "compression_ratio_high", "avg_logprob_low", "chars_per_s_out_of_range",
+    "repeated_ngrams",
 )
 _SCOPE_KEYS = {"file": ["source_index"], "speaker": ["source_index", "speaker"], "language": ["language"]}
 
@@ -66,12 +68,33 @@ def filter_frame(df: pd.DataFrame, cfg: FilterConfig) -> pd.DataFrame:
         out = (size >= cfg.iqr_min_clips) & ((sub["v"] < q1 - cfg.iqr_k * iqr) | (sub["v"] > q3 + cfg.iqr_k * iqr))
         outlier.loc[out.index] = out.to_numpy()
     flags["sec_per_char_outlier"] = outlier
+    flags.update(_guard_flags(df, cfg, dur, chars))
 
     matrix = np.column_stack([flags[r].to_numpy(dtype=bool) for r in REASONS]) if len(df) else np.zeros((0, len(REASONS)), bool)
     df["kept"] = ~matrix.any(axis=1)
     names = np.array(REASONS, dtype=object)
     df["reasons"] = [list(names[row]) if not k else [] for row, k in zip(matrix, df["kept"].to_numpy())]
     return df
+
+
+def _guard_flags(df: pd.DataFrame, cfg: FilterConfig, dur: pd.Series, chars: pd.Series) -> dict[str, pd.Series]:
+    """Hallucination and non-speech rules; a missing score (NaN) or a rule set to None never fires."""
+    def above(col, limit):
+        return _num(df, col) > limit if limit is not None else pd.Series(False, index=df.index)
+
+    def below(values, limit):
+        return values < limit if limit is not None else pd.Series(False, index=df.index)
+
+    cps = (chars / dur).where(chars >= max(cfg.min_chars, 1))  # too little text is no_text / too_few_chars
+    return {
+        "non_speech": below(_num(df, "speech_prob"), cfg.speech_prob_min),
+        "no_speech_prob_high": above("no_speech_prob", cfg.no_speech_prob_max),
+        "compression_ratio_high": above("compression_ratio", cfg.compression_ratio_max),
+        "avg_logprob_low": below(_num(df, "avg_logprob"), cfg.avg_logprob_min),
+        "chars_per_s_out_of_range": below(cps, cfg.chars_per_s_min) | (
+            cps > cfg.chars_per_s_max if cfg.chars_per_s_max is not None else False),
+        "repeated_ngrams": above("repeat_ngram_frac", cfg.repeat_ngram_max),
+    }
 
 
 def language_rejected(language: str | None, language_prob: float | None, cfg: FilterConfig) -> bool:
@@ -87,7 +110,8 @@ def apply_filters(records: list[dict], cfg: FilterConfig) -> list[dict]:
     df = pd.DataFrame(records)
     if "source_index" not in df:
         df["source_index"] = df["source_id"]
-    for col in ("language", "language_prob", "dnsmos_ovrl", "chars", "text", "sec_per_char", "speaker"):
+    for col in ("language", "language_prob", "dnsmos_ovrl", "chars", "text", "sec_per_char", "speaker", "speech_prob",
+                "no_speech_prob", "compression_ratio", "avg_logprob", "repeat_ngram_frac"):
         if col not in df:
             df[col] = None
     judged = filter_frame(df, cfg)

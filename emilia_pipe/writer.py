@@ -8,7 +8,7 @@ Two halves:
 - :func:`finalize` (end of a run, and ``emilia-pipe refilter``) reads the ledger with pandas, applies
   the filter config to every clip at once and rewrites the manifests: ``OUT/<LANG>/<LANG>_B#####.jsonl``
   (kept clips), ``rejected.jsonl`` (every rejected clip and dropped segment, with reasons),
-  ``failures.jsonl``, ``skipped.jsonl``, ``sources.jsonl`` and ``summary.json``.
+  ``failures.jsonl``, ``skipped.jsonl``, ``sources.jsonl``, ``summary.json`` and ``datacard.html``.
 
 Ids are fixed by the plan, not by the order in which work finishes: a source's plan index ``i`` gives
 its shard ``B = i // output.sources_per_shard`` and its place ``S = i % sources_per_shard``; a clip's
@@ -32,6 +32,7 @@ import numpy as np
 from emilia_pipe import failpoints
 from emilia_pipe.audio import encode_mp3, remove_spilled
 from emilia_pipe.config import PipelineConfig
+from emilia_pipe.datacard import render as render_datacard
 from emilia_pipe.ledger import SOURCE_JSON_COLUMNS, STATE_DIR, Ledger, fsync_dir, write_atomic
 from emilia_pipe.records import ClipAudio
 
@@ -163,6 +164,7 @@ MANIFEST_COLUMNS = [  # (output key, clip-table column)
     ("dnsmos_sig", "dnsmos_sig"), ("dnsmos_bak", "dnsmos_bak"), ("dnsmos_ovrl", "dnsmos_ovrl"),
     ("chars", "chars"), ("sec_per_char", "sec_per_char"), ("avg_logprob", "avg_logprob"),
     ("no_speech_prob", "no_speech_prob"), ("compression_ratio", "compression_ratio"), ("separated", "separated"),
+    ("speech_prob", "speech_prob"), ("repeat_ngram_frac", "repeat_ngram_frac"),
 ]
 
 
@@ -264,6 +266,7 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
 
     summary = build_summary(published, judged, rejected, source_rows, failures, len(skipped), config, run_info or {})
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False), tmp_dir=tmp)
+    write_atomic(out / "datacard.html", render_datacard(summary, judged, failures), tmp_dir=tmp)
     return summary
 
 

@@ -46,18 +46,15 @@ def _load(path) -> np.ndarray:
 
 
 def _reference(path, uri: str) -> Annotation:
-    ref = Annotation(uri=uri)
-    for line in path.read_text().splitlines():
-        fields = line.split()
-        if fields and fields[0] == "SPEAKER" and fields[1] == uri:
-            start, dur = float(fields[3]), float(fields[4])
-            ref[Segment(start, start + dur)] = fields[7]
-    return ref
+    from pyannote.database.util import load_rttm
+
+    return load_rttm(str(path))[uri]
 
 
 def _uem(path, uri: str) -> Timeline:
-    rows = [line.split() for line in path.read_text().splitlines()]
-    return Timeline([Segment(float(r[2]), float(r[3])) for r in rows if r and r[0] == uri], uri=uri)
+    from pyannote.database.util import load_uem
+
+    return load_uem(str(path))[uri]
 
 
 def _hypothesis(turns: list[Turn], uri: str) -> Annotation:

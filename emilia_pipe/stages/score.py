@@ -2,7 +2,8 @@
 by the published computation (DNS-Challenge ``dnsmos_local.py``, which the reference runs unchanged):
 16 kHz, 9.01 s windows with a 1 s hop, short clips tiled by repeating themselves, the non-personalised
 polynomial fit, mean over windows. Each clip's windows are one onnxruntime run of their own, so a score
-never depends on the batch. Also counts characters for the per-character-duration rule."""
+never depends on the batch. Also counts characters for the per-character-duration rule, and stores the
+scores of the non-speech and hallucination rules (:mod:`emilia_pipe.guards`)."""
 from __future__ import annotations
 
 import re
@@ -12,7 +13,8 @@ import numpy as np
 
 from emilia_pipe.audio import ANALYSIS_RATE
 from emilia_pipe.filtering import language_rejected
-from emilia_pipe.models import dnsmos_onnx_path
+from emilia_pipe.guards import SpeechProbability, repeated_ngram_fraction
+from emilia_pipe.models import dnsmos_onnx_path, silero_vad_onnx_path
 from emilia_pipe.records import Clip
 from emilia_pipe.stages import Stage
 
@@ -65,6 +67,7 @@ class Scorer(Stage):
             str(dnsmos_onnx_path(config.models.dnsmos)), sess_options=opts, providers=["CPUExecutionProvider"]
         )
         self.input_name = self.session.get_inputs()[0].name
+        self.vad = SpeechProbability(silero_vad_onnx_path(config.models.vad))
 
     def clip_scores(self, audio_16k: np.ndarray) -> tuple[float, float, float]:
         """(SIG, BAK, OVRL) of one clip. A clip shorter than the window is scored at
@@ -92,6 +95,8 @@ class Scorer(Stage):
             if not (self.cfg.skip_language_rejected and language_rejected(clip.language, clip.language_prob, self.filter)):
                 sig, bak, ovrl = self.clip_scores(clip.audio_16k)
                 clip.dnsmos_sig, clip.dnsmos_bak, clip.dnsmos_ovrl = round(sig, 4), round(bak, 4), round(ovrl, 4)
+            clip.speech_prob = round(self.vad.mean(clip.audio_16k), 4)  # cheap: scored even when language-rejected
+            clip.repeat_ngram_frac = round(repeated_ngram_fraction(clip.text), 4)
             clip.chars = char_count(clip.text)
             clip.sec_per_char = round(clip.duration / clip.chars, 5) if clip.chars else None
         self.last_seconds = time.perf_counter() - t0
