@@ -15,12 +15,16 @@ APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 FRAMES_PER_SECOND = 100  # log-mel frames
 
 
-def add_word_timings(transcriber, clips, feats: np.ndarray, tokens: list[list[int]]) -> None:
-    """Set ``clip.words`` for every clip; ``tokens[i]`` are clip i's transcript tokens (no prompt)."""
+def add_word_timings(transcriber, clips, feats: np.ndarray) -> None:
+    """Set ``clip.words`` for every clip of a transcribed batch (``feats``: its log-mel features).
+    The final text is tokenized again (the decode returns text only); aligning a text does not depend
+    on which of its tokenizations the decoder happened to emit."""
     model = transcriber.model
     groups: dict[str, list[int]] = {}
+    tokens: list[list[int]] = []
     for i, clip in enumerate(clips):
         clip.words = []
+        tokens.append(transcriber.tokenizer(clip.language).encode(clip.text) if (clip.text or "").strip() else [])
         if tokens[i]:  # nothing to align in an empty transcript
             groups.setdefault(clip.language, []).append(i)
     for language, idx in groups.items():

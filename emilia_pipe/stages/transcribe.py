@@ -133,7 +133,7 @@ class Transcriber(Stage):
             n = max(len(res.sequences_ids[0]), 1)
             avg_logprob = float(res.scores[0]) * n / (n + 1)
             text = tok.decode(tokens)
-            out.append((text, avg_logprob, float(res.no_speech_prob), tokens))
+            out.append((text, avg_logprob, float(res.no_speech_prob)))
         return out
 
     def needs_fallback(self, text: str, avg_logprob: float, no_speech: float) -> bool:
@@ -155,31 +155,31 @@ class Transcriber(Stage):
         for clip, (lang, prob) in zip(clips, langs):
             clip.language, clip.language_prob = lang, round(prob, 4)
         temps = self.cfg.temperatures or [0.0]
-        attempts: list[list[tuple]] = [[] for _ in clips]  # per clip: (text, avg_logprob, no_speech, temperature, tokens)
+        attempts: list[list[tuple]] = [[] for _ in clips]  # per clip: (text, avg_logprob, no_speech, temperature)
         pending = list(range(len(clips)))
         for step, temp in enumerate(temps):
             if step > 0:  # re-encode only the clips that need another try
                 enc = self.model.encode(feats[pending])
             decoded = self.decode(enc, [clips[i].language for i in pending], temp)
             retry = []
-            for i, (text, avg_lp, no_speech, tokens) in zip(pending, decoded):
-                attempts[i].append((text, avg_lp, no_speech, temp, tokens))
+            for i, (text, avg_lp, no_speech) in zip(pending, decoded):
+                attempts[i].append((text, avg_lp, no_speech, temp))
                 if self.needs_fallback(text, avg_lp, no_speech):
                     retry.append(i)
             pending = retry
             if not pending:
                 break
         failed = set(pending)
-        # a clip that passed keeps its last attempt; one that never passed keeps its best one
-        chosen = [self.best_attempt(attempts[i]) if i in failed else attempts[i][-1] for i in range(len(clips))]
-        for clip, (text, avg_lp, no_speech, temp, _) in zip(clips, chosen):
+        for i, clip in enumerate(clips):
+            # a clip that passed keeps its last attempt; one that never passed keeps its best one
+            text, avg_lp, no_speech, temp = self.best_attempt(attempts[i]) if i in failed else attempts[i][-1]
             clip.text, clip.avg_logprob, clip.no_speech_prob = text, round(avg_lp, 4), round(no_speech, 4)
             clip.compression_ratio = round(compression_ratio(text), 3)
             clip.temperature = temp
-        if self.cfg.word_timestamps:
+        if self.cfg.word_timestamps:  # after the text is final: alignment never changes it
             from emilia_pipe.word_timing import add_word_timings
 
-            add_word_timings(self, clips, feats, [c[4] for c in chosen])
+            add_word_timings(self, clips, feats)
 
     def best_attempt(self, attempts: list[tuple]) -> tuple:
         """faster-whisper's rule when every temperature failed: the most likely attempt among those that
