@@ -12,7 +12,6 @@ WORKDIR /opt/emilia-pipe
 COPY requirements.txt pyproject.toml README.md ./
 RUN pip install --no-cache-dir -r requirements.txt
 COPY emilia_pipe ./emilia_pipe
-COPY configs ./configs
 RUN pip install --no-cache-dir --no-deps -e . && emilia-pipe models verify
 
 # Hub models for the full profile are fetched at run time into /models (mount a volume there):

@@ -22,7 +22,6 @@ WORKDIR /opt/emilia-pipe
 COPY requirements.txt pyproject.toml README.md ./
 RUN pip install --no-cache-dir -r requirements.txt
 COPY emilia_pipe ./emilia_pipe
-COPY configs ./configs
 RUN pip install --no-cache-dir --no-deps -e .
 
 # Full-profile weights (htdemucs, Whisper large-v3, pyannote community-1) come from the hub: fetch them

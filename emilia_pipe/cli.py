@@ -1,4 +1,4 @@
-"""Command line: ``emilia-pipe run | status | refilter | eval | models | config``.
+"""Command line: ``emilia-pipe run | status | refilter | eval | export | models | config``.
 
 Exit status: 0 = every file went through; 1 = the run finished but some files of this run failed (their
 count is printed and in summary.json, their reasons in failures.jsonl); 2 = bad usage or configuration
@@ -28,7 +28,10 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from emilia_pipe import __version__
+
     parser = argparse.ArgumentParser(prog="emilia-pipe", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"emilia-pipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="process audio files/folders into an Emilia-format dataset")
@@ -64,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="a transcript list (TSV: path-or-id<TAB>text, or with a header as sample_data/asr_references.tsv) "
                          "or a folder of .rttm files matched to sources by file stem (repeatable)")
     ev.add_argument("--json", action="store_true", help="print JSON")
+
+    exp = sub.add_parser("export", help="export the kept clips of a finished build for training code")
+    exp.add_argument("out", help="dataset folder written by 'emilia-pipe run'")
+    exp.add_argument("--format", required=True, metavar="NAME", dest="fmt",
+                     help="webdataset, lhotse, hf, kaldi, list, f5tts, duplex or text (see README)")
+    exp.add_argument("-o", "--dest", required=True, help="new (or empty) folder to write")
+    exp.add_argument("--clips-per-shard", type=int, default=2000, help="clips per tar / Parquet / Shar shard")
 
     _config_args(sub.add_parser("config", help="print the effective configuration (profile, files, overrides applied)"))
     return parser
@@ -131,6 +141,14 @@ def cmd_models(args) -> int:
     return 0 if all(s.present for s in statuses) else 3
 
 
+def cmd_export(args) -> int:
+    from emilia_pipe.exports import export
+
+    stats = export(args.out, args.fmt, args.dest, args.clips_per_shard)
+    print(f"{args.fmt} export written to {args.dest}: " + ", ".join(f"{v} {k}" for k, v in stats.items()))
+    return 0
+
+
 def cmd_refilter(args) -> int:
     from emilia_pipe.config import _deep_merge, _read_yaml
     from emilia_pipe.ledger import STATE_DIR, BuildLock, read_build_info, write_atomic
@@ -196,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(args)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "export":
+            return cmd_export(args)
         if args.command == "config":
             import yaml
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from emilia_pipe.audio import ANALYSIS_RATE
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data; the top-level configs/ links here
 PROFILES = ("lite", "full")
 WORKING_RATES = (16000, 22050, 24000, 32000, 44100, 48000)  # MP3 can store them; none is below the 16 kHz view
 
@@ -144,6 +144,9 @@ class TranscribeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2 default.")
     workers: int = Field(1, ge=1, description="Batches one model can decode at once (CTranslate2 inter_threads).")
+    word_timestamps: bool = Field(False, description=(
+        "Store each clip's words with start/end (seconds from the clip's start), from Whisper's own "
+        "cross-attention alignment (faster-whisper's word_timestamps). Needed by the duplex export."))
 
 
 class ScoreConfig(_Section):

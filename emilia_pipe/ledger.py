@@ -91,6 +91,10 @@ def _arrow_type(annotation: str) -> pa.DataType:
     return {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "str": pa.string()}.get(a, pa.string())
 
 
+# word timings of a clip (transcribe.word_timestamps): seconds from the clip's start
+WORDS_TYPE = pa.list_(pa.struct([("word", pa.string()), ("start", pa.float64()), ("end", pa.float64())]))
+
+
 def clip_schema() -> pa.Schema:
     """One row per clip: every scalar field of :class:`~emilia_pipe.records.Clip` plus its source's index."""
     from emilia_pipe.records import Clip
@@ -99,6 +103,9 @@ def clip_schema() -> pa.Schema:
     fields = [pa.field("source_index", pa.int64()), pa.field("clip_index", pa.int64())]
     for name, ann in hints.items():
         if name in ("audio", "audio_16k", "index", "source_index", "kept", "reasons"):
+            continue
+        if name == "words":
+            fields.append(pa.field(name, WORDS_TYPE))
             continue
         fields.append(pa.field(name, _arrow_type(ann)))
     fields.append(pa.field("duration", pa.float64()))
@@ -292,6 +299,9 @@ class BuildLock:
 
 # Settings that do not change which clips a build makes or what they contain: free to change on resume.
 # (Filter thresholds are re-applied to the whole build at the end of every run and by refilter.)
+# Settings added after builds existed, left out of the fingerprint at their default so that older builds
+# resume without a spurious "settings changed".
+LATER_DEFAULTS = {"transcribe.word_timestamps": False}
 NON_SEMANTIC = (
     "run.", "filter.", "profile", "models.cache_dir", "models.hf_token_env", "transcribe.batch_size",
     "transcribe.cpu_threads", "transcribe.device", "score.onnx_threads", "score.batch_windows",
@@ -314,7 +324,8 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 def fingerprint(config) -> dict[str, Any]:
     """Flat ``key -> value`` of every setting and library version that shapes the clips."""
     flat = {k: v for k, v in _flatten(config.model_dump(mode="json")).items()
-            if not any(k == n or k.startswith(n) for n in NON_SEMANTIC)}
+            if not any(k == n or k.startswith(n) for n in NON_SEMANTIC)
+            and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
     for pkg in VERSIONED_PACKAGES:
         try:
             flat[f"version.{pkg}"] = metadata.version(pkg)

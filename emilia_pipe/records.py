@@ -42,6 +42,7 @@ class Clip:
     no_speech_prob: Optional[float] = None
     compression_ratio: Optional[float] = None
     temperature: Optional[float] = None
+    words: Optional[list] = None  # [{word, start, end}] from the clip's start, when transcribe.word_timestamps
     # scores
     dnsmos_sig: Optional[float] = None
     dnsmos_bak: Optional[float] = None

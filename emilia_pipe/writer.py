@@ -183,8 +183,18 @@ def _jsonl(rows_by_column: dict[str, list], extra: Optional[dict[str, list]] = N
     return "".join(json.dumps(dict(zip(keys, vals)), ensure_ascii=False) + "\n" for vals in zip(*cols))
 
 
-def _manifest_rows(frame) -> dict[str, list]:
-    return {key: _column_values(frame[col]) for key, col in MANIFEST_COLUMNS}
+def _manifest_rows(frame, words: bool = False) -> dict[str, list]:
+    rows = {key: _column_values(frame[col]) for key, col in MANIFEST_COLUMNS}
+    if words:  # only when asked for: default manifests keep their exact form
+        rows["words"] = [_plain_words(v) for v in frame["words"].tolist()]
+    return rows
+
+
+def _plain_words(value) -> Optional[list]:
+    """A Parquet list of word structs (read back as an array of dicts) as a JSON list."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return [{"word": w["word"], "start": float(w["start"]), "end": float(w["end"])} for w in value]
 
 
 def _hours(seconds: float) -> float:
@@ -224,19 +234,20 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     rejected = judged[~judged["kept"]]
 
     # kept clips, one manifest per language and shard, lines in id order
+    words = config.transcribe.word_timestamps
     new_manifests: set[str] = set()
     if len(kept):
         kept["_lang"] = kept["id"].str.split("_").str[0]
         kept["_shard"] = kept["id"].str.split("_").str[:2].str.join("_")
         for (lang, shard), rows in kept.sort_values("id").groupby(["_lang", "_shard"], sort=True):
             rel = f"{lang}/{shard}.jsonl"
-            write_atomic(out / rel, _jsonl(_manifest_rows(rows)), tmp_dir=tmp)
+            write_atomic(out / rel, _jsonl(_manifest_rows(rows, words)), tmp_dir=tmp)
             new_manifests.add(rel)
             failpoints.hit("manifest")
     _remove_stale_manifests(out, new_manifests, tmp)
 
     # rejected.jsonl: filtered clips, then segments too short to be clips and files with no speaker turn
-    parts = [_jsonl(_manifest_rows(rejected), {"stage": ["filter"] * len(rejected), "reasons": rejected["reasons"].tolist()})]
+    parts = [_jsonl(_manifest_rows(rejected, words), {"stage": ["filter"] * len(rejected), "reasons": rejected["reasons"].tolist()})]
     source_rows = []
     for rec in published.to_dict("records"):
         src = _source_record(rec)

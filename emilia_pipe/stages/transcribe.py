@@ -176,6 +176,10 @@ class Transcriber(Stage):
             clip.text, clip.avg_logprob, clip.no_speech_prob = text, round(avg_lp, 4), round(no_speech, 4)
             clip.compression_ratio = round(compression_ratio(text), 3)
             clip.temperature = temp
+        if self.cfg.word_timestamps:  # after the text is final: alignment never changes it
+            from emilia_pipe.word_timing import add_word_timings
+
+            add_word_timings(self, clips, feats)
 
     def best_attempt(self, attempts: list[tuple]) -> tuple:
         """faster-whisper's rule when every temperature failed: the most likely attempt among those that

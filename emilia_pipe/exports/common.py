@@ -1,0 +1,138 @@
+"""What every export shares: reading a finished build as a stream, a staging folder published by one
+rename, hard links for MP3s, progress lines.
+
+The source of truth is the build's published manifests (``LANG/LANG_B*.jsonl``, kept clips only, the
+verdict of the last run or refilter). They are read line by line, so memory does not grow with the build.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from itertools import groupby
+from pathlib import Path
+from typing import Iterator
+
+from emilia_pipe.config import ConfigError
+from emilia_pipe.ledger import STATE_DIR, read_build_info
+
+
+class ExportError(ConfigError):
+    """A bad export invocation (exit 2, one line)."""
+
+
+class Build:
+    """A finished build folder, read as a stream of its kept clips."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out).resolve()
+        info = read_build_info(self.out)
+        if info is None:
+            raise ExportError(f"{out} is not a dataset written by emilia-pipe (no {STATE_DIR}/build.json)")
+        summary = self.out / "summary.json"
+        if not summary.exists():
+            raise ExportError(f"{out} is not finished (no summary.json): run or resume the build first")
+        self.config = info["config"]
+        self.sample_rate = int(self.config["standardize"]["sample_rate"])
+        self.kept = int(json.loads(summary.read_text())["clips"]["kept"])
+
+    def manifests(self) -> list[Path]:
+        return sorted(self.out.glob("*/*_B*.jsonl"))
+
+    def clips(self) -> Iterator[dict]:
+        """Kept clips in (language, shard, id) order, each manifest line plus ``audio`` (absolute MP3 path)."""
+        for manifest in self.manifests():
+            yield from self._read(manifest)
+
+    @staticmethod
+    def _read(manifest: Path) -> Iterator[dict]:
+        with open(manifest, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    row = json.loads(line)
+                    row["audio"] = str(manifest.parent / row["wav"])
+                    yield row
+
+    def shards(self) -> Iterator[list[dict]]:
+        """All kept clips of one B shard (every language), by source then start: at most
+        ``sources_per_shard`` sources at a time, so a source whose clips span languages is seen whole."""
+        by_shard: dict[str, list[Path]] = {}
+        for m in self.manifests():
+            by_shard.setdefault(m.stem.split("_", 1)[1], []).append(m)
+        for shard in sorted(by_shard):
+            rows = [row for m in by_shard[shard] for row in self._read(m)]
+            yield sorted(rows, key=lambda r: (r["source"], r["start"]))
+
+    @staticmethod
+    def by_source(rows: list[dict]) -> Iterator[tuple[str, list[dict]]]:
+        for src, group in groupby(rows, key=lambda r: r["source"]):
+            yield src, list(group)
+
+
+@contextlib.contextmanager
+def staging(dest: Path) -> Iterator[Path]:
+    """A sibling folder (same filesystem) that becomes ``dest`` by one rename when the export succeeds,
+    and is removed when it fails: a reader never sees half an export."""
+    dest = Path(dest).resolve()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ExportError(f"{dest} exists and is not empty; choose a new destination or remove it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.export-tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if dest.exists():
+            dest.rmdir()  # empty (checked above)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def link_or_copy(src: str | Path, dst: Path) -> None:
+    """A hard link when the build and the export share a filesystem (no extra space), else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def one_line(text: str, forbidden: str = "") -> str:
+    """Text on one line (list and table formats are line-based), without the format's separator."""
+    text = " ".join((text or "").split())
+    for ch in forbidden:
+        text = text.replace(ch, " ")
+    return text
+
+
+def emilia_json(row: dict) -> dict:
+    """The per-clip record of the Emilia release: its fields, then ours (no local paths)."""
+    return {k: v for k, v in row.items() if k not in ("audio", "source")}
+
+
+class Progress:
+    """One line on stderr every few seconds and at the end: long exports show they are alive."""
+
+    def __init__(self, name: str, total: int, every_s: float = 5.0):
+        self.name, self.total, self.every = name, total, every_s
+        self.done, self.t0, self.last = 0, time.monotonic(), time.monotonic()
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self._print()
+
+    def _print(self) -> None:
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        print(f"export {self.name}: {self.done}/{self.total} clips ({pct:.0f} %), "
+              f"{time.monotonic() - self.t0:.0f} s", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        self._print()

@@ -1,0 +1,33 @@
+"""``list``: pipe-separated file lists and ``.lab`` sidecars.
+
+``wavs/{speaker}/{id}.mp3`` (hard links into the build, copies across filesystems) with ``{id}.lab``
+beside each (the transcript: Fish-Speech's layout), ``gpt_sovits.list`` (``path|speaker|language|text``,
+GPT-SoVITS) and ``styletts2.txt`` (``path|text|speaker number``, StyleTTS2's train list order; StyleTTS2
+trains on phonemized text, so phonemize the middle field first) with ``speakers.txt`` mapping numbers
+to speaker ids. Paths are absolute, under the destination folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from emilia_pipe.exports.common import link_or_copy, one_line
+
+NAME = "list"
+HELP = "path|speaker|language|text lists (GPT-SoVITS, StyleTTS2) and .lab sidecars (Fish-Speech)"
+
+
+def export(build, dest: Path, options: dict, progress) -> dict:
+    final = options["dest"]  # paths in the lists name where the files will be, not the staging folder
+    speakers: dict[str, int] = {}  # one entry per speaker, far fewer than clips
+    with open(dest / "gpt_sovits.list", "w", encoding="utf-8") as sovits, \
+            open(dest / "styletts2.txt", "w", encoding="utf-8") as styletts:
+        for row in build.clips():
+            rel = Path("wavs") / row["speaker"] / f"{row['id']}.mp3"
+            link_or_copy(row["audio"], dest / rel)
+            text = one_line(row["text"], "|")
+            (dest / rel).with_suffix(".lab").write_text(text, encoding="utf-8")
+            spk = speakers.setdefault(row["speaker"], len(speakers))
+            sovits.write(f"{final / rel}|{row['speaker']}|{row['language']}|{text}\n")
+            styletts.write(f"{final / rel}|{text}|{spk}\n")
+            progress.step()
+    (dest / "speakers.txt").write_text("".join(f"{i} {s}\n" for s, i in speakers.items()), encoding="utf-8")
+    return {"clips": progress.done, "speakers": len(speakers)}
