@@ -112,7 +112,8 @@ def _samples(judged: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if len(kept) > SAMPLES:
         kept = kept.iloc[np.linspace(0, len(kept) - 1, SAMPLES).round().astype(int)]
     rej = audible[~audible["kept"]].sort_values("id")
-    first = rej["reasons"].str[0].duplicated()  # one clip per leading reason first, then the next ones
+    # one clip per leading reason first, then the next ones (an empty frame's column is not a list column)
+    first = rej["reasons"].map(lambda r: r[0] if len(r) else "").duplicated() if len(rej) else rej["reasons"].astype(bool)
     rej = pd.concat([rej[~first], rej[first]])[:SAMPLES]
     return kept, rej
 

@@ -139,7 +139,10 @@ class SourceWriter:
         from emilia_pipe.filtering import apply_filters
 
         judged = apply_filters([{**c, "source_id": "this"} for c in clips], self.cfg.filter)
-        return {c["index"]: j["kept"] for c, j in zip(clips, judged)}
+        # with iqr_scope=language the outlier bounds come from the whole build, known only at finalize:
+        # keep the audio of a clip that only that rule rejects here, as the final verdict may keep it
+        cross_source = {"sec_per_char_outlier"} if self.cfg.filter.iqr_scope == "language" else set()
+        return {c["index"]: j["kept"] or set(j["reasons"]) <= cross_source for c, j in zip(clips, judged)}
 
     def commit(self) -> int:
         """Make the MP3s' folder entries durable, then commit the buffered records (clips, then
@@ -201,6 +204,9 @@ def _hours(seconds: float) -> float:
     return round(float(seconds) / 3600.0, 6)
 
 
+AUDIO_NOT_KEPT = "audio_not_kept"  # kept by the filters, but its audio was not kept when it was written
+
+
 def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, Any] | None = None) -> dict:
     """(Re)write every manifest and the summary from the ledger (caller holds the build lock)."""
     import pandas as pd
@@ -230,6 +236,13 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     meta = published.set_index("index")[["path", "sha256", "separated"]]
     clips = clips.join(meta, on="source_index")
     judged = filter_frame(clips, config.filter)
+    # a clip the filters keep now but whose MP3 was never written (output.keep_rejected_audio=false and
+    # rejected when it was written, e.g. before a refilter) cannot be published: say so instead
+    no_audio = judged["kept"] & judged["wav"].isna()
+    if no_audio.any():
+        judged.loc[no_audio, "kept"] = False
+        judged.loc[no_audio, "reasons"] = pd.Series([[AUDIO_NOT_KEPT]] * int(no_audio.sum()),
+                                                    index=judged.index[no_audio])
     kept = judged[judged["kept"]].copy()
     rejected = judged[~judged["kept"]]
 
