@@ -198,6 +198,10 @@ class FilterConfig(_Section):
         "...or above this (more text than anyone can say: invented text)."))
     repeat_ngram_max: Optional[float] = Field(0.4, ge=0, le=1, description=(
         "repeated_ngrams: fraction of the text's word 3-grams that repeat an earlier one above this (loops)."))
+    overlap_max: Optional[float] = Field(None, ge=0, le=1, description=(
+        "overlapping_speech: share of the clip where diarization found two or more speakers at once above "
+        "this. Off (None) by default: the reference keeps such clips; 0.1 suits TTS data that must be one "
+        "voice."))
 
     @model_validator(mode="after")
     def _order(self) -> "FilterConfig":

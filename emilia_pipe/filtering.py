@@ -15,7 +15,7 @@ REASONS = (
     "too_short", "too_long", "language_not_allowed", "language_prob_low", "dnsmos_low",
     "too_few_chars", "no_text", "sec_per_char_outlier",
     "non_speech", "no_speech_prob_high", "compression_ratio_high", "avg_logprob_low", "chars_per_s_out_of_range",
-    "repeated_ngrams",
+    "repeated_ngrams", "overlapping_speech",
 )
 _SCOPE_KEYS = {"file": ["source_index"], "speaker": ["source_index", "speaker"], "language": ["language"]}
 
@@ -94,6 +94,7 @@ def _guard_flags(df: pd.DataFrame, cfg: FilterConfig, dur: pd.Series, chars: pd.
         "chars_per_s_out_of_range": below(cps, cfg.chars_per_s_min) | (
             cps > cfg.chars_per_s_max if cfg.chars_per_s_max is not None else False),
         "repeated_ngrams": above("repeat_ngram_frac", cfg.repeat_ngram_max),
+        "overlapping_speech": above("overlap_frac", cfg.overlap_max),
     }
 
 

@@ -51,6 +51,7 @@ class Clip:
     sec_per_char: Optional[float] = None
     speech_prob: Optional[float] = None  # mean Silero VAD speech probability (non-speech / music rule)
     repeat_ngram_frac: Optional[float] = None  # repeated word 3-grams of the text (hallucination loops)
+    overlap_frac: Optional[float] = None  # share of the clip where diarization saw 2+ speakers at once
     # filter verdict (also re-derived by refilter)
     kept: Optional[bool] = None
     reasons: list[str] = field(default_factory=list)

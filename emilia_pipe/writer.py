@@ -167,7 +167,7 @@ MANIFEST_COLUMNS = [  # (output key, clip-table column)
     ("dnsmos_sig", "dnsmos_sig"), ("dnsmos_bak", "dnsmos_bak"), ("dnsmos_ovrl", "dnsmos_ovrl"),
     ("chars", "chars"), ("sec_per_char", "sec_per_char"), ("avg_logprob", "avg_logprob"),
     ("no_speech_prob", "no_speech_prob"), ("compression_ratio", "compression_ratio"), ("separated", "separated"),
-    ("speech_prob", "speech_prob"), ("repeat_ngram_frac", "repeat_ngram_frac"),
+    ("speech_prob", "speech_prob"), ("repeat_ngram_frac", "repeat_ngram_frac"), ("overlap_frac", "overlap_frac"),
 ]
 
 

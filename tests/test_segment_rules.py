@@ -39,3 +39,24 @@ def test_short_pieces_merge_with_same_speaker_or_are_dropped():
 def test_merge_never_exceeds_max():
     kept, _ = merge_short([Piece(0, 29, "A"), Piece(29.5, 31, "A")], 3.0, 30.0, 2.0)
     assert all(p.duration <= 30.0 for p in kept)
+
+
+def test_overlap_fraction_counts_only_time_with_two_or_more_speakers():
+    from emilia_pipe.stages.segment import overlap_fraction
+
+    turns = [Piece(0.0, 6.0, "A"), Piece(4.0, 10.0, "B"), Piece(5.0, 5.5, "C")]
+    assert overlap_fraction(turns, 0.0, 10.0) == 0.2  # 4-6 s: two or three at once
+    assert overlap_fraction(turns, 6.0, 10.0) == 0.0
+    assert overlap_fraction([Piece(0.0, 10.0, "A")], 0.0, 10.0) == 0.0
+
+
+def test_overlap_rule_is_off_by_default_and_names_its_reason():
+    from emilia_pipe.config import load_config
+    from emilia_pipe.filtering import apply_filters
+
+    clip = {"source_id": "s", "source_index": 0, "duration": 8.0, "language": "en", "language_prob": 0.99,
+            "dnsmos_ovrl": 3.5, "text": "a clean sentence of speech", "chars": 22, "sec_per_char": 0.36,
+            "overlap_frac": 0.3}
+    assert apply_filters([dict(clip)], load_config().filter)[0]["kept"]
+    judged = apply_filters([dict(clip)], load_config(overrides=["filter.overlap_max=0.1"]).filter)[0]
+    assert not judged["kept"] and "overlapping_speech" in judged["reasons"]

@@ -97,6 +97,22 @@ def merge_short(pieces: list[Piece], min_len: float, max_len: float, max_gap: fl
     return kept, dropped
 
 
+def overlap_fraction(turns: list[Turn], start: float, end: float) -> float:
+    """Share of [start, end] where two or more diarization turns are active (overlapping speech)."""
+    edges = []
+    for t in turns:
+        s, e = max(t.start, start), min(t.end, end)
+        if e > s:
+            edges += [(s, 1), (e, -1)]
+    edges.sort()
+    active, last, overlapped = 0, start, 0.0
+    for t, step in edges:
+        if active >= 2:
+            overlapped += t - last
+        active, last = active + step, t
+    return round(overlapped / (end - start), 4) if end > start else 0.0
+
+
 def clip_span(audio, start: int, stop: int):
     """A clip's samples: a copy of an in-memory span, or a lazy span of a long source's DiskAudio."""
     return audio.lazy(start, stop) if isinstance(audio, DiskAudio) else audio[start:stop].copy()
@@ -219,6 +235,8 @@ class Segmenter(Stage):
                     audio_16k=clip_span(source.audio_16k, int(p.start * VAD_RATE), int(p.end * VAD_RATE)),
                 )
             )
+        for clip in clips:
+            clip.overlap_frac = overlap_fraction(source.turns, clip.start, clip.end)
         source.clips = clips
         source.dropped_segments = dropped
         source.timings[self.name] = time.perf_counter() - t0
