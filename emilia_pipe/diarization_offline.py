@@ -125,19 +125,24 @@ class OfflineSpeakerDiarization(SpeakerDiarization):
         self,
         segmentation: str | Path,
         embedding: str | Path,
-        segmentation_step: float = 0.1,
-        clustering_threshold: float = 0.7045,
-        min_cluster_size: int = 12,
+        segmentation_step: float = 0.2,
+        clustering_method: str = "complete",
+        clustering_threshold: float = 0.525,
+        min_cluster_size: int = 6,
+        embedding_exclude_overlap: bool = False,
         segmentation_batch_size: int = 32,
         embedding_batch_size: int = 32,
     ):
+        """Defaults: ``DiarizeConfig``'s, tuned with ``benchmarks/tune_diarization.py`` (see its description)."""
         # Skip SpeakerDiarization.__init__ (it would fetch the community-1 PLDA and embedding from the hub)
         # and set exactly the attributes its apply() uses.
         Pipeline.__init__(self)
         self.legacy = False  # apply() returns DiarizeOutput: the annotation and each speaker's centroid
         self.segmentation_step = segmentation_step
         self.embedding_batch_size = embedding_batch_size
-        self.embedding_exclude_overlap = False
+        # True: embed each speaker on the frames where they speak alone (falls back to all their frames
+        # when that is under CAM++'s min_num_samples)
+        self.embedding_exclude_overlap = bool(embedding_exclude_overlap)
         self.der_variant = {"collar": 0.0, "skip_overlap": False}
 
         model = Model.from_pretrained(str(segmentation))
@@ -161,9 +166,10 @@ class OfflineSpeakerDiarization(SpeakerDiarization):
 
         self._offline_params = {
             "segmentation": {"min_duration_off": 0.0},
-            # centroid linkage on unit vectors: threshold is a Euclidean distance (0.7045 ~ cosine 0.75)
+            # centroid / median / ward linkage run on unit vectors and the threshold is a Euclidean distance;
+            # the other methods use cosine distance (1 - cos = Euclidean^2 / 2)
             "clustering": {
-                "method": "centroid",
+                "method": clustering_method,
                 "threshold": float(clustering_threshold),
                 "min_cluster_size": int(min_cluster_size),
             },

@@ -85,8 +85,10 @@ class Diarizer(Stage):
                 segmentation=weights["segmentation"],
                 embedding=weights["embedding"],
                 segmentation_step=d.segmentation_step,
+                clustering_method=d.clustering_method,
                 clustering_threshold=d.clustering_threshold,
                 min_cluster_size=d.min_cluster_size,
+                embedding_exclude_overlap=d.embedding_exclude_overlap,
                 segmentation_batch_size=d.segmentation_batch_size,
                 embedding_batch_size=d.embedding_batch_size,
             )
