@@ -12,7 +12,8 @@ from conftest import cli, copy_inputs
 
 pytestmark = pytest.mark.integration
 
-FILES = ["diarization/ami_pyannote_tst00.wav", "asr/de/de_picovoice_test_de.wav", "asr/en/en_ljspeech_LJ001-0001.wav"]
+# AMI dev00: a two-speaker excerpt (tst00 has four voices; the duplex export takes two-speaker sources)
+FILES = ["diarization/ami_pyannote_dev00.wav", "asr/de/de_picovoice_test_de.wav", "asr/en/en_ljspeech_LJ001-0001.wav"]
 # loose filter and every clip scored: the two AMI speakers both keep clips (a duplex conversation)
 SETTINGS = ["transcribe.word_timestamps=true", "score.skip_language_rejected=false", "filter.dnsmos_min=0",
             "filter.language_prob_min=0", "filter.iqr_scope=none"]
@@ -195,7 +196,7 @@ def test_duplex(build, kept, tmp_path):
 
     dest = export(build, tmp_path, "duplex")
     index = [json.loads(l) for l in (dest / "data.jsonl").read_text().splitlines()]
-    ami = [r for r in kept.values() if r["source"].endswith("ami_pyannote_tst00.wav")]
+    ami = [r for r in kept.values() if r["source"].endswith("ami_pyannote_dev00.wav")]
     assert len({r["speaker"] for r in ami}) == 2 and len(index) == 1
     wav = dest / index[0]["path"]
     audio, sr = sf.read(wav, dtype="float32")
