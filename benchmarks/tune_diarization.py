@@ -28,12 +28,9 @@ os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
-from scipy.signal import resample_poly  # noqa: E402
 
-FILES = {"dev00": "ami_pyannote_dev00", "tst00": "ami_pyannote_tst00"}
-SR = 16000
+from diarization_der import FILES, SR, load_audio  # noqa: E402  (same excerpts, same loading)
 STEPS = (0.1, 0.2, 0.3, 0.5)
 # centroid linkage runs on unit vectors with a Euclidean threshold; average / complete on cosine distance
 # (1 - cos = Euclidean^2 / 2), hence their own grids.
@@ -46,12 +43,6 @@ GRID = [(m, t) for m, ts in THRESHOLDS.items() for t in ts]
 MIN_CLUSTER_SIZES = (1, 3, 6, 12)
 RANDOM_SEEDS = range(3)
 TIMING_REPEATS = 2  # CPU time: the smaller of two runs (the machine is shared)
-
-
-def load_audio(path: Path) -> np.ndarray:
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    return audio if sr == SR else resample_poly(audio, SR, sr).astype(np.float32)
 
 
 def der(reference, hypothesis, uem) -> dict:
