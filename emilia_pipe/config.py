@@ -130,6 +130,11 @@ class SegmentConfig(_Section):
     merge_gap_s: float = Field(2.0, ge=0)
     min_clip_s: float = Field(3.0, gt=0)
     max_clip_s: float = Field(30.0, gt=0)
+    edge_pad_s: float = Field(0.25, ge=0, le=1.0, description=(
+        "Each clip edge moves this far outward from the VAD speech edge (never past the midpoint to the "
+        "next clip, into another speaker's turn, or beyond max_clip_s): Silero marks speech late at unvoiced "
+        "onsets and at a file's start. Measured on sample_data (benchmarks/clip_edges.py): edges in sound "
+        "and first/last words lost fall with 0.25 s; 0 = clips end exactly at the VAD edges."))
 
     @model_validator(mode="after")
     def _order(self) -> "SegmentConfig":

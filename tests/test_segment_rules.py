@@ -2,7 +2,8 @@
 import numpy as np
 
 from emilia_pipe.records import Turn
-from emilia_pipe.stages.segment import Piece, force_cut, merge_short, skip_contained_turns, split_at_largest_gaps
+from emilia_pipe.stages.segment import (Piece, force_cut, merge_short, skip_contained_turns, split_at_largest_gaps,
+                                        widen_edges)
 
 
 def test_turns_inside_previous_turn_are_skipped():
@@ -60,3 +61,27 @@ def test_overlap_rule_is_off_by_default_and_names_its_reason():
     assert apply_filters([dict(clip)], load_config().filter)[0]["kept"]
     judged = apply_filters([dict(clip)], load_config(overrides=["filter.overlap_max=0.1"]).filter)[0]
     assert not judged["kept"] and "overlapping_speech" in judged["reasons"]
+
+
+def test_a_short_piece_never_merges_into_the_next_one():
+    # the reference merges a short piece into the previous one only; a short first piece is dropped
+    kept, dropped = merge_short([Piece(0, 2, "A"), Piece(2.5, 8, "A")], 3.0, 30.0, 2.0)
+    assert [(p.start, p.end) for p in kept] == [(2.5, 8)]
+    assert [(p.start, p.end) for p in dropped] == [(0, 2)]
+
+
+def test_edges_widen_into_silence_but_not_into_neighbours():
+    pieces = [Piece(0.26, 4.0, "A"), Piece(4.4, 9.5, "A"), Piece(12.0, 15.0, "A"), Piece(16.0, 18.0, "B")]
+    turns = [Turn(0.03, 9.5, "A"), Turn(12.0, 15.05, "A"), Turn(15.2, 18.0, "B")]
+    out = widen_edges(pieces, turns, duration=18.1, pad=0.25, max_len=30.0)
+    spans = [(round(p.start, 3), round(p.end, 3)) for p in out]
+    assert spans[0] == (0.01, 4.2)  # the file's start and the midpoint to the next clip bound it
+    assert spans[1] == (4.2, 9.75)
+    assert spans[2] == (11.75, 15.2)  # stops where speaker B's turn begins
+    assert spans[3] == (15.75, 18.1)  # the full pad where nothing is near, the audio's end
+    # never beyond max_len: the extension is shared between the edges
+    (long,) = widen_edges([Piece(5.0, 34.8, "A")], [], duration=60.0, pad=0.25, max_len=30.0)
+    assert round(long.end - long.start, 6) == 30.0 and long.start < 5.0 and long.end > 34.8
+    # an overlapping turn of another speaker at an edge: that edge stays
+    (held,) = widen_edges([Piece(5.0, 9.0, "A")], [Turn(3.0, 5.5, "B")], duration=60.0, pad=0.25, max_len=30.0)
+    assert (held.start, held.end) == (5.0, 9.25)

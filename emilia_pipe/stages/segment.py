@@ -9,6 +9,7 @@ is recorded as dropped, with its reason.
 """
 from __future__ import annotations
 
+import bisect
 import time
 
 import numpy as np
@@ -77,14 +78,15 @@ def force_cut(start: float, end: float, max_len: float, frame_probs: np.ndarray 
 
 
 def merge_short(pieces: list[Piece], min_len: float, max_len: float, max_gap: float) -> tuple[list[Piece], list[Piece]]:
-    """Merge pieces shorter than ``min_len`` into the previous (else next) piece of the same speaker."""
+    """Merge pieces shorter than ``min_len`` into the previous piece of the same speaker (the reference's
+    rule: never into the next one, which would give that clip the start of another sentence)."""
     pieces = sorted(pieces, key=lambda p: p.start)
     out: list[Piece] = []
     for piece in pieces:
         prev = out[-1] if out else None
         if (
             prev is not None
-            and (piece.duration < min_len or prev.duration < min_len)
+            and piece.duration < min_len
             and prev.speaker == piece.speaker
             and piece.start - prev.end < max_gap
             and piece.end - prev.start <= max_len
@@ -95,6 +97,37 @@ def merge_short(pieces: list[Piece], min_len: float, max_len: float, max_gap: fl
     kept = [p for p in out if p.duration >= min_len]
     dropped = [p for p in out if p.duration < min_len]
     return kept, dropped
+
+
+def widen_edges(pieces: list[Piece], turns: list[Turn], duration: float, pad: float, max_len: float) -> list[Piece]:
+    """Move each clip edge ``pad`` seconds outward: Silero marks speech late at a word's unvoiced onset
+    and at the very start of a file (its state starts cold), and early at a fading word end, so a clip
+    cut at the VAD edge loses the first or last sounds of its words. An edge never moves past the midpoint
+    of the gap to the neighbouring clip, into a turn of another speaker, outside the audio, or so far that
+    the clip exceeds ``max_len``."""
+    pieces = sorted(pieces, key=lambda p: p.start)
+    turns = sorted(turns, key=lambda t: t.start)
+    starts = [t.start for t in turns]
+    longest = max((t.end - t.start for t in turns), default=0.0)
+    out = []
+    for i, p in enumerate(pieces):
+        lo = (pieces[i - 1].end + p.start) / 2 if i else 0.0
+        hi = (p.end + pieces[i + 1].start) / 2 if i + 1 < len(pieces) else duration
+        # only turns that can reach this piece's neighbourhood (sorted by start; none is longer than `longest`)
+        for t in turns[bisect.bisect_left(starts, p.start - pad - longest) : bisect.bisect_right(starts, p.end + pad)]:
+            if t.speaker != p.speaker:
+                if t.start < p.start:
+                    lo = max(lo, min(t.end, p.start))
+                if t.end > p.end:
+                    hi = min(hi, max(t.start, p.end))
+        before = max(p.start - max(lo, p.start - pad), 0.0)
+        after = max(min(hi, p.end + pad) - p.end, 0.0)
+        spare = max(max_len - (p.end - p.start), 0.0)
+        if before + after > spare:  # share what may be added between the two edges
+            before = min(before, max(spare / 2, spare - after))
+            after = min(after, spare - before)
+        out.append(Piece(p.start - before, p.end + after, p.speaker))
+    return out
 
 
 def overlap_fraction(turns: list[Turn], start: float, end: float) -> float:
@@ -215,6 +248,8 @@ class Segmenter(Stage):
         kept, short = merge_short(pieces, cfg.min_clip_s, cfg.max_clip_s, cfg.merge_gap_s)
         for p in short:
             dropped.append({"start": round(p.start, 3), "end": round(p.end, 3), "speaker": p.speaker, "reason": "too_short"})
+        if cfg.edge_pad_s:
+            kept = widen_edges(kept, turns, audio_16k.size / VAD_RATE, cfg.edge_pad_s, cfg.max_clip_s)
         return kept, dropped
 
     def run(self, source: Source) -> Source:
