@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 OUT ?= out/sample
 ARGS ?=
 
-.PHONY: run test bench env browser clean
+.PHONY: run test bench gpu-bench env browser clean
 
 env: $(VENV)/.installed browser
 
@@ -34,6 +34,13 @@ test: $(VENV)/.installed browser
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/diarization_der.py
+
+# full profile on this node's GPU(s), 60 min of speech (MINUTES=1 for a quick look); JSON in benchmarks/results/.
+# Uses .venv when there is one, else the python on PATH (a GPU node's own environment).
+MINUTES ?= 60
+BENCH_PY ?= $(shell test -x $(BIN)/python && echo $(BIN)/python || echo python3)
+gpu-bench:
+	$(BENCH_PY) benchmarks/gpu/full_profile.py --minutes $(MINUTES) $(ARGS)
 
 clean:
 	rm -rf $(VENV) out

@@ -82,12 +82,21 @@ class LongInputConfig(_Section):
         return self
 
 
+Device = Literal["auto", "cpu", "cuda"]
+
+
 class SeparateConfig(_Section):
     enabled: bool = True
     shifts: int = Field(0, ge=0)
     overlap: float = Field(0.25, ge=0, lt=1)
     segment_s: Optional[float] = Field(None, gt=0, description="Demucs chunk length; None = model default.")
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, description=(
+        "Demucs segments per forward pass. 1 = demucs' own apply_model, one segment at a time; more fills a "
+        "GPU (same output within float rounding, tested). Used when shifts = 0."))
+    precision: Literal["float32", "float16", "bfloat16"] = Field("float32", description=(
+        "Demucs compute precision on CUDA (torch autocast; the STFTs stay float32). Ignored on CPU, which "
+        "runs float32 and says so once in the log."))
+    device: Device = Field("auto", description="auto = cuda when torch sees a GPU, else cpu.")
 
 
 class DiarizeConfig(_Section):
@@ -108,8 +117,11 @@ class DiarizeConfig(_Section):
     min_cluster_size: int = Field(6, ge=1, description=(
         "Smaller clusters join the nearest large one. No effect on 30 s (pyannote caps it at 10 % of the "
         "embeddings); 6 at step 0.2 asks the same speech per speaker as 12 did at step 0.1."))
-    embedding_batch_size: int = Field(32, ge=1)
-    segmentation_batch_size: int = Field(32, ge=1)
+    embedding_batch_size: int = Field(32, ge=1, description=(
+        "Speaker windows per embedding-model forward pass (pyannote's embedding_batch_size)."))
+    segmentation_batch_size: int = Field(32, ge=1, description=(
+        "10 s windows per segmentation-model forward pass (pyannote's segmentation_batch_size)."))
+    device: Device = Field("auto", description="auto = cuda when torch sees a GPU, else cpu.")
     min_speakers: Optional[int] = Field(None, ge=1)
     max_speakers: Optional[int] = Field(None, ge=1)
 
@@ -182,6 +194,12 @@ class ScoreConfig(_Section):
         "short clips, 4 offsets x 1 window gave the same spread (0.05-0.15) as 4 offsets x all windows "
         "(0.05-0.12) at up to 7x less DNSMOS work (one window is ~0.27 CPU-s)."))
     onnx_threads: int = Field(0, ge=0, description="0 = onnxruntime default.")
+    device: Device = Field("auto", description=(
+        "auto = onnxruntime's CUDAExecutionProvider when it is installed (onnxruntime-gpu) and a GPU is "
+        "present, else CPU (the log says why); cuda = fail when it cannot be used."))
+    gpu_batch_windows: int = Field(256, ge=1, description=(
+        "On CUDA, windows of many clips go through one onnxruntime run (up to this many); on CPU each clip "
+        "keeps runs of its own (batch_windows), so a score never depends on the batch there."))
     skip_language_rejected: bool = Field(True, description=(
         "Leave DNSMOS empty (None) for clips the language rule rejects (filter.languages, "
         "filter.language_prob_min): they are rejected anyway. A later refilter that admits their "
@@ -283,6 +301,11 @@ class RunConfig(_Section):
     allow_autoscaling: bool = Field(False, description="Accept pools larger than the cluster is now (it will grow).")
     torch_threads: int = Field(0, ge=0, description="0 = all cores of the worker.")
     resources: dict[str, StageResources] = Field(default_factory=_default_resources)
+    resource_plan: Literal["config", "auto"] = Field("config", description=(
+        "Ray runner. config = run.resources as given; auto = size every pool from the cluster's GPUs and "
+        "cores (emilia_pipe.resources.plan_resources: GPU stages share each GPU, one actor of each per GPU; "
+        "CPU stages get the remaining cores) and raise the in-flight bounds to keep the GPUs fed. Replaces "
+        "run.resources and max_files_in_flight / max_open_sources / max_batches_in_flight / max_writes_in_flight."))
 
     @field_validator("resources")
     @classmethod

@@ -236,3 +236,33 @@ def test_unloadable_local_pipeline_is_unavailable(tmp_path):
     cfg.models.diarization = str(tmp_path)
     with pytest.raises(ModelUnavailableError, match=str(tmp_path)):
         Diarizer(cfg)
+
+
+def test_batch_sizes_and_device_reach_the_pipeline(monkeypatch):
+    import emilia_pipe.stages.diarize as diarize_stage
+    from emilia_pipe.resources import DeviceError
+
+    sizes = ["diarize.segmentation_batch_size=7", "diarize.embedding_batch_size=5"]
+    d = Diarizer(load_config(overrides=sizes))  # the offline (lite) pipeline
+    assert d.pipeline._segmentation.batch_size == 7 and d.pipeline.segmentation_batch_size == 7
+    assert d.pipeline.embedding_batch_size == 5 and d.device.type == "cpu"
+
+    class HubPipeline:  # stands in for a pyannote SpeakerDiarization loaded from the hub
+        embedding_batch_size = segmentation_batch_size = 1
+        moved_to = None
+
+        def to(self, device):
+            self.moved_to = device
+            return self
+
+    monkeypatch.setattr(diarize_stage, "_load_pyannote_pipeline", lambda ref, config: HubPipeline())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU, pretended: only .to() sees it
+    hub = ["models.diarization=pyannote/speaker-diarization-community-1", *sizes]
+    d = Diarizer(load_config(overrides=hub))
+    assert (d.pipeline.segmentation_batch_size, d.pipeline.embedding_batch_size) == (7, 5)
+    assert d.device.type == "cuda" and d.pipeline.moved_to.type == "cuda"
+    d = Diarizer(load_config(overrides=[*hub, "diarize.device=cpu"]))
+    assert d.device.type == "cpu" and d.pipeline.moved_to is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="diarize.device is cuda"):
+        Diarizer(load_config(overrides=[*hub, "diarize.device=cuda"]))

@@ -124,3 +124,89 @@ def test_clips_the_language_rule_rejects_are_not_scored():
     clips = [_noise_clip(1, "sv", 0.99)]
     Scorer(load_config(overrides=["score.skip_language_rejected=false"])).run(clips)
     assert clips[0].dnsmos_ovrl is not None
+
+
+import onnxruntime  # noqa: E402
+
+_REAL_SESSION = onnxruntime.InferenceSession
+
+
+class _PretendCuda:
+    """onnxruntime session that reports the providers it was asked for (so the Scorer takes its CUDA
+    path) and computes on CPU: the batched code path, runnable here."""
+
+    def __init__(self, path, sess_options=None, providers=None):
+        self.asked = providers
+        self._s = _REAL_SESSION(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    def get_providers(self):
+        return [p[0] if isinstance(p, tuple) else p for p in self.asked]
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+
+def _pretend_gpu(monkeypatch, providers, gpus, session=_PretendCuda):
+    import onnxruntime as ort
+
+    import emilia_pipe.stages.score as score
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    monkeypatch.setattr(score, "gpu_count", lambda: gpus)
+
+
+CUDA_EP = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_dnsmos_provider_choice(monkeypatch, capsys):
+    from emilia_pipe.config import load_config
+    from emilia_pipe.resources import DeviceError
+
+    _pretend_gpu(monkeypatch, CUDA_EP, 1)
+    s = Scorer(load_config())
+    assert s.on_gpu and s.session.asked[0][0] == "CUDAExecutionProvider"
+    assert capsys.readouterr().err == ""
+    s = Scorer(load_config(overrides=["score.device=cpu"]))  # asked for: no log line
+    assert not s.on_gpu and s.session.asked == ["CPUExecutionProvider"] and capsys.readouterr().err == ""
+
+    _pretend_gpu(monkeypatch, CUDA_EP, 0)  # onnxruntime-gpu installed, no GPU
+    assert not Scorer(load_config()).on_gpu
+    assert capsys.readouterr().err.strip() == "[emilia-pipe] score: DNSMOS runs on CPU: no CUDA GPU is present"
+    with pytest.raises(DeviceError, match="score.device is cuda but no CUDA GPU"):
+        Scorer(load_config(overrides=["score.device=cuda"]))
+
+    _pretend_gpu(monkeypatch, ["CPUExecutionProvider"], 1)  # plain onnxruntime on a GPU machine
+    assert not Scorer(load_config()).on_gpu
+    assert "no CUDAExecutionProvider (install onnxruntime-gpu" in capsys.readouterr().err
+
+    class CudaFailsToLoad(_PretendCuda):  # onnxruntime drops to CPU by itself (no CUDA libraries)
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    _pretend_gpu(monkeypatch, CUDA_EP, 1, CudaFailsToLoad)
+    assert not Scorer(load_config()).on_gpu
+    assert "CUDAExecutionProvider failed to load" in capsys.readouterr().err
+    with pytest.raises(DeviceError, match="failed to load"):
+        Scorer(load_config(overrides=["score.device=cuda"]))
+
+
+@pytest.mark.integration
+def test_cross_clip_batches_give_the_per_clip_scores(sample_dir, monkeypatch):
+    from emilia_pipe.config import load_config
+
+    jfk = decode(sample_dir / "asr/en/en_jfk_inaugural.flac", 16000).samples
+    ami = decode(sample_dir / "diarization/ami_pyannote_tst00.wav", 16000).samples
+    cuts = [jfk[: int(4.3 * 16000)], ami[: int(17.25 * 16000)], jfk[16000: int(11.2 * 16000)], ami[: 6 * 16000]]
+    clips = lambda: [Clip(source_id="a", index=i, start=0, end=a.size / 16000, speaker="S", audio_16k=a,  # noqa: E731
+                          text="x y", language="en", language_prob=0.99) for i, a in enumerate(cuts)]
+    per_clip = Scorer(load_config()).run(clips())
+    _pretend_gpu(monkeypatch, CUDA_EP, 1)
+    # 5 windows per run: runs cross clip boundaries (a clip's windows split over two runs)
+    scorer = Scorer(load_config(overrides=["score.gpu_batch_windows=5"]))
+    assert scorer.on_gpu
+    batched = scorer.run(clips())
+    for a, b in zip(per_clip, batched):
+        assert (b.dnsmos_sig, b.dnsmos_bak, b.dnsmos_ovrl) == pytest.approx((a.dnsmos_sig, a.dnsmos_bak, a.dnsmos_ovrl),
+                                                                         abs=2e-4)
+        assert b.speech_prob == a.speech_prob and b.chars == a.chars

@@ -83,3 +83,62 @@ def test_long_source_is_separated_chunk_by_chunk_on_disk(tiny_demucs, tmp_path):
     assert np.abs(got16[:n] - want16[:n]).max() < 1e-3  # per-chunk resampling, edges inside the dropped margin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audio-000000007-analysis-vocals.f32",
                                                          "audio-000000007-working-vocals.f32"]
+
+
+@pytest.fixture(scope="module")
+def small_demucs(tmp_path_factory):
+    """A tiny HT-Demucs at 16 kHz with 2 s segments: a few segments cost seconds on CPU."""
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(1)  # test-only weights
+    model = HTDemucs(sources=["drums", "bass", "other", "vocals"], audio_channels=2, channels=8, depth=3,
+                     t_layers=1, nfft=512, segment=2, samplerate=16000)
+    path = tmp_path_factory.mktemp("demucs") / "small_htdemucs.th"
+    args, kwargs = model._init_args_kwargs
+    torch.save({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": model.state_dict()}, path)
+    return path
+
+
+def test_batched_segments_equal_one_at_a_time(small_demucs):
+    from emilia_pipe.stages.separate import Separator
+
+    audio = (0.2 * np.random.default_rng(0).standard_normal(24000 * 5)).astype(np.float32)
+    base = ["separate.enabled=true", f"models.separation={small_demucs}"]
+    one = Separator(load_config(overrides=base)).vocals_of(audio, 24000)  # demucs' own apply_model
+    for n in (3, 16):  # 16 > the 4 segments: one forward pass
+        many = Separator(load_config(overrides=[*base, f"separate.batch_size={n}"])).vocals_of(audio, 24000)
+        assert many.shape == one.shape
+        np.testing.assert_allclose(many, one, atol=1e-5 * np.abs(one).max())
+
+
+def test_batched_bag_of_models_equals_apply_model(small_demucs):
+    from demucs.apply import BagOfModels, apply_model
+    from demucs.states import load_model
+
+    from emilia_pipe.stages.separate import apply_batched
+
+    # two models with per-source weights: the bag weighting must match demucs'
+    bag = BagOfModels([load_model(str(small_demucs)).eval(), load_model(str(small_demucs)).eval()],
+                      weights=[[1.0, 0.0, 1.0, 2.0], [1.0, 1.0, 0.0, 1.0]])
+    torch.manual_seed(2)
+    for p in bag.models[1].parameters():
+        p.data += 0.01 * torch.randn_like(p)
+    mix = torch.randn(1, 2, 16000 * 3)
+    with torch.inference_mode():
+        ref = apply_model(bag, mix, shifts=0, split=True, overlap=0.25, progress=False, device="cpu")
+        out = apply_batched(bag, mix, 0.25, None, 4, "cpu")
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_half_precision_is_ignored_on_cpu_and_cuda_needs_a_gpu(small_demucs, capsys, monkeypatch):
+    from emilia_pipe.resources import DeviceError
+    from emilia_pipe.stages.separate import Separator
+
+    base = ["separate.enabled=true", f"models.separation={small_demucs}"]
+    sep = Separator(load_config(overrides=[*base, "separate.precision=float16"]))
+    assert sep.device == "cpu" and sep.autocast is None
+    assert "precision float16 applies on CUDA only" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="separate.device is cuda"):
+        Separator(load_config(overrides=[*base, "separate.device=cuda"]))

@@ -22,6 +22,7 @@ from emilia_pipe.inputs import InputError, OutputError, expand_inputs
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.models import ModelUnavailableError, model_statuses
 from emilia_pipe.records import Clip, Failure, Source
+from emilia_pipe.resources import gpu_count
 from emilia_pipe.runners.calls import BatchFailure, FileTask
 from emilia_pipe.stages import STAGE_NAMES
 from emilia_pipe.writer import finalize, format_summary
@@ -29,16 +30,6 @@ from emilia_pipe.writer import finalize, format_summary
 
 def active_stages(config: PipelineConfig) -> list[str]:
     return [s for s in STAGE_NAMES if s != "separate" or config.separation_enabled]
-
-
-def gpu_count() -> int:
-    """CUDA devices, asked through CTranslate2 (a light import, unlike torch)."""
-    try:
-        import ctranslate2
-
-        return int(ctranslate2.get_cuda_device_count())
-    except Exception:  # noqa: BLE001 - no CUDA runtime at all
-        return 0
 
 
 def choose_runner(config: PipelineConfig) -> str:
@@ -367,14 +358,18 @@ def run_pipeline(
             log(f"{n_done} file(s) already done in {out_dir}: not read again")
         executor = None
         scheduler = None
+        run_config = config
         try:
             if entries:
                 if executor_factory is not None:
                     executor = executor_factory(config, stages, out_dir, build.run)
                 elif runner == "ray":
-                    from emilia_pipe.runners.ray_executor import RayExecutor
+                    from emilia_pipe.runners.ray_executor import RayExecutor, auto_plan
 
-                    executor = RayExecutor(config, stages, out_dir, build.run, address=config.run.ray_address, log=log)
+                    if config.run.resource_plan == "auto":  # bounds too: the scheduler runs with this copy
+                        run_config = auto_plan(config, stages, log)
+                    executor = RayExecutor(run_config, stages, out_dir, build.run, address=config.run.ray_address,
+                                           log=log)
                 else:
                     from emilia_pipe.runners.local import LocalExecutor
 
@@ -382,7 +377,7 @@ def run_pipeline(
                     log(f"local runner: {'two lanes' if sized.run.local_overlap else 'one lane'}, "
                         f"{sized.run.torch_threads} thread(s) per lane")
                     executor = LocalExecutor(sized, stages, out_dir, build.run)
-                scheduler = Scheduler(build, executor, config, entries, build.shas_done(), log)
+                scheduler = Scheduler(build, executor, run_config, entries, build.shas_done(), log)
                 scheduler.run()
                 executor.commit_writers()
         finally:

@@ -91,17 +91,34 @@ def check_plan(config, pools: list[str], cluster: dict, has_gpu: bool) -> None:
             + "), or set run.allow_autoscaling=true on a cluster that adds nodes on demand.")
 
 
+def init_ray(address: str | None):
+    import ray
+
+    if not ray.is_initialized():
+        env = {"env_vars": {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}}
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=env)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False, runtime_env=env)
+    return ray
+
+
+def auto_plan(config, stage_names: list[str], log=print):
+    """``run.resource_plan: auto``: the config with pools sized for the cluster's GPUs and cores."""
+    from emilia_pipe.resources import describe, planned_config
+
+    cluster = init_ray(config.run.ray_address).cluster_resources()
+    gpus, cpus = int(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
+    planned = planned_config(config, gpus, cpus, stage_names)
+    log(f"ray: resource plan for {gpus} GPU(s), {cpus:g} CPU(s): {describe(planned, [*stage_names, 'write'])}; "
+        f"{planned.run.max_files_in_flight} files in flight")
+    return planned
+
+
 class RayExecutor:
     def __init__(self, config, stage_names: list[str], out_dir, run: int, address: str | None = None, log=print):
-        import ray
-
+        ray = init_ray(address)
         self.ray = ray
-        if not ray.is_initialized():
-            env = {"env_vars": {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}}
-            if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=env)
-            else:
-                ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False, runtime_env=env)
         self._owns_ray = address is None
         cluster = ray.cluster_resources()
         has_gpu = cluster.get("GPU", 0) > 0

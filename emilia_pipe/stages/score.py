@@ -1,8 +1,9 @@
 """Stage 6a: quality scores. DNSMOS P.835 (``sig_bak_ovr.onnx`` on onnxruntime) gives SIG, BAK and OVRL
 by the published computation (DNS-Challenge ``dnsmos_local.py``, which the reference runs unchanged):
 16 kHz, 9.01 s windows with a 1 s hop, short clips tiled by repeating themselves, the non-personalised
-polynomial fit, mean over windows. Each clip's windows are one onnxruntime run of their own, so a score
-never depends on the batch. Also counts characters for the per-character-duration rule, and stores the
+polynomial fit, mean over windows. On CPU each clip's windows are onnxruntime runs of their own, so a
+score never depends on the batch; on CUDA the windows of all clips in a batch share runs (a GPU needs
+hundreds of windows per run to be busy). Also counts characters for the per-character-duration rule, and stores the
 scores of the non-speech and hallucination rules (:mod:`emilia_pipe.guards`)."""
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from emilia_pipe.filtering import language_rejected
 from emilia_pipe.guards import SpeechProbability, repeated_ngram_fraction
 from emilia_pipe.models import dnsmos_onnx_path, silero_vad_onnx_path
 from emilia_pipe.records import Clip
+from emilia_pipe.resources import DeviceError, gpu_count, note, onnx_providers
 from emilia_pipe.stages import Stage
 
 SCORE_RATE = ANALYSIS_RATE
@@ -63,9 +65,18 @@ class Scorer(Stage):
         # onnxruntime's arena keeps the largest batch it ever saw and grows with varied shapes (measured
         # +0.3-0.6 GiB per file); one window costs ~270 ms, so plain allocation is free by comparison
         opts.enable_cpu_mem_arena = False
-        self.session = ort.InferenceSession(
-            str(dnsmos_onnx_path(config.models.dnsmos)), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        providers, why_cpu = onnx_providers(self.cfg.device, ort.get_available_providers(),
+                                            gpu_count() if self.cfg.device != "cpu" else 0)
+        self.session = ort.InferenceSession(str(dnsmos_onnx_path(config.models.dnsmos)), sess_options=opts,
+                                            providers=providers)
+        # onnxruntime falls back to CPU by itself when the CUDA provider cannot load (missing CUDA/cuDNN)
+        self.on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
+        if why_cpu is None and not self.on_gpu:
+            why_cpu = "onnxruntime's CUDAExecutionProvider failed to load (see its message above)"
+            if self.cfg.device == "cuda":
+                raise DeviceError(f"score.device is cuda but {why_cpu}")
+        if why_cpu and self.cfg.device == "auto":
+            note(f"score: DNSMOS runs on CPU: {why_cpu}")
         self.input_name = self.session.get_inputs()[0].name
         self.vad = SpeechProbability(silero_vad_onnx_path(config.models.vad))
 
@@ -73,12 +84,37 @@ class Scorer(Stage):
         """(SIG, BAK, OVRL) of one clip. A clip shorter than the window is scored at
         ``short_clip_offsets`` start offsets spread over 10 ms and the scores averaged: on a tiled clip
         the model's verdict swings with sub-frame shifts (a 1 ms later start moved OVRL by up to 0.3)."""
-        offsets, limit = [0], None
-        if audio_16k.size < int(self.cfg.window_s * SCORE_RATE):
-            n = self.cfg.short_clip_offsets
-            offsets = [round(k * 0.010 * SCORE_RATE / n) for k in range(n)]
-            limit = self.cfg.short_clip_windows or None
+        offsets, limit = self._offsets(audio_16k)
         return tuple(float(v) for v in np.mean([self.window_scores(audio_16k[d:], limit) for d in offsets], axis=0))
+
+    def _offsets(self, audio_16k: np.ndarray) -> tuple[list[int], int | None]:
+        """Start offsets (samples) a clip is scored at, and the windows taken per offset (None = all)."""
+        if audio_16k.size >= int(self.cfg.window_s * SCORE_RATE):
+            return [0], None
+        n = self.cfg.short_clip_offsets
+        return [round(k * 0.010 * SCORE_RATE / n) for k in range(n)], self.cfg.short_clip_windows or None
+
+    def batch_scores(self, audios: list[np.ndarray]) -> list[tuple[float, float, float]]:
+        """``clip_scores`` of many clips with their windows in shared runs of up to ``gpu_batch_windows``
+        (the CUDA path). Same averaging as clip_scores: over each offset's windows, then over offsets."""
+        groups, owners = [], []  # one group of windows per (clip, offset)
+        for i, audio in enumerate(audios):
+            offsets, limit = self._offsets(audio)
+            for d in offsets:
+                groups.append(dnsmos_windows(audio[d:], self.cfg.window_s, self.cfg.hop_s)[:limit])
+                owners.append(i)
+        if not groups:
+            return []
+        bounds = np.cumsum([0] + [len(g) for g in groups])
+        step = self.cfg.gpu_batch_windows
+        raw = np.concatenate([self.session.run(None, {self.input_name: _rows(groups, bounds, lo, lo + step)})[0]
+                              for lo in range(0, int(bounds[-1]), step)])
+        per_offset: dict[int, list] = {}
+        for k, owner in enumerate(owners):
+            r = raw[bounds[k]:bounds[k + 1]]
+            per_offset.setdefault(owner, []).append(
+                (float(np.mean(POLY_SIG(r[:, 0]))), float(np.mean(POLY_BAK(r[:, 1]))), float(np.mean(POLY_OVR(r[:, 2])))))
+        return [tuple(float(v) for v in np.mean(per_offset[i], axis=0)) for i in range(len(audios))]
 
     def window_scores(self, audio_16k: np.ndarray, limit: int | None = None) -> tuple[float, float, float]:
         """Mean (SIG, BAK, OVRL) over the clip's windows (the first ``limit``); runs per clip, whatever the batch."""
@@ -90,14 +126,27 @@ class Scorer(Stage):
 
     def run(self, clips: list[Clip]) -> list[Clip]:
         t0 = time.perf_counter()
+        # the language rule rejects these anyway: DNSMOS would be wasted work (scores stay None)
+        scored = [c for c in clips if not (self.cfg.skip_language_rejected
+                                           and language_rejected(c.language, c.language_prob, self.filter))]
+        audios = [c.audio_16k for c in scored]
+        scores = self.batch_scores(audios) if self.on_gpu else [self.clip_scores(a) for a in audios]
+        for clip, (sig, bak, ovrl) in zip(scored, scores):
+            clip.dnsmos_sig, clip.dnsmos_bak, clip.dnsmos_ovrl = round(sig, 4), round(bak, 4), round(ovrl, 4)
         for clip in clips:
-            # the language rule rejects these anyway: DNSMOS would be wasted work (scores stay None)
-            if not (self.cfg.skip_language_rejected and language_rejected(clip.language, clip.language_prob, self.filter)):
-                sig, bak, ovrl = self.clip_scores(clip.audio_16k)
-                clip.dnsmos_sig, clip.dnsmos_bak, clip.dnsmos_ovrl = round(sig, 4), round(bak, 4), round(ovrl, 4)
             clip.speech_prob = round(self.vad.mean(clip.audio_16k), 4)  # cheap: scored even when language-rejected
             clip.repeat_ngram_frac = round(repeated_ngram_fraction(clip.text), 4)
             clip.chars = char_count(clip.text)
             clip.sec_per_char = round(clip.duration / clip.chars, 5) if clip.chars else None
         self.last_seconds = time.perf_counter() - t0
         return clips
+
+
+def _rows(groups: list[np.ndarray], bounds: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Rows lo..hi of the groups stacked one after another (without stacking all of them)."""
+    parts = []
+    for k, g in enumerate(groups):
+        a, b = max(lo, bounds[k]), min(hi, bounds[k + 1])
+        if a < b:
+            parts.append(g[a - bounds[k]: b - bounds[k]])
+    return np.concatenate(parts)

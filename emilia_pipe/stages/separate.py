@@ -6,6 +6,7 @@ The model is named by ``models.separation``: a Demucs name (``htdemucs``, downlo
 and every record says separation did not run."""
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 from emilia_pipe.audio import ANALYSIS_RATE, DiskAudio, chunk_cores, resample
 from emilia_pipe.models import ModelUnavailableError, _is_path_ref
 from emilia_pipe.records import Source
+from emilia_pipe.resources import note, torch_device
 from emilia_pipe.stages import Stage
 
 
@@ -83,8 +85,14 @@ class Separator(Stage):
             self.model = _load_model(ref)
         except Exception as exc:
             raise ModelUnavailableError(f"separation model '{ref}' could not be loaded: {exc}") from exc
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch_device(self.cfg.device, "separate")
         self.model.to(self.device)
+        self.autocast = None  # dtype of torch autocast, CUDA only
+        if self.cfg.precision != "float32":
+            if self.device == "cuda":
+                self.autocast = getattr(torch, self.cfg.precision)
+            else:
+                note(f"separate: precision {self.cfg.precision} applies on CUDA only; Demucs runs float32 on CPU")
         if "vocals" not in self.model.sources:
             raise ModelUnavailableError(f"separation model '{ref}' has no 'vocals' source (has {self.model.sources})")
         self.vocals = self.model.sources.index("vocals")
@@ -97,10 +105,16 @@ class Separator(Stage):
         mix = torch.from_numpy(resample(audio, sample_rate, rate)).expand(self.model.audio_channels, -1).contiguous()
         # Demucs expects roughly unit-variance input; undo the scaling on the output.
         mean, std = mix.mean(), mix.std().clamp_min(1e-8)
-        with torch.inference_mode():
-            out = apply_model(self.model, ((mix - mean) / std)[None], shifts=self.cfg.shifts, split=True,
-                              overlap=self.cfg.overlap, progress=False, device=self.device,
-                              segment=self.cfg.segment_s)
+        mix = ((mix - mean) / std)[None]
+        half = (torch.autocast("cuda", dtype=self.autocast) if self.autocast is not None
+                else contextlib.nullcontext())
+        with torch.inference_mode(), half:
+            if self.cfg.batch_size == 1 or self.cfg.shifts:
+                out = apply_model(self.model, mix, shifts=self.cfg.shifts, split=True, overlap=self.cfg.overlap,
+                                  progress=False, device=self.device, segment=self.cfg.segment_s)
+            else:
+                out = apply_batched(self.model, mix, self.cfg.overlap, self.cfg.segment_s, self.cfg.batch_size,
+                                    self.device)
         vocals = (out[0, self.vocals] * std + mean).mean(0).cpu().numpy().astype(np.float32)
         return resample(vocals, rate, sample_rate)[: audio.size]
 
@@ -143,3 +157,56 @@ class Separator(Stage):
 def _derived(path: str) -> str:
     """The vocals' file next to the mix's (same source index, so the same clean-up finds it)."""
     return path[: -len(".f32")] + "-vocals.f32"
+
+
+def apply_batched(model, mix, overlap: float, segment: float | None, batch_size: int, device):
+    """demucs.apply.apply_model(split=True, shifts=0) with ``batch_size`` segments per forward pass: the
+    same segments (padded with their neighbouring audio), the same triangular overlap-add weights and
+    the same weighting of a bag's models, so the output equals apply_model's up to float rounding."""
+    import torch
+    from demucs.apply import BagOfModels, TensorChunk
+    from demucs.utils import center_trim
+
+    models, weights = (model.models, model.weights) if isinstance(model, BagOfModels) else ([model], [None])
+    estimates, totals = 0.0, [0.0] * len(model.sources)
+    length = mix.shape[-1]
+    for sub, sub_weights in zip(models, weights):
+        sub.to(device)
+        seg = segment if segment is not None else sub.segment
+        seg_len = int(sub.samplerate * seg)
+        stride = int((1 - overlap) * seg_len)
+        weight = torch.cat([torch.arange(1, seg_len // 2 + 1), torch.arange(seg_len - seg_len // 2, 0, -1)]).float()
+        weight = weight / weight.max()
+        out = torch.zeros(mix.shape[0], len(sub.sources), mix.shape[1], length)
+        sum_weight = torch.zeros(length)
+        chunks = [TensorChunk(mix, offset, seg_len) for offset in range(0, length, stride)]
+        for i in range(0, len(chunks), batch_size):
+            group = chunks[i:i + batch_size]
+            # what apply_model pads each segment to (HTDemucs: its training length)
+            padded = [c.padded(_valid_length(sub, segment, c.length)) for c in group]
+            if len({p.shape[-1] for p in padded}) == 1:
+                results = list(sub(torch.cat(padded).to(device)).float().split(mix.shape[0]))
+            else:  # models whose padding depends on the length (not HTDemucs): one at a time
+                results = [sub(p.to(device)).float() for p in padded]
+            for c, y in zip(group, results):
+                y = center_trim(y, c.length).cpu()
+                n = y.shape[-1]
+                out[..., c.offset:c.offset + n] += weight[:n] * y
+                sum_weight[c.offset:c.offset + n] += weight[:n]
+        out /= sum_weight
+        for k, w in enumerate(sub_weights or [1.0] * len(sub.sources)):
+            out[:, k] *= w
+            totals[k] += w
+        estimates = estimates + out
+    for k in range(len(model.sources)):
+        estimates[:, k] /= totals[k]
+    return estimates
+
+
+def _valid_length(model, segment: float | None, length: int) -> int:
+    """The length apply_model pads a segment to before the forward pass (its own rule)."""
+    from demucs.htdemucs import HTDemucs
+
+    if isinstance(model, HTDemucs) and segment is not None:
+        return int(segment * model.samplerate)
+    return model.valid_length(length) if hasattr(model, "valid_length") else length
