@@ -158,9 +158,15 @@ class SegmentConfig(_Section):
 
 
 class TranscribeConfig(_Section):
+    backend: Literal["ctranslate2", "torch"] = Field("ctranslate2", description=(
+        "Whisper implementation. ctranslate2: faster-whisper (WhisperX's batched model), int8 on CPU, needs CUDA 12 "
+        "cuBLAS + cuDNN 9 on GPU (preloaded from the nvidia-*-cu12 pip packages when present). torch: transformers' "
+        "WhisperForConditionalGeneration (SDPA attention), same outputs per clip; takes a transformers model "
+        "(models.asr: large-v3 -> openai/whisper-large-v3, large-v3-turbo, or a local folder) or a CTranslate2 "
+        "one (read into torch, e.g. the lite profile's Whisper base). No word_timestamps."))
     batch_size: int = Field(16, ge=1)
-    beam_size: int = Field(5, ge=1)
-    best_of: int = Field(5, ge=1)
+    beam_size: int = Field(5, ge=1, description="Beams at temperature 0 (both backends).")
+    best_of: int = Field(5, ge=1, description="Samples per clip at a fallback temperature; the most likely is kept.")
     temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     compression_ratio_threshold: float = 2.4
     log_prob_threshold: float = -1.0
@@ -171,13 +177,31 @@ class TranscribeConfig(_Section):
         "('um, uh, um, uh, So uhm, yeaah. Okay, ehm, uuuh.', 24 prompt tokens), meant to keep hesitations in "
         "the text. Default None: on the sample recordings (Whisper base) it gave no gain: WER en 0 -> 0, "
         "de 0.30 -> 0.20, fr 0 -> 0.15, CER zh/ja/ko unchanged."))
-    compute_type: Literal["auto", "int8", "float16", "float32", "int8_float16"] = "auto"
+    compute_type: Literal["auto", "int8", "float16", "bfloat16", "float32", "int8_float16"] = Field("auto", description=(
+        "ctranslate2: auto = float16 on cuda, int8 on cpu; others as named. torch (weights and compute dtype): "
+        "auto = float16 on cuda, float32 on cpu; float32, float16 (cuda only), bfloat16; no int8 types."))
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2 default.")
+    cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2 default (ctranslate2 backend only; torch uses "
+                             "run.torch_threads).")
     workers: int = Field(1, ge=1, description="Batches one model can decode at once (CTranslate2 inter_threads).")
     word_timestamps: bool = Field(False, description=(
         "Store each clip's words with start/end (seconds from the clip's start), from Whisper's own "
-        "cross-attention alignment (faster-whisper's word_timestamps). Needed by the duplex export."))
+        "cross-attention alignment (faster-whisper's word_timestamps). Needed by the duplex export. "
+        "ctranslate2 backend only."))
+
+    @model_validator(mode="after")
+    def _backend(self) -> "TranscribeConfig":
+        if self.backend == "torch":
+            if self.compute_type.startswith("int8"):
+                raise ValueError(f"transcribe.compute_type {self.compute_type} is CTranslate2-only; the torch backend "
+                                 "takes auto, float32, float16 (cuda) or bfloat16")
+            if self.compute_type == "float16" and self.device == "cpu":
+                raise ValueError("transcribe.compute_type float16 needs cuda with the torch backend; use float32 or "
+                                 "bfloat16 on cpu")
+            if self.word_timestamps:
+                raise ValueError("transcribe.word_timestamps needs transcribe.backend ctranslate2 (its alignment "
+                                 "uses CTranslate2's cross-attention heads)")
+        return self
 
 
 class ScoreConfig(_Section):

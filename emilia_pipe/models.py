@@ -103,15 +103,33 @@ def _assembled_ok(target: Path) -> bool:
     return all(weights.file_sha256(f) == pin for f, pin in zip(files, pins))
 
 
-def whisper_model_path(ref: str, cache_root: Optional[str] = None, download: bool = False, token: Optional[str] = None) -> str:
+# transformers-format hub repos of faster-whisper's short names (the torch backend)
+TORCH_WHISPER_REPOS = {"large": "openai/whisper-large-v3", "turbo": "openai/whisper-large-v3-turbo",
+                       "distil-large-v3": "distil-whisper/distil-large-v3"}
+TORCH_WHISPER_FILES = ["config.json", "generation_config.json", "tokenizer.json", "preprocessor_config.json",
+                       "model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
+                       "model.bin"]  # a CTranslate2 repo (Systran/faster-whisper-*) serves the torch backend too
+
+
+def whisper_model_path(ref: str, cache_root: Optional[str] = None, download: bool = False, token: Optional[str] = None,
+                       backend: str = "ctranslate2") -> str:
+    """The folder of the ASR model. ``ctranslate2`` needs a CTranslate2 folder (model.bin); ``torch`` takes
+    one too (read by whisper_torch.read_ct2_model) or a transformers folder (config.json + safetensors)."""
     if ref == PKG_WHISPER_BASE:
         return str(whisper_base_from_wheels(cache_dir(cache_root)))
     if _is_path_ref(ref):
         path = _local_path(ref, "ASR model")
-        if not (path / "model.bin").exists():
-            raise ModelUnavailableError(f"ASR model at {path} has no model.bin: it must be a CTranslate2 Whisper model "
-                                        "(convert with ct2-transformers-converter)")
-        return str(path)
+        if (path / "model.bin").exists():
+            return str(path)
+        if backend == "torch":
+            if (path / "config.json").exists() and (any(path.glob("*.safetensors")) or (path / "pytorch_model.bin").exists()):
+                return str(path)
+            raise ModelUnavailableError(f"ASR model at {path} is neither a transformers Whisper folder (config.json + "
+                                        "*.safetensors) nor a CTranslate2 one (model.bin)")
+        raise ModelUnavailableError(f"ASR model at {path} has no model.bin: it must be a CTranslate2 Whisper model "
+                                    "(convert with ct2-transformers-converter), or use transcribe.backend=torch")
+    if backend == "torch":
+        return _torch_whisper_snapshot(ref, cache_root, download, token)
     from faster_whisper.utils import download_model
 
     try:
@@ -122,6 +140,22 @@ def whisper_model_path(ref: str, cache_root: Optional[str] = None, download: boo
             f"ASR model '{ref}' is not available locally ({type(exc).__name__}). Get it with "
             f"'emilia-pipe models fetch' (needs network), or point models.asr at a local CTranslate2 "
             f"Whisper folder (--set models.asr=/path), or use the offline lite profile."
+        ) from exc
+
+
+def _torch_whisper_snapshot(ref: str, cache_root: Optional[str], download: bool, token: Optional[str]) -> str:
+    """A short name (large-v3, large-v3-turbo, ...) is openai/whisper-NAME; anything else is a hub id."""
+    repo = TORCH_WHISPER_REPOS.get(ref) or (f"openai/whisper-{ref}" if ref in WHISPER_NAMES else ref)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo, local_files_only=not download, cache_dir=str(cache_dir(cache_root) / "hub"),
+                                 token=token, allow_patterns=TORCH_WHISPER_FILES)
+    except Exception as exc:  # huggingface_hub raises several kinds
+        raise ModelUnavailableError(
+            f"ASR model '{ref}' (hub {repo}, transformers format for transcribe.backend=torch) is not available "
+            f"locally ({type(exc).__name__}). Get it with 'emilia-pipe models fetch' (needs network), or point "
+            f"models.asr at a local transformers or CTranslate2 Whisper folder (--set models.asr=/path)."
         ) from exc
 
 
@@ -228,7 +262,8 @@ def _check(role: str, ref: Optional[str], config, download: bool = False) -> Mod
         return ModelStatus(role, "-", origin, True, "-", "stage runs without a model (disabled)")
     try:
         if role == "asr":
-            location = whisper_model_path(ref, models.cache_dir, download=download, token=token)
+            location = whisper_model_path(ref, models.cache_dir, download=download, token=token,
+                                          backend=config.transcribe.backend)
         elif role == "vad":
             location = str(silero_vad_onnx_path(ref))
         elif role == "dnsmos":

@@ -1,18 +1,25 @@
-"""Stage 5: language ID and transcription with WhisperX's batched CTranslate2 Whisper model.
+"""Stage 5: language ID and transcription with batched Whisper (CTranslate2 or PyTorch backend).
 
-Clips from many sources form one batch: WhisperX's ``WhisperModel`` encodes the whole batch once, the
-same encoder output gives every clip its own language (top-1 and its probability), and one
-``generate`` call decodes the batch with a per-clip prompt in that clip's language. WhisperX's own
-``FasterWhisperPipeline`` batches VAD chunks of a single file with one language; our clips are
-already cut, so we drive its model directly. Temperature fallback follows Whisper's rule: a clip whose
-text is too repetitive (compression ratio) or too unlikely (average log-prob) is decoded again by
-sampling at the next temperature, unless it looks like silence (no-speech probability).
+Clips from many sources form one batch: the backend encodes the whole batch once, the same encoder
+output gives every clip its own language (top-1 and its probability), and one batched decode gives
+every clip a transcript under a prompt in that clip's language. Temperature fallback follows Whisper's
+rule: a clip whose text is too repetitive (compression ratio) or too unlikely (average log-prob) is
+decoded again by sampling at the next temperature, unless it looks like silence (no-speech probability).
+
+Backends (``transcribe.backend``), both behind :class:`WhisperBackend`, the fallback loop shared:
+- ``ctranslate2`` (default): WhisperX's ``WhisperModel`` (faster-whisper, CTranslate2); WhisperX's own
+  ``FasterWhisperPipeline`` batches VAD chunks of a single file with one language, our clips are
+  already cut, so we drive its model directly. Word timestamps need this backend.
+- ``torch``: transformers' ``WhisperForConditionalGeneration`` (whisper_torch.py).
 """
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import time
 import zlib
+from typing import Protocol
 
 import numpy as np
 
@@ -20,6 +27,8 @@ from emilia_pipe.audio import ANALYSIS_RATE
 from emilia_pipe.models import whisper_model_path
 from emilia_pipe.records import Clip
 from emilia_pipe.stages import Stage
+
+log = logging.getLogger(__name__)
 
 N_SAMPLES = 30 * ANALYSIS_RATE  # one Whisper window
 NO_SPEECH_THRESHOLD = 0.6
@@ -33,12 +42,84 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def pick_device(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    import ctranslate2
+def pick_device(requested: str, backend: str = "ctranslate2") -> str:
+    """``auto`` -> cuda when the backend sees a GPU. CTranslate2 on cuda first gets its CUDA 12 cuBLAS and
+    cuDNN 9 preloaded from pip packages (cuda_libs.py): a CUDA 13 system has neither."""
+    device = requested
+    if requested == "auto":
+        if backend == "torch":
+            import torch
 
-    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            import ctranslate2
+
+            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    if device == "cuda" and backend == "ctranslate2":
+        from emilia_pipe.cuda_libs import preload_cuda_libs
+
+        log.info("transcribe: %s", preload_cuda_libs().message)
+    return device
+
+
+class WhisperBackend(Protocol):
+    """What the stage needs of a Whisper implementation. ``enc`` is the backend's own encoder output."""
+
+    hf_tokenizer: object  # tokenizers.Tokenizer of the model
+    multilingual: bool
+    n_mels: int
+    max_length: int  # Whisper's decoder positions (448)
+
+    def encode(self, feats: np.ndarray): ...
+
+    def detect_languages(self, enc) -> list[tuple[str, float]]:
+        """Per clip: (language code, probability) from the first decoder step, over language tokens only."""
+
+    def generate(self, enc, prompts: list[list[int]], temperature: float, beam_size: int, best_of: int,
+                 max_new_tokens: int) -> list[tuple[list[int], float, float]]:
+        """Per clip: (text tokens, avg log-prob, no-speech prob). Beam search at temperature 0, else the
+        best of ``best_of`` samples."""
+
+
+@functools.cache
+def _ct2_whisper_class():
+    from whisperx.asr import WhisperModel
+
+    class CT2Whisper(WhisperModel):
+        """WhisperX's batched faster-whisper model as a WhisperBackend (word_timing.py uses it directly)."""
+
+        @property
+        def multilingual(self) -> bool:
+            return self.model.is_multilingual
+
+        @property
+        def n_mels(self) -> int:
+            return self.feat_kwargs.get("feature_size") or 80
+
+        def detect_languages(self, enc):
+            return [(r[0][0][2:-2], float(r[0][1])) for r in self.model.detect_language(enc)]
+
+        def generate(self, enc, prompts, temperature, beam_size, best_of, max_new_tokens):
+            kwargs = dict(
+                # CTranslate2 counts the prompt in max_length: the transcript gets max_new_tokens on top of it
+                max_length=max(len(p) for p in prompts) + max_new_tokens,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=[-1],
+            )
+            if temperature == 0:
+                kwargs.update(beam_size=beam_size, patience=1.0, length_penalty=1.0)
+            else:
+                kwargs.update(beam_size=1, num_hypotheses=best_of, sampling_temperature=temperature, sampling_topk=0)
+            out = []
+            for res in self.model.generate(enc, prompts, **kwargs):
+                # ctranslate2 scores are summed log-probs divided by length (length_penalty 1)
+                n = max(len(res.sequences_ids[0]), 1)
+                out.append((res.sequences_ids[0], float(res.scores[0]) * n / (n + 1), float(res.no_speech_prob)))
+            return out
+
+    return CT2Whisper
 
 
 class Transcriber(Stage):
@@ -49,32 +130,36 @@ class Transcriber(Stage):
     def __init__(self, config):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from faster_whisper.tokenizer import Tokenizer
-        from whisperx.asr import WhisperModel
 
-        self.cfg = config.transcribe
-        self.device = pick_device(self.cfg.device)
-        compute_type = self.cfg.compute_type
-        if compute_type == "auto":
-            compute_type = "float16" if self.device == "cuda" else "int8"
-        import ctranslate2
-
-        # CTranslate2 seeds each worker thread's RNG once, at its first sampled decode, from this seed
-        # (set_random_seed has no effect after that): a fresh run over the same clips in the same order
-        # samples the same fallbacks. It cannot be re-seeded per clip (see tests/test_determinism.py).
-        ctranslate2.set_random_seed(SAMPLING_SEED)
+        self.cfg = cfg = config.transcribe
+        self.device = pick_device(cfg.device, cfg.backend)
         path = whisper_model_path(config.models.asr, config.models.cache_dir,
-                                  token=os.environ.get(config.models.hf_token_env))
-        self.model = WhisperModel(path, device=self.device, compute_type=compute_type,
-                                  cpu_threads=self.cfg.cpu_threads, num_workers=self.cfg.workers,
-                                  local_files_only=True)
+                                  token=os.environ.get(config.models.hf_token_env), backend=cfg.backend)
+        if cfg.backend == "torch":
+            from emilia_pipe.stages.whisper_torch import TorchWhisper
+
+            self.model: WhisperBackend = TorchWhisper(path, self.device, cfg.compute_type, seed=SAMPLING_SEED)
+        else:
+            import ctranslate2
+
+            compute_type = cfg.compute_type
+            if compute_type == "auto":
+                compute_type = "float16" if self.device == "cuda" else "int8"
+            # CTranslate2 seeds each worker thread's RNG once, at its first sampled decode, from this seed
+            # (set_random_seed has no effect after that): a fresh run over the same clips in the same order
+            # samples the same fallbacks. It cannot be re-seeded per clip (see tests/test_determinism.py).
+            ctranslate2.set_random_seed(SAMPLING_SEED)
+            self.model = _ct2_whisper_class()(path, device=self.device, compute_type=compute_type,
+                                              cpu_threads=cfg.cpu_threads, num_workers=cfg.workers,
+                                              local_files_only=True)
         self._Tokenizer = Tokenizer
         self._tokenizers: dict[str, object] = {}
-        self.n_mels = self.model.feat_kwargs.get("feature_size") or 80
-        self.multilingual = self.model.model.is_multilingual
+        self.n_mels = self.model.n_mels
+        self.multilingual = self.model.multilingual
         longest = self.max_length([self.prompt("en")])
         if longest > self.model.max_length:
-            raise ValueError(f"transcribe: the prompt ({longest - self.cfg.max_new_tokens} tokens) plus max_new_tokens "
-                             f"({self.cfg.max_new_tokens}) exceed Whisper's {self.model.max_length} tokens; "
+            raise ValueError(f"transcribe: the prompt ({longest - cfg.max_new_tokens} tokens) plus max_new_tokens "
+                             f"({cfg.max_new_tokens}) exceed Whisper's {self.model.max_length} tokens; "
                              "shorten initial_prompt or lower max_new_tokens")
 
     def tokenizer(self, language: str):
@@ -88,10 +173,12 @@ class Transcriber(Stage):
         tok = self.tokenizer(language)
         text = REFERENCE_PROMPT if self.cfg.initial_prompt == "reference" else self.cfg.initial_prompt
         previous = tok.encode(" " + text.strip()) if text else []
-        return self.model.get_prompt(tok, previous, without_timestamps=True)
+        # as faster-whisper's get_prompt: the text's last max_length // 2 - 1 tokens after <|startofprev|>
+        context = [tok.sot_prev, *previous[-(self.model.max_length // 2 - 1):]] if previous else []
+        return context + list(tok.sot_sequence) + [tok.no_timestamps]
 
     def max_length(self, prompts: list[list[int]]) -> int:
-        # CTranslate2 counts the prompt in max_length: the transcript gets max_new_tokens on top of it
+        """Decoder positions the longest prompt and its transcript may use (Whisper has 448)."""
         return max(len(p) for p in prompts) + self.cfg.max_new_tokens
 
     def features(self, clips: list[Clip]) -> np.ndarray:
@@ -105,35 +192,19 @@ class Transcriber(Stage):
         return np.stack(feats).astype(np.float32)
 
     def detect_languages(self, encoder_output) -> list[tuple[str, float]]:
-        results = self.model.model.detect_language(encoder_output)
         if not self.multilingual:
-            return [("en", 1.0) for _ in results]
-        return [(r[0][0][2:-2], float(r[0][1])) for r in results]
+            return [("en", 1.0)] * encoder_output.shape[0]  # English-only model: no language tokens
+        return self.model.detect_languages(encoder_output)
 
     def decode(self, encoder_output, languages: list[str], temperature: float):
         cfg = self.cfg
         prompts = [self.prompt(lang) for lang in languages]
-        kwargs = dict(
-            max_length=self.max_length(prompts),
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=[-1],
-        )
-        if temperature == 0:
-            kwargs.update(beam_size=cfg.beam_size, patience=1.0, length_penalty=1.0)
-        else:
-            kwargs.update(beam_size=1, num_hypotheses=cfg.best_of, sampling_temperature=temperature, sampling_topk=0)
-        results = self.model.model.generate(encoder_output, prompts, **kwargs)
+        results = self.model.generate(encoder_output, prompts, temperature, cfg.beam_size, cfg.best_of,
+                                      cfg.max_new_tokens)
         out = []
-        for lang, res in zip(languages, results):
+        for lang, (tokens, avg_logprob, no_speech) in zip(languages, results):
             tok = self.tokenizer(lang)
-            tokens = [t for t in res.sequences_ids[0] if t < tok.eot]
-            # ctranslate2 scores are summed log-probs divided by length (length_penalty 1)
-            n = max(len(res.sequences_ids[0]), 1)
-            avg_logprob = float(res.scores[0]) * n / (n + 1)
-            text = tok.decode(tokens)
-            out.append((text, avg_logprob, float(res.no_speech_prob)))
+            out.append((tok.decode([t for t in tokens if t < tok.eot]), avg_logprob, no_speech))
         return out
 
     def needs_fallback(self, text: str, avg_logprob: float, no_speech: float) -> bool:
