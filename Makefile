@@ -35,12 +35,14 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/diarization_der.py
 
-# full profile on this node's GPU(s), 60 min of speech (MINUTES=1 for a quick look); JSON in benchmarks/results/.
+# full profile on this node's GPU(s), 60 min of speech (MINUTES=1 for a quick look), random Whisper large-v3 on the
+# torch backend; JSON in benchmarks/results/. DNSMOS on CUDA needs onnxruntime-gpu instead of onnxruntime
+# (see benchmarks/gpu/full_profile.py). ARGS="..." adds or overrides flags.
 # Uses .venv when there is one, else the python on PATH (a GPU node's own environment).
 MINUTES ?= 60
 BENCH_PY ?= $(shell test -x $(BIN)/python && echo $(BIN)/python || echo python3)
 gpu-bench:
-	$(BENCH_PY) benchmarks/gpu/full_profile.py --minutes $(MINUTES) $(ARGS)
+	$(BENCH_PY) benchmarks/gpu/full_profile.py --minutes $(MINUTES) --device cuda --asr large-v3-random $(ARGS)
 
 clean:
 	rm -rf $(VENV) out

