@@ -304,7 +304,7 @@ class BuildLock:
 LATER_DEFAULTS = {"transcribe.word_timestamps": False, "separate.precision": "float32"}
 NON_SEMANTIC = (
     "run.", "filter.", "profile", "models.cache_dir", "models.hf_token_env", "transcribe.batch_size",
-    "transcribe.cpu_threads", "transcribe.device", "score.onnx_threads", "score.batch_windows",
+    "transcribe.cpu_threads", "transcribe.device", "transcribe.encode_batch_size", "score.onnx_threads", "score.batch_windows",
     "diarize.embedding_batch_size", "diarize.segmentation_batch_size", "separate.batch_size",
     "separate.device", "diarize.device", "score.device", "score.gpu_batch_windows",
 )

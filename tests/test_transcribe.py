@@ -149,3 +149,20 @@ def test_prompt_and_new_tokens_beyond_whispers_448_are_refused():
 
     with pytest.raises(ValueError, match="448"):
         Transcriber(load_config(overrides=["transcribe.max_new_tokens=440", "transcribe.initial_prompt=reference"]))
+
+
+@integration
+def test_encoding_a_few_clips_at_a_time_changes_nothing(sample_dir, transcribed):
+    """transcribe.encode_batch_size bounds the encoder's memory; the default (4) splits this six-clip batch,
+    0 encodes it whole: languages, texts and scores must be identical."""
+    from emilia_pipe.config import load_config
+    from emilia_pipe.stages.transcribe import Transcriber
+
+    whole = Transcriber(load_config(overrides=["transcribe.encode_batch_size=0"]))
+    assert whole.model.encode_batch == 0
+    clips = [Clip(source_id=c.source_id, index=0, start=c.start, end=c.end, speaker=c.speaker, audio_16k=c.audio_16k)
+             for c, _ in transcribed.values()]
+    whole.run(clips)
+    for clip, (split, _) in zip(clips, transcribed.values()):
+        assert (clip.language, clip.language_prob, clip.text, clip.avg_logprob, clip.no_speech_prob) == \
+               (split.language, split.language_prob, split.text, split.avg_logprob, split.no_speech_prob)
