@@ -170,11 +170,14 @@ def test_dnsmos_provider_choice(monkeypatch, capsys):
     s = Scorer(load_config(overrides=["score.device=cpu"]))  # asked for: no log line
     assert not s.on_gpu and s.session.asked == ["CPUExecutionProvider"] and capsys.readouterr().err == ""
 
-    _pretend_gpu(monkeypatch, CUDA_EP, 0)  # onnxruntime-gpu installed, no GPU
+    _pretend_gpu(monkeypatch, CUDA_EP, 0)  # onnxruntime-gpu installed, no GPU: CPU is the only choice, no line
     assert not Scorer(load_config()).on_gpu
-    assert capsys.readouterr().err.strip() == "[emilia-pipe] score: DNSMOS runs on CPU: no CUDA GPU is present"
+    assert capsys.readouterr().err == ""
     with pytest.raises(DeviceError, match="score.device is cuda but no CUDA GPU"):
         Scorer(load_config(overrides=["score.device=cuda"]))
+    _pretend_gpu(monkeypatch, ["CPUExecutionProvider"], 0)  # a plain CPU machine: every run used to say so
+    assert not Scorer(load_config()).on_gpu
+    assert capsys.readouterr().err == ""
 
     _pretend_gpu(monkeypatch, ["CPUExecutionProvider"], 1)  # plain onnxruntime on a GPU machine
     assert not Scorer(load_config()).on_gpu

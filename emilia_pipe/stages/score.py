@@ -65,8 +65,8 @@ class Scorer(Stage):
         # onnxruntime's arena keeps the largest batch it ever saw and grows with varied shapes (measured
         # +0.3-0.6 GiB per file); one window costs ~270 ms, so plain allocation is free by comparison
         opts.enable_cpu_mem_arena = False
-        providers, why_cpu = onnx_providers(self.cfg.device, ort.get_available_providers(),
-                                            gpu_count() if self.cfg.device != "cpu" else 0)
+        gpus = gpu_count() if self.cfg.device != "cpu" else 0
+        providers, why_cpu = onnx_providers(self.cfg.device, ort.get_available_providers(), gpus)
         self.session = ort.InferenceSession(str(dnsmos_onnx_path(config.models.dnsmos)), sess_options=opts,
                                             providers=providers)
         # onnxruntime falls back to CPU by itself when the CUDA provider cannot load (missing CUDA/cuDNN)
@@ -75,7 +75,7 @@ class Scorer(Stage):
             why_cpu = "onnxruntime's CUDAExecutionProvider failed to load (see its message above)"
             if self.cfg.device == "cuda":
                 raise DeviceError(f"score.device is cuda but {why_cpu}")
-        if why_cpu and self.cfg.device == "auto":
+        if why_cpu and self.cfg.device == "auto" and gpus:  # without a GPU, CPU is no news
             note(f"score: DNSMOS runs on CPU: {why_cpu}")
         self.input_name = self.session.get_inputs()[0].name
         self.vad = SpeechProbability(silero_vad_onnx_path(config.models.vad))
