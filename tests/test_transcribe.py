@@ -34,7 +34,9 @@ class ScriptedTranscriber:
         class Scripted(Transcriber):
             def __init__(self):
                 self.cfg = TranscribeConfig(**cfg)
-                self.model = SimpleNamespace(encode=lambda feats: feats)
+                self.encoded = []  # rows of each encoder call
+                self.model = SimpleNamespace(encode=lambda feats: self.encoded.append(len(feats)) or feats,
+                                             select=lambda enc, rows: enc[rows])
                 self.calls = []
 
             def features(self, clips):
@@ -62,6 +64,7 @@ def test_when_every_attempt_fails_the_most_likely_one_is_kept():
     stage = ScriptedTranscriber.make(script)
     clip = stage.run([_clip()])[0]
     assert stage.calls == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert stage.encoded == [1]  # the fallbacks reuse the first encoding (each re-encode cost ~1 CPU-s)
     assert (clip.text, clip.avg_logprob, clip.temperature) == ("hello there how are you", -1.05, 0.0)
 
 
@@ -81,6 +84,23 @@ def test_a_passing_attempt_ends_the_fallback():
     stage = ScriptedTranscriber.make(script, temperatures=[0.0, 0.2, 0.4])
     clip = stage.run([_clip()])[0]
     assert stage.calls == [0.0, 0.2] and (clip.text, clip.temperature) == ("hello there, how are you?", 0.2)
+
+
+def test_fallbacks_decode_only_the_failed_clips_without_encoding_again():
+    stage = ScriptedTranscriber.make({}, temperatures=[0.0, 0.5, 1.0])
+    seen = []
+
+    def decode(enc, languages, temperature):  # the clip encoded as row 1 fails at every temperature
+        rows = np.asarray(enc)[:, 0].astype(int).tolist()
+        seen.append(rows)
+        return [("what", -1.5, 0.1) if r == 1 else ("fine words here", -0.3, 0.1) for r in rows]
+
+    stage.decode = decode
+    stage.features = lambda clips: np.arange(len(clips), dtype=np.float32)[:, None]
+    clips = stage.run([_clip(), _clip(), _clip()])
+    assert seen == [[0, 1, 2], [1], [1]]
+    assert stage.encoded == [3]  # once for the batch: the retries take their rows of that encoding
+    assert [c.temperature for c in clips] == [0.0, 0.0, 0.0] and clips[1].text == "what"
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +186,16 @@ def test_encoding_a_few_clips_at_a_time_changes_nothing(sample_dir, transcribed)
     for clip, (split, _) in zip(clips, transcribed.values()):
         assert (clip.language, clip.language_prob, clip.text, clip.avg_logprob, clip.no_speech_prob) == \
                (split.language, split.language_prob, split.text, split.avg_logprob, split.no_speech_prob)
+
+
+@integration
+def test_a_retry_takes_the_rows_a_re_encode_would_give(transcribed, lite_config):
+    """Fallbacks reuse the batch's encoding: on CPU, CTranslate2's rows equal a fresh encode bit for bit."""
+    from emilia_pipe.stages.transcribe import Transcriber
+
+    stage = Transcriber(lite_config)
+    feats = stage.features([c for c, _ in list(transcribed.values())[:5]])
+    rows = [3, 0]
+    kept = np.asarray(stage.model.select(stage.model.encode(feats), rows))
+    again = np.asarray(stage.model.encode(feats[rows]))
+    assert kept.shape == again.shape == (2, 1500, 512) and np.array_equal(kept, again)

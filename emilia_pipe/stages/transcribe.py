@@ -72,6 +72,10 @@ class WhisperBackend(Protocol):
 
     def encode(self, feats: np.ndarray): ...
 
+    def select(self, enc, rows: list[int]):
+        """The encoder output of ``rows`` alone, as ``encode(feats[rows])`` would give it, or None where
+        encoding those clips again is the cheaper way."""
+
     def detect_languages(self, enc) -> list[tuple[str, float]]:
         """Per clip: (language code, probability) from the first decoder step, over language tokens only."""
 
@@ -108,6 +112,14 @@ def _ct2_whisper_class():
             whole = super().encode  # (zero-argument super() does not work inside a comprehension)
             parts = [np.array(whole(feats[i : i + self.encode_batch])) for i in range(0, len(feats), self.encode_batch)]
             return ctranslate2.StorageView.from_array(np.concatenate(parts))
+
+        def select(self, enc, rows):
+            import ctranslate2
+
+            if self.model.device != "cpu":  # a GPU re-encodes a few clips in no time
+                return None
+            # one clip's encoding does not depend on its batch (bit-equal), so the rows are what a re-encode gives
+            return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(enc)[rows]))
 
         def detect_languages(self, enc):
             return [(r[0][0][2:-2], float(r[0][1])) for r in self.model.detect_language(enc)]
@@ -236,7 +248,7 @@ class Transcriber(Stage):
 
     def _run_batch(self, clips: list[Clip]) -> None:
         feats = self.features(clips)
-        enc = self.model.encode(feats)
+        enc = first = self.model.encode(feats)
         langs = self.detect_languages(enc)
         for clip, (lang, prob) in zip(clips, langs):
             clip.language, clip.language_prob = lang, round(prob, 4)
@@ -244,8 +256,10 @@ class Transcriber(Stage):
         attempts: list[list[tuple]] = [[] for _ in clips]  # per clip: (text, avg_logprob, no_speech, temperature)
         pending = list(range(len(clips)))
         for step, temp in enumerate(temps):
-            if step > 0:  # re-encode only the clips that need another try
-                enc = self.model.encode(feats[pending])
+            if step > 0:  # only the clips that need another try; their encoding is kept, not redone
+                enc = self.model.select(first, rows=pending)
+                if enc is None:
+                    enc = self.model.encode(feats[pending])
             decoded = self.decode(enc, [clips[i].language for i in pending], temp)
             retry = []
             for i, (text, avg_lp, no_speech) in zip(pending, decoded):

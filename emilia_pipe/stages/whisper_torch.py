@@ -226,6 +226,9 @@ class TorchWhisper:
         x = torch.from_numpy(np.ascontiguousarray(feats)).to(self.device, self.dtype)
         return self.model.model.encoder(x).last_hidden_state
 
+    def select(self, enc: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        return enc[rows]
+
     @torch.inference_mode()
     def detect_languages(self, enc: torch.Tensor) -> list[tuple[str, float]]:
         """Whisper's detect_language: the first decoder step after <|startoftranscript|>, softmax over the
