@@ -32,25 +32,60 @@ def _num(df: pd.DataFrame, col: str) -> pd.Series:
 def filter_frame(df: pd.DataFrame, cfg: FilterConfig) -> pd.DataFrame:
     """Return ``df`` with ``kept`` (bool) and ``reasons`` (list of rule names) columns."""
     df = df.copy()
+    flags, language_ok = _own_flags(df, cfg)
+    decided = _any(flags, df.index)
+    ovrl = _num(df, "dnsmos_ovrl")
+    # a clip another rule rejects may never have been scored (score.skip_rejected): that is not a low score
+    flags["dnsmos_low"] = (ovrl < cfg.dnsmos_min) | (ovrl.isna() & ~decided)
+    flags["sec_per_char_outlier"] = _sec_per_char_outliers(df, cfg, language_ok)
+
+    matrix = np.column_stack([flags[r].to_numpy(dtype=bool) for r in REASONS]) if len(df) else np.zeros((0, len(REASONS)), bool)
+    df["kept"] = ~matrix.any(axis=1)
+    names = np.array(REASONS, dtype=object)
+    df["reasons"] = [list(names[row]) if not k else [] for row, k in zip(matrix, df["kept"].to_numpy())]
+    return df
+
+
+def rejected_before_scoring(records: list[dict], cfg: FilterConfig) -> list[bool]:
+    """Per record: whether a rule that needs neither DNSMOS nor the other clips (every rule but dnsmos_low
+    and sec_per_char_outlier) already rejects it, so that scoring it would be wasted work."""
+    if not records:
+        return []
+    df = pd.DataFrame(records)
+    flags, _ = _own_flags(df, cfg)
+    return _any(flags, df.index).tolist()
+
+
+def _any(flags: dict[str, pd.Series], index) -> pd.Series:
+    out = pd.Series(False, index=index)
+    for f in flags.values():
+        out |= f.fillna(False).astype(bool)
+    return out
+
+
+def _own_flags(df: pd.DataFrame, cfg: FilterConfig) -> tuple[dict[str, pd.Series], pd.Series]:
+    """The rules that judge a clip by its own fields, without DNSMOS; and whether its language passes."""
     dur = _num(df, "duration")
-    lang = df["language"].astype("object")
+    lang = df["language"].astype("object") if "language" in df else pd.Series(None, index=df.index, dtype="object")
     lang_allowed = lang.isin(list(cfg.languages))
     lang_prob_ok = _num(df, "language_prob").fillna(0.0) > cfg.language_prob_min  # the reference keeps prob > min
-    language_ok = lang_allowed & lang_prob_ok
-    ovrl = _num(df, "dnsmos_ovrl")
     chars = _num(df, "chars").fillna(0.0)
-    has_text = df["text"].astype("object").fillna("").astype(str).str.len() > 0
+    text = df["text"] if "text" in df else pd.Series("", index=df.index)
+    has_text = text.astype("object").fillna("").astype(str).str.len() > 0
     few = chars < cfg.min_chars
     flags = {
         "too_short": dur < cfg.min_duration_s,
         "too_long": dur > cfg.max_duration_s,
         "language_not_allowed": ~lang_allowed,
         "language_prob_low": lang_allowed & ~lang_prob_ok,
-        # a clip the language rule rejects may never have been scored: that is not a low score
-        "dnsmos_low": (ovrl < cfg.dnsmos_min) | (ovrl.isna() & language_ok),
         "too_few_chars": few & has_text,
         "no_text": few & ~has_text,
     }
+    flags.update(_guard_flags(df, cfg, dur, chars))
+    return flags, lang_allowed & lang_prob_ok
+
+
+def _sec_per_char_outliers(df: pd.DataFrame, cfg: FilterConfig, language_ok: pd.Series) -> pd.Series:
     spc = _num(df, "sec_per_char")
     outlier = pd.Series(False, index=df.index)
     if cfg.iqr_scope != "none" and len(df):
@@ -67,14 +102,7 @@ def filter_frame(df: pd.DataFrame, cfg: FilterConfig) -> pd.DataFrame:
         iqr = q3 - q1
         out = (size >= cfg.iqr_min_clips) & ((sub["v"] < q1 - cfg.iqr_k * iqr) | (sub["v"] > q3 + cfg.iqr_k * iqr))
         outlier.loc[out.index] = out.to_numpy()
-    flags["sec_per_char_outlier"] = outlier
-    flags.update(_guard_flags(df, cfg, dur, chars))
-
-    matrix = np.column_stack([flags[r].to_numpy(dtype=bool) for r in REASONS]) if len(df) else np.zeros((0, len(REASONS)), bool)
-    df["kept"] = ~matrix.any(axis=1)
-    names = np.array(REASONS, dtype=object)
-    df["reasons"] = [list(names[row]) if not k else [] for row, k in zip(matrix, df["kept"].to_numpy())]
-    return df
+    return outlier
 
 
 def _guard_flags(df: pd.DataFrame, cfg: FilterConfig, dur: pd.Series, chars: pd.Series) -> dict[str, pd.Series]:

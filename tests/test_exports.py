@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 # AMI dev00: a two-speaker excerpt (tst00 has four voices; the duplex export takes two-speaker sources)
 FILES = ["diarization/ami_pyannote_dev00.wav", "asr/de/de_picovoice_test_de.wav", "asr/en/en_ljspeech_LJ001-0001.wav"]
 # loose filter and every clip scored: the two AMI speakers both keep clips (a duplex conversation)
-SETTINGS = ["transcribe.word_timestamps=true", "score.skip_language_rejected=false", "filter.dnsmos_min=0",
+SETTINGS = ["transcribe.word_timestamps=true", "score.skip_rejected=false", "filter.dnsmos_min=0",
             "filter.language_prob_min=0", "filter.iqr_scope=none"]
 
 

