@@ -332,6 +332,13 @@ class RunConfig(_Section):
     actor_start_timeout_s: float = Field(600.0, gt=0, description="Pools that find no room on the cluster fail after this.")
     allow_autoscaling: bool = Field(False, description="Accept pools larger than the cluster is now (it will grow).")
     torch_threads: int = Field(0, ge=0, description="0 = all cores of the worker.")
+    tune_malloc: bool = Field(True, description=(
+        "Linux (glibc): one malloc arena, no mmap for large blocks, so the models' large tensors reuse freed "
+        "heap memory instead of faulting fresh pages in each time (emilia_pipe/malloc.py). Measured on "
+        "sample_data: 20 % fewer CPU-seconds, results bit-equal."))
+    malloc_keep_free_mb: int = Field(512, ge=1, le=2047, description=(
+        "With tune_malloc: free memory the heap keeps at its top for reuse before giving it back to the "
+        "system (measured peak 2.79 GiB at 512, 2.98 GiB when it never gives back)."))
     resources: dict[str, StageResources] = Field(default_factory=_default_resources)
     resource_plan: Literal["config", "auto"] = Field("config", description=(
         "Ray runner. config = run.resources as given; auto = size every pool from the cluster's GPUs and "

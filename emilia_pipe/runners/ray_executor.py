@@ -25,7 +25,11 @@ class StageActor:
         from emilia_pipe.stages import build_stage
         from emilia_pipe.torch_threads import set_torch_threads
 
+        from emilia_pipe.malloc import tune_malloc
+
         config = build_config(config_data)
+        if config.run.tune_malloc:
+            tune_malloc(config.run.malloc_keep_free_mb)
         set_torch_threads(config.run.torch_threads)
         self.stage = build_stage(name, config)
 
