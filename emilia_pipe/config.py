@@ -165,9 +165,10 @@ class TranscribeConfig(_Section):
         "(models.asr: large-v3 -> openai/whisper-large-v3, large-v3-turbo, or a local folder) or a CTranslate2 "
         "one (read into torch, e.g. the lite profile's Whisper base). No word_timestamps."))
     batch_size: int = Field(16, ge=1)
-    encode_batch_size: int = Field(4, ge=0, description=(
+    encode_batch_size: int = Field(2, ge=0, description=(
         "CTranslate2 on CPU: clips encoded at once within a batch (0 = the whole batch). Same output; measured "
-        "with Whisper base int8: the encoder's peak memory for 16 clips 1.4 GiB at once, 0.35 GiB at 4."))
+        "with Whisper base int8: the encoder's peak memory for 16 clips 1.4 GiB at once, 0.35 GiB at 4; the "
+        "default run's peak 3.12 GiB at 4, 2.81 GiB at 2 (run.tune_malloc keeps freed blocks), same CPU time."))
     beam_size: int = Field(5, ge=1, description="Beams at temperature 0 (both backends).")
     best_of: int = Field(5, ge=1, description="Samples per clip at a fallback temperature; the most likely is kept.")
     temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
@@ -336,9 +337,10 @@ class RunConfig(_Section):
         "Linux (glibc): one malloc arena, no mmap for large blocks, so the models' large tensors reuse freed "
         "heap memory instead of faulting fresh pages in each time (emilia_pipe/malloc.py). Measured on "
         "sample_data: 20 % fewer CPU-seconds, results bit-equal."))
-    malloc_keep_free_mb: int = Field(512, ge=1, le=2047, description=(
+    malloc_keep_free_mb: int = Field(256, ge=1, le=2047, description=(
         "With tune_malloc: free memory the heap keeps at its top for reuse before giving it back to the "
-        "system (measured peak 2.79 GiB at 512, 2.98 GiB when it never gives back)."))
+        "system. Measured on sample_data, peak / CPU-s: 128 MB 2.94 GiB / 142, 256 MB 3.12 / 136, 512 MB "
+        "3.17 / 142 (with 4 clips per encoder call; noise between runs is about +-0.2 GiB)."))
     resources: dict[str, StageResources] = Field(default_factory=_default_resources)
     resource_plan: Literal["config", "auto"] = Field("config", description=(
         "Ray runner. config = run.resources as given; auto = size every pool from the cluster's GPUs and "

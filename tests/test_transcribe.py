@@ -173,7 +173,7 @@ def test_prompt_and_new_tokens_beyond_whispers_448_are_refused():
 
 @integration
 def test_encoding_a_few_clips_at_a_time_changes_nothing(sample_dir, transcribed):
-    """transcribe.encode_batch_size bounds the encoder's memory; the default (4) splits this six-clip batch,
+    """transcribe.encode_batch_size bounds the encoder's memory; the default (2) splits this six-clip batch,
     0 encodes it whole: languages, texts and scores must be identical."""
     from emilia_pipe.config import load_config
     from emilia_pipe.stages.transcribe import Transcriber
