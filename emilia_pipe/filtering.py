@@ -66,12 +66,11 @@ def _any(flags: dict[str, pd.Series], index) -> pd.Series:
 def _own_flags(df: pd.DataFrame, cfg: FilterConfig) -> tuple[dict[str, pd.Series], pd.Series]:
     """The rules that judge a clip by its own fields, without DNSMOS; and whether its language passes."""
     dur = _num(df, "duration")
-    lang = df["language"].astype("object") if "language" in df else pd.Series(None, index=df.index, dtype="object")
+    lang = df["language"].astype("object")
     lang_allowed = lang.isin(list(cfg.languages))
     lang_prob_ok = _num(df, "language_prob").fillna(0.0) > cfg.language_prob_min  # the reference keeps prob > min
     chars = _num(df, "chars").fillna(0.0)
-    text = df["text"] if "text" in df else pd.Series("", index=df.index)
-    has_text = text.astype("object").fillna("").astype(str).str.len() > 0
+    has_text = df["text"].astype("object").fillna("").astype(str).str.len() > 0
     few = chars < cfg.min_chars
     flags = {
         "too_short": dur < cfg.min_duration_s,

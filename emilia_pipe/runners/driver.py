@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from emilia_pipe.build import Build
-from emilia_pipe.malloc import tune_malloc
 from emilia_pipe.inputs import InputError, OutputError, expand_inputs
 from emilia_pipe.config import PipelineConfig
+from emilia_pipe.malloc import tune_malloc
 from emilia_pipe.models import ModelUnavailableError, model_statuses
 from emilia_pipe.records import Clip, Failure, Source
 from emilia_pipe.resources import gpu_count

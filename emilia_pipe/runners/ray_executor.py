@@ -22,10 +22,9 @@ _WORKER_ENV = ("PYANNOTE_METRICS_ENABLED", "TOKENIZERS_PARALLELISM", "OMP_WAIT_P
 class StageActor:
     def __init__(self, name: str, config_data: dict):
         from emilia_pipe.config import build_config
+        from emilia_pipe.malloc import tune_malloc
         from emilia_pipe.stages import build_stage
         from emilia_pipe.torch_threads import set_torch_threads
-
-        from emilia_pipe.malloc import tune_malloc
 
         config = build_config(config_data)
         if config.run.tune_malloc:
