@@ -15,16 +15,32 @@ import sys
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 
 
+def _glibc():
+    """glibc loaded through ctypes, or None where the C library is something else (macOS, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - both must exist
+    except (OSError, AttributeError):
+        return None
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return libc
+
+
+_LIBC = _glibc()
+
+
 def tune_malloc(keep_free_mb: int) -> bool:
     """Set glibc's allocator as above for this process (threads that start later share one arena).
     Returns False, changing nothing, where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
+    if _LIBC is None:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others: no glibc malloc to tune
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_ARENA_MAX, 1) and mallopt(M_MMAP_MAX, 0)
-                and mallopt(M_TRIM_THRESHOLD, min(keep_free_mb, 2047) << 20))
+    return bool(_LIBC.mallopt(M_ARENA_MAX, 1) and _LIBC.mallopt(M_MMAP_MAX, 0)
+                and _LIBC.mallopt(M_TRIM_THRESHOLD, min(keep_free_mb, 2047) << 20))
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim); nothing elsewhere."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
