@@ -88,13 +88,19 @@ def _load(args) -> PipelineConfig:
     return load_config(args.config, overrides, args.profile)
 
 
-def cmd_run(args) -> int:
-    from emilia_pipe.runners.driver import run_pipeline
+def cmd_run(args, restart_argv: list[str] | None = None) -> int:
+    from emilia_pipe.runners.driver import choose_runner, run_pipeline
 
     inputs = list(args.inputs) + [f"@{f}" for f in args.inputs_from]
     if not inputs:
         raise InputError("no inputs given; name files, folders, globs or URLs, or use --inputs-from FILE")
     config = _load(args)
+    if restart_argv is not None and config.run.tune_malloc and choose_runner(config) == "local":
+        # the models' threads must find glibc's malloc tuned from the first allocation (see malloc.py);
+        # Ray's workers get the same settings through their environment
+        from emilia_pipe.malloc import restart_tuned
+
+        restart_tuned(["-m", "emilia_pipe.cli", *restart_argv], config.run.malloc_trim_threshold_mb)
     summary = run_pipeline(inputs, args.out, config, allow_config_change=args.allow_config_change)
     failed = summary["this_run"]["failed"]
     print(f"dataset written to {args.out} ({summary['clips']['kept']} clips kept, {failed} file(s) failed in this run, "
@@ -201,11 +207,16 @@ EXIT_CODES = tuple(t for types, _ in _EXIT_CODES for t in types)
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # exit 5: the output could not be written
 
 
-def main(argv: list[str] | None = None) -> int:
+def console_main() -> int:
+    """The ``emilia-pipe`` command: ``main``, which may restart the process once to tune glibc's malloc."""
+    return main(sys.argv[1:], may_restart=True)
+
+
+def main(argv: list[str] | None = None, may_restart: bool = False) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return cmd_run(args)
+            return cmd_run(args, (sys.argv[1:] if argv is None else argv) if may_restart else None)
         if args.command == "models":
             return cmd_models(args)
         if args.command == "refilter":
@@ -238,4 +249,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main())  # also the restarted process (restart_tuned runs `python -m emilia_pipe.cli`)

@@ -335,12 +335,20 @@ class RunConfig(_Section):
     torch_threads: int = Field(0, ge=0, description="0 = all cores of the worker.")
     tune_malloc: bool = Field(True, description=(
         "Linux (glibc): one malloc arena, no mmap for large blocks, so the models' large tensors reuse freed "
-        "heap memory instead of faulting fresh pages in each time (emilia_pipe/malloc.py). Measured on "
-        "sample_data: 20 % fewer CPU-seconds, results bit-equal."))
+        "heap memory instead of faulting fresh pages in each time (emilia_pipe/malloc.py). The emilia-pipe "
+        "command restarts itself once so that this holds from the process's first allocation (local runner). "
+        "Measured on sample_data: 20 % fewer CPU-seconds, results bit-equal."))
     malloc_keep_free_mb: int = Field(256, ge=1, le=2047, description=(
-        "With tune_malloc: free memory the heap keeps at its top for reuse before giving it back to the "
-        "system. Measured on sample_data, peak / CPU-s: 128 MB 2.94 GiB / 142, 256 MB 3.12 / 136, 512 MB "
-        "3.17 / 142 (with 4 clips per encoder call; noise between runs is about +-0.2 GiB)."))
+        "After a stage call the heap is trimmed (every free page handed back) only once the process has grown "
+        "this much since the last trim: trimming after every call made the next large tensors fault their "
+        "pages in again. Default run on sample_data, 2 cores: trim after every call 173 CPU-s (16 s in the "
+        "kernel); 128 / 256 / 512 MB 137 / 133 / 137 CPU-s at 2.87 / 2.86 / 2.77 GiB; never 136 CPU-s at "
+        "3.48 GiB (runs differ by about +-10 %)."))
+    malloc_trim_threshold_mb: int = Field(1024, ge=1, le=2047, description=(
+        "With tune_malloc: free memory the heap keeps at its top, for the next large tensors, before it "
+        "shrinks (glibc's M_TRIM_THRESHOLD). Measured on sample_data with the settings from the first "
+        "allocation: 256 MB 3.5-4.1 M page faults, 9 CPU-s in the kernel; 1024 MB 2.2 M, 5 CPU-s, same peak "
+        "(2.77 GiB); 2047 MB with no trimming 0.8 M, 2 CPU-s, 2.95 GiB."))
     resources: dict[str, StageResources] = Field(default_factory=_default_resources)
     resource_plan: Literal["config", "auto"] = Field("config", description=(
         "Ray runner. config = run.resources as given; auto = size every pool from the cluster's GPUs and "

@@ -11,7 +11,7 @@ from typing import Optional, Union
 
 from emilia_pipe import failpoints
 from emilia_pipe.audio import DiskAudio
-from emilia_pipe.malloc import trim_heap
+from emilia_pipe.malloc import HEAP
 from emilia_pipe.records import ClipAudio, Failure, Source, attach_analysis_audio, split_audio
 from emilia_pipe.stages import Stage
 
@@ -30,9 +30,10 @@ class BatchFailure(Exception):
 
 
 def release_memory() -> None:
-    """Hand freed heap back to the OS after a stage: glibc keeps it otherwise, and a worker holding every
-    model grew from 1.6 to 3.5 GiB over three files (measured); with this it stays near 1.75 GiB."""
-    trim_heap()
+    """Hand freed heap back to the OS after a stage once the process has grown by ``run.malloc_keep_free_mb``
+    since the last trim: glibc keeps it otherwise, and a worker holding every model grew from 1.6 to 3.5 GiB
+    over three files (measured); trimming after every call costs CPU instead (malloc.HeapTrimmer)."""
+    HEAP.maybe_trim()
 
 
 def _error(exc: BaseException) -> str:

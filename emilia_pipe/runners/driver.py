@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from emilia_pipe.build import Build
 from emilia_pipe.inputs import InputError, OutputError, expand_inputs
 from emilia_pipe.config import PipelineConfig
-from emilia_pipe.malloc import tune_malloc
+from emilia_pipe.malloc import setup_heap
 from emilia_pipe.models import ModelUnavailableError, model_statuses
 from emilia_pipe.records import Clip, Failure, Source
 from emilia_pipe.resources import gpu_count
@@ -344,8 +344,8 @@ def run_pipeline(
     """Process ``inputs`` into an Emilia-format dataset in ``out_dir``; returns the summary. A build
     folder that already holds work is resumed: sources already done are not read again."""
     t_start = time.perf_counter()
-    if config.run.tune_malloc:  # before the stages start their threads
-        tune_malloc(config.run.malloc_keep_free_mb)
+    run = config.run
+    setup_heap(run.tune_malloc, run.malloc_keep_free_mb, run.malloc_trim_threshold_mb)  # before stages start threads
     check_output(out_dir)
     found = expand_inputs(inputs, exclude=[out_dir])  # usage errors here, before any model loads
     if not found.files and not found.problems:

@@ -22,13 +22,13 @@ _WORKER_ENV = ("PYANNOTE_METRICS_ENABLED", "TOKENIZERS_PARALLELISM", "OMP_WAIT_P
 class StageActor:
     def __init__(self, name: str, config_data: dict):
         from emilia_pipe.config import build_config
-        from emilia_pipe.malloc import tune_malloc
+        from emilia_pipe.malloc import setup_heap
         from emilia_pipe.stages import build_stage
         from emilia_pipe.torch_threads import set_torch_threads
 
         config = build_config(config_data)
-        if config.run.tune_malloc:
-            tune_malloc(config.run.malloc_keep_free_mb)
+        run = config.run
+        setup_heap(run.tune_malloc, run.malloc_keep_free_mb, run.malloc_trim_threshold_mb)
         set_torch_threads(config.run.torch_threads)
         self.stage = build_stage(name, config)
 
