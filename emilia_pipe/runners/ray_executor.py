@@ -94,11 +94,22 @@ def check_plan(config, pools: list[str], cluster: dict, has_gpu: bool) -> None:
             + "), or set run.allow_autoscaling=true on a cluster that adds nodes on demand.")
 
 
-def init_ray(address: str | None):
+def worker_env(config) -> dict[str, str]:
+    """Environment of the Ray workers: the variables above that are set here, and glibc's malloc tuning from
+    each worker's first allocation (an actor's own mallopt comes after Ray's threads made their arenas)."""
+    from emilia_pipe.malloc import tuned_env
+
+    env = {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
+    if config.run.tune_malloc:  # other C libraries ignore GLIBC_TUNABLES
+        env.update(tuned_env(config.run.malloc_trim_threshold_mb))
+    return env
+
+
+def init_ray(address: str | None, env_vars: dict[str, str]):
     import ray
 
     if not ray.is_initialized():
-        env = {"env_vars": {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}}
+        env = {"env_vars": env_vars}
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=env)
         else:
@@ -110,7 +121,7 @@ def auto_plan(config, stage_names: list[str], log=print):
     """``run.resource_plan: auto``: the config with pools sized for the cluster's GPUs and cores."""
     from emilia_pipe.resources import describe, planned_config
 
-    cluster = init_ray(config.run.ray_address).cluster_resources()
+    cluster = init_ray(config.run.ray_address, worker_env(config)).cluster_resources()
     gpus, cpus = int(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
     planned = planned_config(config, gpus, cpus, stage_names)
     log(f"ray: resource plan for {gpus} GPU(s), {cpus:g} CPU(s): {describe(planned, [*stage_names, 'write'])}; "
@@ -120,7 +131,7 @@ def auto_plan(config, stage_names: list[str], log=print):
 
 class RayExecutor:
     def __init__(self, config, stage_names: list[str], out_dir, run: int, address: str | None = None, log=print):
-        ray = init_ray(address)
+        ray = init_ray(address, worker_env(config))
         self.ray = ray
         self._owns_ray = address is None
         cluster = ray.cluster_resources()
