@@ -65,8 +65,8 @@ def tuned_env(top_mb: int, env: dict | None = None) -> dict[str, str]:
 
 def restart_tuned(python_args: list[str], top_mb: int) -> None:
     """Replace this process (exec: same pid, same streams) by ``python *python_args`` started with the
-    tunables. Measured on sample_data, default run: page faults 5.1-5.9 M -> 2.2 M, kernel time 11-16 -> 5
-    CPU-s. Returns, doing nothing, where the C library is not glibc or when this process already is the
+    tunables. Measured on sample_data, default run, back to back: page faults 5.0-5.3 M -> 2.4 M, kernel
+    time 11-13 -> 6 CPU-s. Returns, doing nothing, where the C library is not glibc or when this process already is the
     restarted one."""
     if _LIBC is None or os.environ.get(TUNED_MARK) or not sys.executable:
         return

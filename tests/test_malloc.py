@@ -112,3 +112,14 @@ def test_restarted_process_has_one_arena_for_threads_that_allocated_early():
     # shares the main heap and reuses the block (measured: 1)
     assert counts["late"] >= 5 * 150, counts
     assert counts["restart"] < counts["late"] / 10, counts
+
+
+def test_ray_workers_and_the_restart_get_the_same_tunables():
+    from emilia_pipe.config import load_config
+    from emilia_pipe.runners.ray_executor import worker_env
+
+    env = worker_env(load_config(overrides=["run.malloc_trim_threshold_mb=512"]))
+    assert env[TUNED_MARK] == "1"
+    assert env["GLIBC_TUNABLES"].endswith(
+        "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=536870912")
+    assert "GLIBC_TUNABLES" not in worker_env(load_config(overrides=["run.tune_malloc=false"]))
