@@ -31,12 +31,15 @@ from emilia_pipe.runners.driver import choose_runner, run_pipeline  # noqa: E402
 
 class PeakMemory(threading.Thread):
     """Peak summed RSS of this process and all its descendants, and their CPU-seconds (user + system,
-    last sample of each process; a process that lives less than one sample interval is missed)."""
+    last sample of each process; a process that lives less than one sample interval is missed). This
+    process's CPU counts from its start, or with ``from_now`` from here (several runs in one process)."""
 
-    def __init__(self, every_s: float = 0.2):
+    def __init__(self, every_s: float = 0.2, from_now: bool = False):
         super().__init__(daemon=True)
         self.every, self.peak, self._done = every_s, 0, threading.Event()
         self.cpu: dict[int, float] = {}
+        t = psutil.Process().cpu_times()
+        self.cpu_before = t.user + t.system if from_now else 0.0
 
     def run(self):
         me = psutil.Process()
@@ -54,7 +57,7 @@ class PeakMemory(threading.Thread):
 
     @property
     def cpu_seconds(self) -> float:
-        return sum(self.cpu.values())
+        return sum(self.cpu.values()) - self.cpu_before
 
     def stop(self) -> int:
         self._done.set()
