@@ -26,8 +26,7 @@ from bench_pipeline import PeakMemory  # noqa: E402
 from test_long_input import conversation  # noqa: E402
 
 from emilia_pipe.config import load_config  # noqa: E402
-from emilia_pipe.malloc import restart_tuned  # noqa: E402
-from emilia_pipe.runners.driver import choose_runner, run_pipeline  # noqa: E402
+from emilia_pipe.runners.driver import restart_tuned_if_local, run_pipeline  # noqa: E402
 
 
 def one(minutes: float, overrides: list[str], work: Path) -> dict:
@@ -58,8 +57,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "long-inputs.json"))
     args = ap.parse_args()
     config = load_config(overrides=args.overrides)
-    if config.run.tune_malloc and choose_runner(config) == "local":  # as the emilia-pipe command does
-        restart_tuned([str(Path(__file__).resolve()), *sys.argv[1:]], config.run.malloc_trim_threshold_mb)
+    restart_tuned_if_local(config, [str(Path(__file__).resolve()), *sys.argv[1:]])  # as emilia-pipe does
     work = Path(tempfile.mkdtemp(prefix="emilia-long-"))
     rows = []
     try:

@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from emilia_pipe.config import load_config  # noqa: E402
-from emilia_pipe.malloc import restart_tuned  # noqa: E402
-from emilia_pipe.runners.driver import choose_runner, run_pipeline  # noqa: E402
+from emilia_pipe.runners.driver import restart_tuned_if_local, run_pipeline  # noqa: E402
 
 
 class PeakMemory(threading.Thread):
@@ -75,8 +74,7 @@ def main() -> int:
     args = ap.parse_args()
 
     config = load_config(overrides=[f"run.runner={args.runner}", *args.overrides], profile=args.profile)
-    if config.run.tune_malloc and choose_runner(config) == "local":  # as the emilia-pipe command does
-        restart_tuned([str(Path(__file__).resolve()), *sys.argv[1:]], config.run.malloc_trim_threshold_mb)
+    restart_tuned_if_local(config, [str(Path(__file__).resolve()), *sys.argv[1:]])  # as emilia-pipe does
     work = Path(tempfile.mkdtemp(prefix="emilia-bench-"))
     mem = PeakMemory()
     mem.start()

@@ -89,18 +89,14 @@ def _load(args) -> PipelineConfig:
 
 
 def cmd_run(args, restart_argv: list[str] | None = None) -> int:
-    from emilia_pipe.runners.driver import choose_runner, run_pipeline
+    from emilia_pipe.runners.driver import restart_tuned_if_local, run_pipeline
 
     inputs = list(args.inputs) + [f"@{f}" for f in args.inputs_from]
     if not inputs:
         raise InputError("no inputs given; name files, folders, globs or URLs, or use --inputs-from FILE")
     config = _load(args)
-    if restart_argv is not None and config.run.tune_malloc and choose_runner(config) == "local":
-        # the models' threads must find glibc's malloc tuned from the first allocation (see malloc.py);
-        # Ray's workers get the same settings through their environment
-        from emilia_pipe.malloc import restart_tuned
-
-        restart_tuned(["-m", "emilia_pipe.cli", *restart_argv], config.run.malloc_trim_threshold_mb)
+    if restart_argv is not None:  # the models' threads must find malloc tuned from the first allocation
+        restart_tuned_if_local(config, ["-m", "emilia_pipe.cli", *restart_argv])
     summary = run_pipeline(inputs, args.out, config, allow_config_change=args.allow_config_change)
     failed = summary["this_run"]["failed"]
     print(f"dataset written to {args.out} ({summary['clips']['kept']} clips kept, {failed} file(s) failed in this run, "

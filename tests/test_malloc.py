@@ -8,6 +8,9 @@ import pytest
 
 from emilia_pipe.malloc import TUNED_MARK
 
+# CI runs on Linux, so these run there; elsewhere there is no glibc allocator to tune
+GLIBC_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+
 PROBE = """
 import resource, sys
 import numpy as np
@@ -24,7 +27,7 @@ print(faults() - before)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+@GLIBC_ONLY
 def test_large_blocks_are_reused_instead_of_faulted_in_again():
     counts = {mode: int(subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
                                        check=True).stdout) for mode in ("plain", "tuned")}
@@ -65,7 +68,7 @@ print(grown >> 20, int(trimmed_big), shrunk >> 20, int(trimmed_small), kept, fau
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+@GLIBC_ONLY
 def test_heap_is_trimmed_only_after_it_grows_past_the_slack():
     out = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, check=True).stdout
     grown_mb, trimmed_big, shrunk_mb, trimmed_small, kept_faults, trimmed_faults, trims = map(int, out.split())
@@ -101,7 +104,7 @@ print(faults[0])
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+@GLIBC_ONLY
 def test_restarted_process_has_one_arena_for_threads_that_allocated_early():
     source = THREAD_PROBE.replace("PROBE_SOURCE", repr(THREAD_PROBE))
     env = {k: v for k, v in os.environ.items() if k != TUNED_MARK}

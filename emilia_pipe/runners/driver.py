@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from emilia_pipe.build import Build
 from emilia_pipe.inputs import InputError, OutputError, expand_inputs
 from emilia_pipe.config import PipelineConfig
-from emilia_pipe.malloc import setup_heap
+from emilia_pipe.malloc import restart_tuned, setup_heap
 from emilia_pipe.models import ModelUnavailableError, model_statuses
 from emilia_pipe.records import Clip, Failure, Source
 from emilia_pipe.resources import gpu_count
@@ -39,6 +39,14 @@ def choose_runner(config: PipelineConfig) -> str:
     if config.run.runner != "auto":
         return config.run.runner
     return "ray" if config.run.ray_address or gpu_count() > 0 else "local"
+
+
+def restart_tuned_if_local(config: PipelineConfig, python_args: list[str]) -> None:
+    """Restart this process as ``python *python_args`` with glibc's malloc tuned from the first allocation
+    (malloc.restart_tuned) when the run is local and tuned; Ray's workers get it through their environment.
+    Returns when there is nothing to do."""
+    if config.run.tune_malloc and choose_runner(config) == "local":
+        restart_tuned(python_args, config.run.malloc_trim_threshold_mb)
 
 
 def size_local(config: PipelineConfig) -> PipelineConfig:
