@@ -1,4 +1,4 @@
-"""The cutting rules as pure functions (no model)."""
+"""The cutting rules as pure functions (no model), and the Silero VAD probabilities that feed them."""
 import numpy as np
 
 from emilia_pipe.records import Turn
@@ -85,3 +85,37 @@ def test_edges_widen_into_silence_but_not_into_neighbours():
     # an overlapping turn of another speaker at an edge: that edge stays
     (held,) = widen_edges([Piece(5.0, 9.0, "A")], [Turn(3.0, 5.5, "B")], duration=60.0, pad=0.25, max_len=30.0)
     assert (held.start, held.end) == (5.0, 9.25)
+
+
+def test_vad_spans_and_frame_probs_equal_silero_own_loop(sample_dir, lite_config):
+    """The segment stage drives Silero's ONNX model with numpy (no per-frame torch work) and hands the
+    probabilities to silero-vad's own timestamp rules: spans and frame probabilities must equal what
+    silero_vad.get_speech_timestamps with its OnnxWrapper gives, on real speech whose length is not a whole
+    number of frames (the last frame is zero-padded) and on a piece with speech only in its middle."""
+    import torch
+    from silero_vad import get_speech_timestamps
+    from silero_vad.utils_vad import OnnxWrapper
+
+    from emilia_pipe.audio import decode
+    from emilia_pipe.models import silero_vad_onnx_path
+    from emilia_pipe.stages.segment import Segmenter
+
+    seg = Segmenter(lite_config)
+    own = OnnxWrapper(str(silero_vad_onnx_path(lite_config.models.vad)), force_onnx_cpu=True)
+    speech = decode(sample_dir / "asr/en/en_ami_ES2011a_headset0_40-46s.wav", 16000).samples
+    quiet = np.zeros(16000 * 2 + 123, np.float32)
+    cfg = lite_config.segment
+    for audio in (speech[: speech.size - 77], np.concatenate([quiet, speech[:48000], quiet])):
+        assert audio.size % 512
+        stamps = get_speech_timestamps(torch.tensor(audio), own, threshold=cfg.vad_threshold, sampling_rate=16000,
+                                       min_silence_duration_ms=cfg.vad_min_silence_ms,
+                                       min_speech_duration_ms=cfg.vad_min_speech_ms,
+                                       speech_pad_ms=cfg.vad_speech_pad_ms)
+        expected = [(s["start"] / 16000, s["end"] / 16000) for s in stamps]
+        assert expected and seg.speech_spans(audio) == expected
+        own.reset_states()
+        with torch.no_grad():
+            probs = [float(own(torch.tensor(audio[i : i + 512]), 16000)) for i in range(0, audio.size - 511, 512)]
+        assert np.array_equal(seg.frame_probs(audio), np.asarray(probs, np.float32))
+    # the piece with speech in its middle: nothing is found in the leading silence
+    assert seg.speech_spans(np.concatenate([quiet, speech[:48000], quiet]))[0][0] > 1.5

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from emilia_pipe.audio import ANALYSIS_RATE, DiskAudio, read_span
+from emilia_pipe.guards import SpeechProbability
 from emilia_pipe.models import silero_vad_onnx_path
 from emilia_pipe.records import Clip, Source, Turn
 from emilia_pipe.stages import Stage
@@ -172,12 +173,13 @@ class Segmenter(Stage):
         self.chunk_s = config.long_input.chunk_s
         # Importing silero_vad sets torch to one thread for the whole process: restore it.
         with restore_torch_threads(config.run.torch_threads):
-            from silero_vad import get_speech_timestamps
-            from silero_vad.utils_vad import OnnxWrapper
+            from silero_vad.utils_vad import get_speech_timestamps_from_probs
 
-        self._get_speech_timestamps = get_speech_timestamps
-        path = silero_vad_onnx_path(config.models.vad)
-        self.model = OnnxWrapper(str(path), force_onnx_cpu=True)
+        self._timestamps_from_probs = get_speech_timestamps_from_probs
+        # Silero's ONNX model driven with numpy, as silero's OnnxWrapper does it but without torch work per
+        # 32 ms frame (that was half the stage's CPU time); silero-vad's own rules turn the probabilities
+        # into spans, so the spans are the ones get_speech_timestamps gives.
+        self.vad = SpeechProbability(silero_vad_onnx_path(config.models.vad))
 
     def speech_spans(self, audio_16k) -> list[tuple[float, float]]:
         """Silero speech spans (seconds) of an array or DiskAudio; long audio is read a chunk at a time and
@@ -197,34 +199,24 @@ class Segmenter(Stage):
         return spans
 
     def _spans(self, audio_16k: np.ndarray) -> list[tuple[float, float]]:
-        import torch
-
         if audio_16k.size < VAD_FRAME:
             return []
-        self.model.reset_states()
-        stamps = self._get_speech_timestamps(
-            torch.tensor(audio_16k, dtype=torch.float32),  # copies: Ray hands read-only arrays
-            self.model,
+        # silero pads the last partial frame with zeros
+        padded = np.pad(np.asarray(audio_16k, dtype=np.float32), (0, -audio_16k.size % VAD_FRAME))
+        stamps = self._timestamps_from_probs(
+            self.vad.frame_probs(padded).tolist(),
             threshold=self.cfg.vad_threshold,
             sampling_rate=VAD_RATE,
             min_silence_duration_ms=self.cfg.vad_min_silence_ms,
             min_speech_duration_ms=self.cfg.vad_min_speech_ms,
             speech_pad_ms=self.cfg.vad_speech_pad_ms,
             return_seconds=False,
+            audio_length_samples=audio_16k.size,
         )
         return [(s["start"] / VAD_RATE, s["end"] / VAD_RATE) for s in stamps]
 
     def frame_probs(self, audio_16k: np.ndarray) -> np.ndarray:
-        import torch
-
-        self.model.reset_states()
-        n = audio_16k.size // VAD_FRAME * VAD_FRAME
-        probs = []
-        with torch.no_grad():
-            for i in range(0, n, VAD_FRAME):
-                chunk = torch.tensor(audio_16k[i : i + VAD_FRAME], dtype=torch.float32)
-                probs.append(float(self.model(chunk, VAD_RATE)))
-        return np.asarray(probs, dtype=np.float32)
+        return self.vad.frame_probs(audio_16k)
 
     def cut(self, turns: list[Turn], spans: list[tuple[float, float]], audio_16k: np.ndarray) -> tuple[list[Piece], list[dict]]:
         cfg = self.cfg
