@@ -34,20 +34,31 @@ def char_count(text: str | None) -> int:
     return len(_NOT_COUNTED.sub("", text or ""))
 
 
-def dnsmos_windows(audio_16k: np.ndarray, window_s: float, hop_s: float) -> np.ndarray:
-    """(n_windows, window_len) float32 array of the windows DNSMOS scores for one clip, as the published
-    code picks them: the window count comes from the whole seconds of the (tiled) clip, and a window the
-    float arithmetic of its end makes one sample short is skipped (at a 1 s hop: every window starting at
-    7..23 s, since (7 + 9.01) = 16.009999999999998), so clips of up to 30 s are scored on 0..16.01 s."""
-    win = int(window_s * SCORE_RATE)
+def tiled(audio_16k: np.ndarray, window_s: float) -> np.ndarray:
+    """The clip as float32, a clip shorter than one window repeated until it is not (as published)."""
     audio = np.asarray(audio_16k, dtype=np.float32)
     if audio.size == 0:
         audio = np.zeros(SCORE_RATE, np.float32)
-    while audio.size < win:  # tile short clips by repetition
+    while audio.size < int(window_s * SCORE_RATE):
         audio = np.concatenate([audio, audio])
-    n_hops = int((np.floor(audio.size / SCORE_RATE) - window_s) / hop_s) + 1
-    windows = [audio[int(i * hop_s * SCORE_RATE) : int((i * hop_s + window_s) * SCORE_RATE)] for i in range(n_hops)]
-    return np.stack([w[:win] for w in windows if w.size >= win])
+    return audio
+
+
+def window_starts(n_samples: int, window_s: float, hop_s: float) -> list[int]:
+    """First samples of the windows DNSMOS scores in a (tiled) clip, as the published code picks them: the
+    window count comes from the whole seconds of the clip, and a window the float arithmetic of its end
+    makes one sample short is skipped (at a 1 s hop: every window starting at 7..23 s, since
+    (7 + 9.01) = 16.009999999999998), so clips of up to 30 s are scored on 0..16.01 s."""
+    win = int(window_s * SCORE_RATE)
+    n_hops = int((np.floor(n_samples / SCORE_RATE) - window_s) / hop_s) + 1
+    spans = [(int(i * hop_s * SCORE_RATE), int((i * hop_s + window_s) * SCORE_RATE)) for i in range(n_hops)]
+    return [a for a, b in spans if min(b, n_samples) - a >= win]
+
+
+def dnsmos_windows(audio_16k: np.ndarray, window_s: float, hop_s: float) -> np.ndarray:
+    """(n_windows, window_len) float32 array of the windows DNSMOS scores for one clip."""
+    audio, win = tiled(audio_16k, window_s), int(window_s * SCORE_RATE)
+    return np.stack([audio[a : a + win] for a in window_starts(audio.size, window_s, hop_s)])
 
 
 class Scorer(Stage):
@@ -79,6 +90,14 @@ class Scorer(Stage):
         if why_cpu and self.cfg.device == "auto" and gpus:  # without a GPU, CPU is no news
             note(f"score: DNSMOS runs on CPU: {why_cpu}")
         self.input_name = self.session.get_inputs()[0].name
+        self.shared = None  # the windows of a long clip share their first convolutions (dnsmos_shared)
+        if self.cfg.share_window_convolutions and not self.on_gpu:
+            from emilia_pipe.dnsmos_shared import CannotShare, SharedWindowDNSMOS
+
+            try:
+                self.shared = SharedWindowDNSMOS(str(dnsmos_onnx_path(config.models.dnsmos)), opts)
+            except CannotShare as exc:
+                note(f"score: each DNSMOS window runs the whole model ({exc})")
         self.vad = SpeechProbability(silero_vad_onnx_path(config.models.vad))
 
     def clip_scores(self, audio_16k: np.ndarray) -> tuple[float, float, float]:
@@ -119,9 +138,15 @@ class Scorer(Stage):
 
     def window_scores(self, audio_16k: np.ndarray, limit: int | None = None) -> tuple[float, float, float]:
         """Mean (SIG, BAK, OVRL) over the clip's windows (the first ``limit``); runs per clip, whatever the batch."""
-        windows = dnsmos_windows(audio_16k, self.cfg.window_s, self.cfg.hop_s)[:limit]
-        raw = np.concatenate([self.session.run(None, {self.input_name: windows[i : i + self.cfg.batch_windows]})[0]
-                              for i in range(0, len(windows), self.cfg.batch_windows)])
+        audio = tiled(audio_16k, self.cfg.window_s)
+        starts = window_starts(audio.size, self.cfg.window_s, self.cfg.hop_s)[:limit]
+        if self.shared is not None and self.shared.can_share(starts):
+            raw = self.shared.raw(audio, starts)
+        else:
+            win, step = int(self.cfg.window_s * SCORE_RATE), self.cfg.batch_windows
+            windows = np.stack([audio[a : a + win] for a in starts])
+            raw = np.concatenate([self.session.run(None, {self.input_name: windows[i : i + step]})[0]
+                                  for i in range(0, len(windows), step)])
         return (float(np.mean(POLY_SIG(raw[:, 0]))), float(np.mean(POLY_BAK(raw[:, 1]))),
                 float(np.mean(POLY_OVR(raw[:, 2]))))
 
