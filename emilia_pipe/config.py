@@ -224,11 +224,13 @@ class ScoreConfig(_Section):
         "1-7 for a tiled clip). Windows of a tiled clip are phases of the same repeated audio: measured on 4 "
         "short clips, 4 offsets x 1 window gave the same spread (0.05-0.15) as 4 offsets x all windows "
         "(0.05-0.12) at up to 7x less DNSMOS work (one window is ~0.27 CPU-s)."))
-    share_window_convolutions: bool = Field(True, description=(
-        "CPU: the overlapping windows of a clip of 10 s or more share the model's full-resolution convolutions "
-        "(computed once over the clip; each window's edge frames on their own), so each window's output is "
-        "its own run's up to float rounding (measured 2.4e-7). A 27 s clip's 7 windows: 0.9 instead of 2.5 "
-        "CPU-s. false = one run of the whole model per window."))
+    share_window_convolutions: bool = Field(False, description=(
+        "CPU: run DNSMOS cut in two, so the 3+ overlapping windows of a clip of 11 s or more share the model's "
+        "full-resolution convolutions (computed once over the clip; each window's edge frames on their own). "
+        "Each window's output is its own run's to 2.4e-7 (measured). A 27 s clip's 7 windows: 0.9 instead of "
+        "2.5 CPU-s; shorter clips cost the same. Off by default: the cut model's three sessions hold ~60 MiB "
+        "more and peak ~120 MiB higher (measured), and sample_data's clips are mostly too short to gain. "
+        "Worth turning on for corpora of long clips."))
     onnx_threads: int = Field(0, ge=0, description="0 = onnxruntime default.")
     device: Device = Field("auto", description=(
         "auto = onnxruntime's CUDAExecutionProvider when it is installed (onnxruntime-gpu) and a GPU is "

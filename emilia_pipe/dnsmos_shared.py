@@ -32,10 +32,11 @@ class CannotShare(ValueError):
 
 
 def _trunk_and_head(model_path: str):
-    """(trunk, head, reach, window_frames): the model cut at TRUNK_OUTPUT, the trunk made to take audio of any
-    length (1, (frames + 1) * 160); reach = frames at a window edge that its zero padding changes."""
+    """(trunk, edge_trunk, head, reach, window_frames): the model cut at TRUNK_OUTPUT; the trunk takes one
+    window's audio, the edge trunk the audio of 2 * reach frames, reach being the frames at a window edge
+    that its zero padding changes. Both have fixed shapes, so onnxruntime plans their memory as it does the
+    whole model's (with a free frame count it took ~100 MiB more, measured)."""
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.shape_inference.infer_shapes(onnx.load(model_path))
     graph = model.graph
@@ -56,20 +57,25 @@ def _trunk_and_head(model_path: str):
             kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), [1])
             if len(kernel) == 2:  # the 2-D convolutions over (frames, bins); the framing's 1-D ones see one frame
                 reach += (kernel[0] - 1) // 2
-    # any length: crop the last frame's hop off the end (not at sample 144000), frames of one clip
-    for init in trunk.graph.initializer:
+    return trunk, _with_frames(trunk, 2 * reach), head, reach, window_frames
+
+
+def _with_frames(trunk, frames: int):
+    """A copy of the trunk for audio of ``frames`` frames: its cropping and framing constants and shapes."""
+    import onnx
+    from onnx import numpy_helper
+
+    short = onnx.ModelProto()
+    short.CopyFrom(trunk)
+    for init in short.graph.initializer:
         if init.name == CROP_END:
-            init.CopyFrom(numpy_helper.from_array(np.array([np.iinfo(np.int64).max, -FRAME_HOP]), CROP_END))
+            init.CopyFrom(numpy_helper.from_array(np.array([np.iinfo(np.int64).max, frames * FRAME_HOP]), CROP_END))
         elif init.name in FRAMING_SHAPES:
-            init.CopyFrom(numpy_helper.from_array(np.array([1, -1, FRAME_HOP]), init.name))
-    dims = trunk.graph.input[0].type.tensor_type.shape.dim
-    dims[0].dim_value = 1
-    dims[1].dim_param = "samples"
-    del trunk.graph.value_info[:]  # the shapes inferred for one window no longer hold
-    out_dims = trunk.graph.output[0].type.tensor_type.shape.dim  # (1, channels, frames, bins)
-    out_dims[0].dim_value = 1
-    out_dims[2].dim_param = "frames"
-    return trunk, head, reach, window_frames
+            init.CopyFrom(numpy_helper.from_array(np.array([-1, frames, FRAME_HOP]), init.name))
+    short.graph.input[0].type.tensor_type.shape.dim[1].dim_value = (frames + 1) * FRAME_HOP
+    del short.graph.value_info[:]  # inferred for one window's frames
+    short.graph.output[0].type.tensor_type.shape.dim[2].dim_value = frames
+    return onnx.shape_inference.infer_shapes(short)
 
 
 def _stride(node) -> int:
@@ -78,56 +84,68 @@ def _stride(node) -> int:
 
 
 class SharedWindowDNSMOS:
-    """Raw DNSMOS outputs (SIG, BAK, OVRL before the polynomial fit) of windows that start at multiples of
-    the frame hop in one clip, computed with the trunk shared (see the module docstring)."""
+    """Raw DNSMOS outputs (SIG, BAK, OVRL before the polynomial fit) of a clip's windows, from the model cut
+    in two (see the module docstring). Windows that overlap enough share the trunk; any other window runs
+    the trunk over its own frames, which is exactly the whole model's computation. So on CPU every window
+    goes through these two sessions and the whole model's session stays unused (one arena, not two)."""
 
-    def __init__(self, model_path: str, sess_options):
+    def __init__(self, model_path: str, threads: int = 0):
         import onnxruntime as ort
 
-        trunk, head, self.reach, self.window_frames = _trunk_and_head(model_path)
+        trunk, edge_trunk, head, self.reach, self.window_frames = _trunk_and_head(model_path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        # three sessions each holding their planned memory pattern held 120 MiB more than the whole model's
+        # one; without the patterns, 57 MiB more (measured, one clip after another)
+        opts.enable_mem_pattern = False
         cpu = ["CPUExecutionProvider"]
-        self.trunk = ort.InferenceSession(trunk.SerializeToString(), sess_options=sess_options, providers=cpu)
-        self.head = ort.InferenceSession(head.SerializeToString(), sess_options=sess_options, providers=cpu)
+        self.trunk = ort.InferenceSession(trunk.SerializeToString(), sess_options=opts, providers=cpu)
+        self.edge_trunk = ort.InferenceSession(edge_trunk.SerializeToString(), sess_options=opts, providers=cpu)
+        self.head = ort.InferenceSession(head.SerializeToString(), sess_options=opts, providers=cpu)
         self.audio_name = self.trunk.get_inputs()[0].name
         self.feature_name = self.head.get_inputs()[0].name
-        # trunk runs of one length (a window's frames + context) keep onnxruntime's arena at one shape
-        self.piece = self.window_frames + 2 * self.reach
+        # frames a shared trunk piece contributes: a window's length less the context it needs at both ends
+        self.keep = self.window_frames - 2 * self.reach
 
-    def _features(self, audio: np.ndarray, first: int, count: int) -> np.ndarray:
-        """Trunk output for frames first..first+count-1 of ``audio`` (frame f = samples f*160..f*160+319),
-        computed on just those frames: the zero padding of the model applies at both ends."""
-        span = audio[first * FRAME_HOP: (first + count + 1) * FRAME_HOP]
-        return self.trunk.run(None, {self.audio_name: span[None]})[0]
+    def _features(self, audio: np.ndarray, start: int, frames: int) -> np.ndarray:
+        """Trunk output for ``frames`` frames (one window's or the edge's) from sample ``start`` (frame k = samples start + 160k .. +319),
+        computed on just those frames: the model's zero padding applies at both ends."""
+        span = audio[start: start + (frames + 1) * FRAME_HOP]
+        session = self.trunk if frames == self.window_frames else self.edge_trunk
+        return session.run(None, {self.audio_name: span[None]})[0]
 
     def can_share(self, starts: list[int]) -> bool:
-        """Windows on the frame grid whose span takes fewer trunk pieces than there are windows (at a 1 s hop:
-        3 or more; 2 windows take 2 pieces plus their edges, more than 2 runs of the whole model)."""
-        if len(starts) < 2 or any(s % FRAME_HOP for s in starts):
+        """Windows on one frame grid whose span takes fewer trunk pieces than there are windows (at a 1 s hop:
+        3 or more; 2 windows take 2 pieces plus their edges, more than their own 2 runs)."""
+        if len(starts) < 2 or any((s - starts[0]) % FRAME_HOP for s in starts):
             return False
-        frames = max(starts) // FRAME_HOP + self.window_frames - min(starts) // FRAME_HOP
-        return frames >= self.piece and -(-frames // (self.piece - 2 * self.reach)) < len(starts)
+        frames = (max(starts) - min(starts)) // FRAME_HOP + self.window_frames
+        return -(-frames // self.keep) < len(starts)
 
     def raw(self, audio: np.ndarray, starts: list[int]) -> np.ndarray:
-        """(len(starts), 3) raw outputs for the windows starting at sample ``starts`` (multiples of 160)."""
+        """(len(starts), 3) raw outputs for the windows that start at the samples ``starts``."""
         audio = np.ascontiguousarray(audio, dtype=np.float32)
-        first = [s // FRAME_HOP for s in starts]
-        lo, hi = min(first), max(first) + self.window_frames
-        frames = hi - lo
-        r, keep = self.reach, self.piece - 2 * self.reach
+        if not self.can_share(starts):
+            return np.concatenate([self.head.run(None, {self.feature_name: self._features(audio, s, self.window_frames)})[0]
+                                   for s in starts])
+        origin = min(starts)
+        first = [(s - origin) // FRAME_HOP for s in starts]
+        frames = max(first) + self.window_frames
+        r, n = self.reach, self.window_frames
         shared = None
-        for a in range(lo, hi, keep):
-            # a piece of fixed length whose middle (or the clip's own edge) covers frames a..a+keep-1
-            start = min(max(a - r, lo), hi - self.piece)
-            piece = self._features(audio, start, self.piece)
+        for a in range(0, frames, self.keep):
+            # a window-long piece whose middle (or the span's own edge) covers frames a..a+keep-1
+            lo = min(max(a - r, 0), frames - n)
+            piece = self._features(audio, origin + lo * FRAME_HOP, n)
             if shared is None:
                 shared = np.empty(piece.shape[:2] + (frames,) + piece.shape[3:], np.float32)
-            b = min(a + keep, hi)
-            shared[:, :, a - lo: b - lo] = piece[:, :, a - start: b - start]
+            b = min(a + self.keep, frames)
+            shared[:, :, a:b] = piece[:, :, a - lo: b - lo]
         out = []
         for f in first:
-            window = shared[:, :, f - lo: f - lo + self.window_frames].copy()
-            # the window's own edges: the padding at its ends reaches `reach` frames in
-            window[:, :, :r] = self._features(audio, f, 2 * r)[:, :, :r]
-            window[:, :, -r:] = self._features(audio, f + self.window_frames - 2 * r, 2 * r)[:, :, -r:]
+            window = shared[:, :, f: f + n].copy()
+            # the window's own edges: the zero padding at its ends reaches `reach` frames in
+            window[:, :, :r] = self._features(audio, origin + f * FRAME_HOP, 2 * r)[:, :, :r]
+            window[:, :, -r:] = self._features(audio, origin + (f + n - 2 * r) * FRAME_HOP, 2 * r)[:, :, -r:]
             out.append(self.head.run(None, {self.feature_name: window})[0])
         return np.concatenate(out)

@@ -233,8 +233,7 @@ def test_one_window_per_run_uses_the_arena_and_changes_no_score(sample_dir):
     from emilia_pipe.config import load_config
 
     ami = decode(sample_dir / "diarization/ami_pyannote_tst00.wav", 16000).samples[: int(17.25 * 16000)]
-    own_runs = "score.share_window_convolutions=false"  # every window through the whole model
-    single, several = Scorer(load_config(overrides=[own_runs])), Scorer(load_config(overrides=["score.batch_windows=8", own_runs]))
+    single, several = Scorer(load_config()), Scorer(load_config(overrides=["score.batch_windows=8"]))
     assert single.cfg.batch_windows == 1 and single.session.get_session_options().enable_cpu_mem_arena
     assert not several.session.get_session_options().enable_cpu_mem_arena
     assert single.clip_scores(ami) == several.clip_scores(ami)
@@ -253,20 +252,24 @@ class _CountingFrames:
 
 @pytest.mark.integration
 def test_windows_of_a_long_clip_share_their_convolutions_and_keep_their_own_outputs(sample_dir, lite_config):
-    """score.share_window_convolutions (default): a 27 s clip's 7 windows run the full-resolution layers once
+    """score.share_window_convolutions=true: a 27 s clip's 7 windows run the full-resolution layers once
     over the clip, plus each window's edge frames on their own. Each window's raw output must be its own
     run's: measured max difference 2.4e-7; taking the edge frames from the shared map instead (ignoring the
-    zero padding a window sees at its ends) gives 0.034. Frames through those layers: two pieces of 908 and
-    14 edge runs of 8 (1928), against 6300 for seven runs of the whole model."""
+    zero padding a window sees at its ends) gives 0.034. Frames through those layers: two pieces of 900 and
+    14 edge runs of 8 (1912), against 6300 for seven runs of the whole model."""
     speech = np.concatenate([decode(sample_dir / f"diarization/ami_pyannote_{n}.wav", 16000).samples
                              for n in ("dev00", "tst00")])[2 * 16000 : 29 * 16000]
-    scorer = Scorer(lite_config)
+    scorer = Scorer(lite_config.model_copy(update={"score": lite_config.score.model_copy(
+        update={"share_window_convolutions": True})}))
     starts = window_starts(speech.size, 9.01, 1.0)
     assert len(starts) == 7 and scorer.shared.can_share(starts)
     own = np.concatenate([scorer.session.run(None, {scorer.input_name: speech[None, a : a + 144160]})[0] for a in starts])
-    scorer.shared.trunk = counting = _CountingFrames(scorer.shared.trunk)
+    scorer.shared.trunk = pieces = _CountingFrames(scorer.shared.trunk)
+    scorer.shared.edge_trunk = edges = _CountingFrames(scorer.shared.edge_trunk)
     shared = scorer.shared.raw(speech, starts)
     assert np.abs(shared - own).max() < 1e-5
-    assert counting.frames == 2 * 908 + 14 * 8  # vs 7 * 900
-    # two windows would take two trunk pieces plus their edges: more work than two runs, so they do not share
+    assert (pieces.frames, edges.frames) == (2 * 900, 14 * 8)  # vs 7 * 900
+    # two windows would take two trunk pieces plus their edges: more work than two runs, so they do not share;
+    # each runs the cut model over its own frames, which is the whole model's computation (equal, measured)
     assert not scorer.shared.can_share(starts[:2]) and scorer.shared.can_share(starts[:3])
+    assert np.array_equal(scorer.shared.raw(speech, starts[:2]), own[:2])

@@ -90,12 +90,12 @@ class Scorer(Stage):
         if why_cpu and self.cfg.device == "auto" and gpus:  # without a GPU, CPU is no news
             note(f"score: DNSMOS runs on CPU: {why_cpu}")
         self.input_name = self.session.get_inputs()[0].name
-        self.shared = None  # the windows of a long clip share their first convolutions (dnsmos_shared)
+        self.shared = None  # score.share_window_convolutions: the model cut in two (dnsmos_shared)
         if self.cfg.share_window_convolutions and not self.on_gpu:
             from emilia_pipe.dnsmos_shared import CannotShare, SharedWindowDNSMOS
 
             try:
-                self.shared = SharedWindowDNSMOS(str(dnsmos_onnx_path(config.models.dnsmos)), opts)
+                self.shared = SharedWindowDNSMOS(str(dnsmos_onnx_path(config.models.dnsmos)), self.cfg.onnx_threads)
             except CannotShare as exc:
                 note(f"score: each DNSMOS window runs the whole model ({exc})")
         self.vad = SpeechProbability(silero_vad_onnx_path(config.models.vad))
@@ -140,7 +140,7 @@ class Scorer(Stage):
         """Mean (SIG, BAK, OVRL) over the clip's windows (the first ``limit``); runs per clip, whatever the batch."""
         audio = tiled(audio_16k, self.cfg.window_s)
         starts = window_starts(audio.size, self.cfg.window_s, self.cfg.hop_s)[:limit]
-        if self.shared is not None and self.shared.can_share(starts):
+        if self.shared is not None:  # every window through the cut model: one memory arena, not two
             raw = self.shared.raw(audio, starts)
         else:
             win, step = int(self.cfg.window_s * SCORE_RATE), self.cfg.batch_windows
