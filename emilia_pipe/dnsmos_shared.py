@@ -34,8 +34,7 @@ class CannotShare(ValueError):
 def _trunk_and_head(model_path: str):
     """(trunk, edge_trunk, head, reach, window_frames): the model cut at TRUNK_OUTPUT; the trunk takes one
     window's audio, the edge trunk the audio of 2 * reach frames, reach being the frames at a window edge
-    that its zero padding changes. Both have fixed shapes, so onnxruntime plans their memory as it does the
-    whole model's (with a free frame count it took ~100 MiB more, measured)."""
+    that its zero padding changes. Both keep fixed shapes, like the whole model's."""
     import onnx
 
     model = onnx.shape_inference.infer_shapes(onnx.load(model_path))
@@ -108,8 +107,8 @@ class SharedWindowDNSMOS:
         self.keep = self.window_frames - 2 * self.reach
 
     def _features(self, audio: np.ndarray, start: int, frames: int) -> np.ndarray:
-        """Trunk output for ``frames`` frames (one window's or the edge's) from sample ``start`` (frame k = samples start + 160k .. +319),
-        computed on just those frames: the model's zero padding applies at both ends."""
+        """Trunk output for ``frames`` frames (a window's or an edge's) from sample ``start`` (frame k =
+        samples start + 160k .. +319), computed on just those frames: the model's zero padding at both ends."""
         span = audio[start: start + (frames + 1) * FRAME_HOP]
         session = self.trunk if frames == self.window_frames else self.edge_trunk
         return session.run(None, {self.audio_name: span[None]})[0]
