@@ -15,21 +15,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _hand_back_memory_after_each_module():
-    """The suite runs in one process, and in-process pipeline runs set glibc to keep freed blocks in the heap
-    (run.tune_malloc). Hand what a module freed back before the next one: test_separate.py alone peaks near
-    16 GiB (real Demucs on CPU), and with what earlier modules had freed but kept, the suite was OOM-killed
-    on a 24 GiB machine."""
-    yield
-    import gc
-
-    from emilia_pipe.malloc import trim_heap
-
-    gc.collect()
-    trim_heap()
-
-
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE

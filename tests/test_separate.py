@@ -14,7 +14,9 @@ def tiny_demucs(tmp_path_factory):
     from demucs.htdemucs import HTDemucs
 
     torch.manual_seed(0)  # test-only weights: exercises our plumbing, never used by the product
-    model = HTDemucs(sources=["drums", "bass", "other", "vocals"], audio_channels=2, channels=8, depth=2,
+    # depth 3, not 2: at depth 2 the cross-transformer attends over ~11k time steps of a 4 s segment, and one
+    # 6 s separation took 40 s and 15.6 GB (measured), enough to OOM-kill the suite; depth 3: 5 s, 1.6 GB
+    model = HTDemucs(sources=["drums", "bass", "other", "vocals"], audio_channels=2, channels=8, depth=3,
                      t_layers=1, nfft=1024, segment=4, samplerate=44100)
     path = tmp_path_factory.mktemp("demucs") / "tiny_htdemucs.th"
     args, kwargs = model._init_args_kwargs  # the package layout demucs.states.load_model reads
