@@ -195,13 +195,20 @@ def test_rerun_into_the_same_output_skips_done_files(tmp_path, sample_dir, lite_
 def test_kept_clips_match_the_golden_build(dataset):
     """Speed work must not change results: the kept clips of sample_data (spans, languages, texts, DNSMOS)
     equal tests/golden/sample_data_kept.json, made by tests/golden/make_golden.py with the default settings.
-    Regenerate it only with a change that is meant to change results, and say why in the commit."""
+    Regenerate it only with a change that is meant to change results, and say why in the commit.
+    Whisper's int8 arithmetic differs between CPUs (make_golden.py's docstring): a clip's text may also be
+    one of the variants recorded on another kind of CPU (measured: Intel AVX-512/AMX vs AMD Zen 4, 6 of 20
+    texts differ, by 3 words and punctuation); everything else must match on every CPU."""
     from conftest import kept_clips
 
     out, _ = dataset
     golden = json.loads((Path(__file__).parent / "golden/sample_data_kept.json").read_text())
     got = kept_clips(out)
-    assert [(g["source"], g["language"], g["text"]) for g in got] == [(g["source"], g["language"], g["text"]) for g in golden]
+    assert [(g["source"], g["language"]) for g in got] == [(g["source"], g["language"]) for g in golden]
+    unknown = [(g["source"], g["start"], g["text"], ref["text"]) for g, ref in zip(got, golden)
+               if g["text"] not in [ref["text"], *(v["text"] for v in ref.get("variants", []))]]
+    assert not unknown, ("texts that match neither the golden text nor a variant from another CPU; if this machine's "
+                         "CPU is new and only the words differ, record them: make_golden.py --add-variant", unknown)
     for g, ref in zip(got, golden):
         assert abs(g["start"] - ref["start"]) <= 0.02 and abs(g["end"] - ref["end"]) <= 0.02, (g, ref)
         for k in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"):

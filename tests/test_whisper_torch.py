@@ -113,7 +113,9 @@ def test_torch_backend_model_missing_is_a_clear_error(tmp_path, monkeypatch):
 
 
 # Both backends on the same real clips: Whisper base, CTranslate2 int8 vs the same weights read into torch
-# (float32). Measured (see the commit message): identical text on these, languages and probabilities equal.
+# (float32). Measured: identical text on these on an Intel CPU (AVX-512, AMX), languages and probabilities
+# equal; on an AMD EPYC (Zen 4), whose int8 kernels are oneDNN's, CTranslate2 reads one character of the
+# 13-character zh clip differently (停制 for 停止, character error 0.077 between the backends).
 CLIPS = {
     "asr/en/en_jfk_inaugural.flac": ("en", 0.05),
     "asr/de/de_picovoice_test_de.wav": ("de", 0.30),
@@ -155,7 +157,9 @@ def test_both_backends_agree_on_language_and_transcript(both_backends, sample_ma
         err = char_error_rate if language in ("zh", "ja", "ko") else word_error_rate
         assert a.language == b.language == language
         assert abs(a.language_prob - b.language_prob) < 0.05
-        assert char_error_rate(a.text, b.text) <= 0.05, (a.text, b.text)  # characters: a split compound is 1 char
+        # characters: a split compound is 1 char. Bound 0.1: int8 against float32 may differ by a character of a
+        # short clip (measured 0 on Intel, 0.077 on AMD Zen 4); another clip's or a broken decoder's text is near 1
+        assert char_error_rate(a.text, b.text) <= 0.1, (a.text, b.text)
         assert err(refs[name], b.text) <= bound, b.text
         assert abs(a.avg_logprob - b.avg_logprob) < 0.1
         assert abs(a.no_speech_prob - b.no_speech_prob) < 0.05

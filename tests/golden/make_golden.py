@@ -1,7 +1,20 @@
-"""Regenerate sample_data_kept.json: the kept clips of a default build of sample_data/ (texts, spans,
-scores). Run only when a change is *meant* to change results, and say which in the commit:
-    .venv/bin/python tests/golden/make_golden.py"""
+"""Make sample_data_kept.json: the kept clips of a default build of sample_data/ (texts, spans, scores).
+
+    .venv/bin/python tests/golden/make_golden.py                # regenerate: only for a change *meant* to
+                                                                # change results; say which in the commit
+    .venv/bin/python tests/golden/make_golden.py --add-variant  # this CPU's Whisper texts, where they differ
+
+Whisper runs int8 on CPU, and CTranslate2's int8 arithmetic is not the same on every CPU: Intel MKL on Intel,
+oneDNN elsewhere, each with its own kernels per instruction set. Measured on sample_data: an AMD EPYC
+(Zen 4) build gave the Intel (AVX-512, AMX) build's kept clips, spans, languages and DNSMOS scores exactly,
+but 6 of the 20 texts differed (three words: "Gweniver"/"Gwynever", "Miss"/"Ms.", "Leichenhalter"/
+"Leichenhalle", the rest punctuation). ``--add-variant`` runs the build on this machine, checks that
+everything but the texts matches, and records each text that differs as a variant of that clip with the CPU
+it came from; the golden test accepts a clip's golden text or one of its variants. Regenerating drops the
+variants: they have to be made again on those CPUs."""
+import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -14,11 +27,56 @@ from conftest import kept_clips  # noqa: E402
 from emilia_pipe.config import load_config  # noqa: E402
 from emilia_pipe.runners.driver import run_pipeline  # noqa: E402
 
+GOLDEN = Path(__file__).with_name("sample_data_kept.json")
+SPAN_TOL_S, DNSMOS_TOL = 0.02, 0.01  # what the golden test allows
 
-if __name__ == "__main__":
+
+def cpu_kind() -> str:
+    """The CPU's model name and the instruction sets that pick CTranslate2's int8 kernels, plus any
+    environment variable that overrides that choice."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.splitlines()[:30])}
+    name = f"{field.get('model name', 'unknown CPU')} (family {field.get('cpu family', '?')}, model {field.get('model', '?')})"
+    flags = set(field.get("flags", "").split())
+    isa = "AMX" if "amx_int8" in flags else "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    forced = [f"{k}={os.environ[k]}" for k in ("CT2_USE_MKL", "CT2_FORCE_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+              if k in os.environ]
+    return ", ".join([name, isa, *forced])
+
+
+def build_rows() -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         run_pipeline([ROOT / "sample_data"], Path(tmp) / "out", load_config(overrides=["run.runner=local"]))
-        rows = kept_clips(Path(tmp) / "out")
-    dest = Path(__file__).with_name("sample_data_kept.json")
-    dest.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
-    print(f"{len(rows)} kept clips -> {dest}")
+        return kept_clips(Path(tmp) / "out")
+
+
+def add_variants(golden: list[dict], rows: list[dict], cpu: str) -> int:
+    """Record this build's differing texts as variants; everything else must match the golden build."""
+    if [(r["source"], r["language"]) for r in rows] != [(g["source"], g["language"]) for g in golden]:
+        sys.exit("kept clips or languages differ from the golden build: not a text variant, nothing written")
+    added = 0
+    for g, r in zip(golden, rows):
+        far = [k for k in ("start", "end") if abs(g[k] - r[k]) > SPAN_TOL_S]
+        far += [k for k in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl") if abs(g[k] - r[k]) > DNSMOS_TOL]
+        if far:
+            sys.exit(f"{g['source']} {g['start']}: {far} differ from the golden build: not a text variant")
+        known = [g["text"], *(v["text"] for v in g.get("variants", []))]
+        if r["text"] not in known:
+            g.setdefault("variants", []).append({"text": r["text"], "cpu": cpu})
+            added += 1
+    return added
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--add-variant", action="store_true", help="record this CPU's differing texts as variants")
+    args = ap.parse_args()
+    rows = build_rows()
+    if args.add_variant:
+        golden = json.loads(GOLDEN.read_text())
+        added = add_variants(golden, rows, cpu_kind())
+        GOLDEN.write_text(json.dumps(golden, indent=1, ensure_ascii=False) + "\n")
+        print(f"{added} text variant(s) from {cpu_kind()} -> {GOLDEN}")
+    else:
+        GOLDEN.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+        print(f"{len(rows)} kept clips -> {GOLDEN} (text variants of other CPUs dropped)")
