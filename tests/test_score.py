@@ -95,7 +95,8 @@ def test_short_clip_verdict_is_stable_under_millisecond_shifts(sample_dir):
     n = audio.size - 160  # a 6 s clip, its start moved by 1..10 ms
 
     def spread(offsets, windows):
-        scorer = Scorer(load_config(overrides=[f"score.short_clip_offsets={offsets}", f"score.short_clip_windows={windows}"]))
+        scorer = Scorer(load_config(overrides=[f"score.short_clip_offsets={offsets}", f"score.short_clip_windows={windows}",
+                                               "score.short_clip_refine_margin=null"]))  # every offset, near 3.0 or not
         ovrl = [scorer.clip_scores(audio[16 * k : 16 * k + n])[2] for k in range(1, 11)]
         return max(ovrl) - min(ovrl)
 
@@ -104,6 +105,42 @@ def test_short_clip_verdict_is_stable_under_millisecond_shifts(sample_dir):
     # Over 4 short clips (LJ001-0004, de, this AMI clip, aishell 0121): 0.17-0.29 -> 0.05-0.15.
     assert spread(1, 0) > 0.15
     assert spread(4, 1) < 0.15
+
+
+class _CountingSession:
+    """An onnxruntime session that records its runs."""
+
+    def __init__(self, session):
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+@pytest.mark.integration
+def test_short_clips_get_their_other_offsets_only_near_the_threshold(sample_dir):
+    """score.short_clip_refine_margin: a short clip's first offset (the published computation, one window)
+    goes first; the other 3 offsets are scored, and the 4 averaged, only within 0.2 of filter.dnsmos_min."""
+    from emilia_pipe.config import load_config
+
+    jfk = decode(sample_dir / "asr/en/en_jfk_inaugural.flac", 16000).samples[: int(4.3 * 16000)]
+    ami = decode(sample_dir / "diarization/ami_pyannote_tst00.wav", 16000).samples[: 6 * 16000]
+    every = Scorer(load_config(overrides=["score.short_clip_refine_margin=null"]))
+    published = [every.window_scores(a, 1) for a in (jfk, ami)]
+    four = [every.clip_scores(a) for a in (jfk, ami)]
+    # measured OVRL, published / mean of 4 offsets: jfk 4.3 s 2.608 / 2.715, ami 6 s 1.171 / 1.166
+    assert abs(published[0][2] - four[0][2]) > 0.05 and abs(published[0][2] - 2.7) < 0.2 < abs(published[1][2] - 2.7)
+
+    near_jfk = Scorer(load_config(overrides=["filter.dnsmos_min=2.7"]))
+    near_jfk.session = counting = _CountingSession(near_jfk.session)
+    assert near_jfk.clip_scores(jfk) == four[0] and counting.runs == 4  # near: all 4 offsets, as with no margin
+    assert near_jfk.clip_scores(ami) == published[1] and counting.runs == 5  # far: the published score alone
+    default = Scorer(load_config())  # at 3.0 neither clip is near
+    assert [default.clip_scores(a) for a in (jfk, ami)] == published
 
 
 def _noise_clip(i, language, prob):
@@ -212,12 +249,13 @@ def test_cross_clip_batches_give_the_per_clip_scores(sample_dir, monkeypatch):
     cuts = [jfk[: int(4.3 * 16000)], ami[: int(17.25 * 16000)], jfk[16000: int(11.2 * 16000)], ami[: 6 * 16000]]
     clips = lambda: [Clip(source_id="a", index=i, start=0, end=a.size / 16000, speaker="S", audio_16k=a,  # noqa: E731
                           text="x y", language="en", language_prob=0.99) for i, a in enumerate(cuts)]
-    every_clip = "score.skip_rejected=false"  # "x y" fails the characters-per-second guard
-    per_clip = Scorer(load_config(overrides=[every_clip])).run(clips())
+    # "x y" fails the characters-per-second guard; at 2.7 the first clip is refined and the last is not
+    every_clip, near = "score.skip_rejected=false", "filter.dnsmos_min=2.7"
+    per_clip = Scorer(load_config(overrides=[every_clip, near])).run(clips())
     assert None not in [c.dnsmos_ovrl for c in per_clip]
     _pretend_gpu(monkeypatch, CUDA_EP, 1)
     # 5 windows per run: runs cross clip boundaries (a clip's windows split over two runs)
-    scorer = Scorer(load_config(overrides=["score.gpu_batch_windows=5", every_clip]))
+    scorer = Scorer(load_config(overrides=["score.gpu_batch_windows=5", every_clip, near]))
     assert scorer.on_gpu
     batched = scorer.run(clips())
     for a, b in zip(per_clip, batched):

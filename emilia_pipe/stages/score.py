@@ -103,9 +103,14 @@ class Scorer(Stage):
     def clip_scores(self, audio_16k: np.ndarray) -> tuple[float, float, float]:
         """(SIG, BAK, OVRL) of one clip. A clip shorter than the window is scored at
         ``short_clip_offsets`` start offsets spread over 10 ms and the scores averaged: on a tiled clip
-        the model's verdict swings with sub-frame shifts (a 1 ms later start moved OVRL by up to 0.3)."""
+        the model's verdict swings with sub-frame shifts (a 1 ms later start moved OVRL by up to 0.3).
+        The first offset (0: the published computation) goes first; the others only where ``_refine``
+        says the verdict depends on them."""
         offsets, limit = self._offsets(audio_16k)
-        return tuple(float(v) for v in np.mean([self.window_scores(audio_16k[d:], limit) for d in offsets], axis=0))
+        scores = [self.window_scores(audio_16k[offsets[0]:], limit)]
+        if self._refine(scores[0], len(offsets)):
+            scores += [self.window_scores(audio_16k[d:], limit) for d in offsets[1:]]
+        return _mean(scores)
 
     def _offsets(self, audio_16k: np.ndarray) -> tuple[list[int], int | None]:
         """Start offsets (samples) a clip is scored at, and the windows taken per offset (None = all)."""
@@ -114,27 +119,37 @@ class Scorer(Stage):
         n = self.cfg.short_clip_offsets
         return [round(k * 0.010 * SCORE_RATE / n) for k in range(n)], self.cfg.short_clip_windows or None
 
+    def _refine(self, first: tuple[float, float, float], n_offsets: int) -> bool:
+        """Whether a clip's other offsets are scored: always without a margin, else only when the first
+        offset's OVRL is within ``short_clip_refine_margin`` of ``filter.dnsmos_min``. Further away the
+        other offsets cannot move the verdict (measured: they moved OVRL by at most 0.37, p99 0.19)."""
+        margin = self.cfg.short_clip_refine_margin
+        return n_offsets > 1 and (margin is None or abs(first[2] - self.filter.dnsmos_min) < margin)
+
     def batch_scores(self, audios: list[np.ndarray]) -> list[tuple[float, float, float]]:
         """``clip_scores`` of many clips with their windows in shared runs of up to ``gpu_batch_windows``
-        (the CUDA path). Same averaging as clip_scores: over each offset's windows, then over offsets."""
-        groups, owners = [], []  # one group of windows per (clip, offset)
-        for i, audio in enumerate(audios):
-            offsets, limit = self._offsets(audio)
-            for d in offsets:
-                groups.append(dnsmos_windows(audio[d:], self.cfg.window_s, self.cfg.hop_s)[:limit])
-                owners.append(i)
+        (the CUDA path): every clip's first offset, then the other offsets of the clips ``_refine`` picks."""
+        plans = [self._offsets(audio) for audio in audios]
+        first = self._group_scores([audio[offsets[0]:] for audio, (offsets, _) in zip(audios, plans)],
+                                   [limit for _, limit in plans])
+        rest = [(i, d) for i, (offsets, _) in enumerate(plans) if self._refine(first[i], len(offsets))
+                for d in offsets[1:]]
+        more = self._group_scores([audios[i][d:] for i, d in rest], [plans[i][1] for i, _ in rest])
+        per_clip = [[f] for f in first]
+        for (i, _), scores in zip(rest, more):
+            per_clip[i].append(scores)
+        return [_mean(scores) for scores in per_clip]
+
+    def _group_scores(self, audios: list[np.ndarray], limits: list[int | None]) -> list[tuple[float, float, float]]:
+        """Mean (SIG, BAK, OVRL) over each audio's windows, the windows of all in runs of ``gpu_batch_windows``."""
+        groups = [dnsmos_windows(audio, self.cfg.window_s, self.cfg.hop_s)[:limit] for audio, limit in zip(audios, limits)]
         if not groups:
             return []
         bounds = np.cumsum([0] + [len(g) for g in groups])
         step = self.cfg.gpu_batch_windows
         raw = np.concatenate([self.session.run(None, {self.input_name: _rows(groups, bounds, lo, lo + step)})[0]
                               for lo in range(0, int(bounds[-1]), step)])
-        per_offset: dict[int, list] = {}
-        for k, owner in enumerate(owners):
-            r = raw[bounds[k]:bounds[k + 1]]
-            per_offset.setdefault(owner, []).append(
-                (float(np.mean(POLY_SIG(r[:, 0]))), float(np.mean(POLY_BAK(r[:, 1]))), float(np.mean(POLY_OVR(r[:, 2])))))
-        return [tuple(float(v) for v in np.mean(per_offset[i], axis=0)) for i in range(len(audios))]
+        return [_calibrated(raw[bounds[k]:bounds[k + 1]]) for k in range(len(groups))]
 
     def window_scores(self, audio_16k: np.ndarray, limit: int | None = None) -> tuple[float, float, float]:
         """Mean (SIG, BAK, OVRL) over the clip's windows (the first ``limit``); runs per clip, whatever the batch."""
@@ -147,8 +162,7 @@ class Scorer(Stage):
             windows = np.stack([audio[a : a + win] for a in starts])
             raw = np.concatenate([self.session.run(None, {self.input_name: windows[i : i + step]})[0]
                                   for i in range(0, len(windows), step)])
-        return (float(np.mean(POLY_SIG(raw[:, 0]))), float(np.mean(POLY_BAK(raw[:, 1]))),
-                float(np.mean(POLY_OVR(raw[:, 2]))))
+        return _calibrated(raw)
 
     def run(self, clips: list[Clip]) -> list[Clip]:
         t0 = time.perf_counter()
@@ -167,6 +181,17 @@ class Scorer(Stage):
             clip.dnsmos_sig, clip.dnsmos_bak, clip.dnsmos_ovrl = round(sig, 4), round(bak, 4), round(ovrl, 4)
         self.last_seconds = time.perf_counter() - t0
         return clips
+
+
+def _calibrated(raw: np.ndarray) -> tuple[float, float, float]:
+    """Mean (SIG, BAK, OVRL) of raw model outputs, one row per window, through the P.835 polynomials."""
+    return (float(np.mean(POLY_SIG(raw[:, 0]))), float(np.mean(POLY_BAK(raw[:, 1]))),
+            float(np.mean(POLY_OVR(raw[:, 2]))))
+
+
+def _mean(scores: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """Mean over a clip's offsets of their (SIG, BAK, OVRL)."""
+    return tuple(float(v) for v in np.mean(scores, axis=0))
 
 
 def _rows(groups: list[np.ndarray], bounds: np.ndarray, lo: int, hi: int) -> np.ndarray:

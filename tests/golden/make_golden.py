@@ -10,8 +10,9 @@ oneDNN elsewhere, each with its own kernels per instruction set. Measured on sam
 but 6 of the 20 texts differed (three words: "Gweniver"/"Gwynever", "Miss"/"Ms.", "Leichenhalter"/
 "Leichenhalle", the rest punctuation). ``--add-variant`` runs the build on this machine, checks that
 everything but the texts matches, and records each text that differs as a variant of that clip with the CPU
-it came from; the golden test accepts a clip's golden text or one of its variants. Regenerating drops the
-variants: they have to be made again on those CPUs."""
+it came from; the golden test accepts a clip's golden text or one of its variants. Regenerating keeps a
+clip's golden text and variants when this CPU's text is one of them, and drops them where the text changed
+(variants of other CPUs then have to be made again there)."""
 import argparse
 import json
 import os
@@ -67,6 +68,21 @@ def add_variants(golden: list[dict], rows: list[dict], cpu: str) -> int:
     return added
 
 
+def keep_known_texts(rows: list[dict], golden: list[dict]) -> int:
+    """A regenerated clip whose text is its old golden text or one of that clip's variants keeps the old
+    golden text and variants (the build on this CPU changed nothing there); returns how many did."""
+    old = {(g["source"], g["start"]): g for g in golden}
+    kept = 0
+    for r in rows:
+        prev = old.get((r["source"], r["start"]))
+        if prev and r["text"] in [prev["text"], *(v["text"] for v in prev.get("variants", []))]:
+            r["text"] = prev["text"]
+            if prev.get("variants"):
+                r["variants"] = prev["variants"]
+            kept += 1
+    return kept
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--add-variant", action="store_true", help="record this CPU's differing texts as variants")
@@ -78,5 +94,7 @@ if __name__ == "__main__":
         GOLDEN.write_text(json.dumps(golden, indent=1, ensure_ascii=False) + "\n")
         print(f"{added} text variant(s) from {cpu_kind()} -> {GOLDEN}")
     else:
+        kept = keep_known_texts(rows, json.loads(GOLDEN.read_text()) if GOLDEN.exists() else [])
         GOLDEN.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
-        print(f"{len(rows)} kept clips -> {GOLDEN} (text variants of other CPUs dropped)")
+        print(f"{len(rows)} kept clips -> {GOLDEN}; {kept} kept their golden text and variants, the others' "
+              "variants from other CPUs are dropped")
