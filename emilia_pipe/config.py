@@ -224,14 +224,15 @@ class ScoreConfig(_Section):
         "1-7 for a tiled clip). Windows of a tiled clip are phases of the same repeated audio: measured on 4 "
         "short clips, 4 offsets x 1 window gave the same spread (0.05-0.15) as 4 offsets x all windows "
         "(0.05-0.12) at up to 7x less DNSMOS work (one window is ~0.27 CPU-s)."))
-    short_clip_refine_margin: Optional[float] = Field(0.2, ge=0, description=(
+    short_clip_refine_margin: Optional[float] = Field(0.25, ge=0, description=(
         "A short clip is scored at the first offset (0 ms: the published computation) first; its other "
         "short_clip_offsets - 1 offsets are scored, and all averaged, only when that OVRL is within this margin "
         "of filter.dnsmos_min, where the verdict depends on them. null = every offset of every short clip. "
-        "Measured on 43 short real clips at 10 start shifts each: the published OVRL differed from the 4-offset "
-        "mean by at most 0.37 (p99 0.19); at 0.2 a third were refined, no verdict at 3.0 differed from scoring all "
-        "4 offsets (0 of 430), and a short clip costs 2 windows on average instead of 4. A later `refilter` at "
-        "another dnsmos_min sees the published score on clips that were far from this one."))
+        "Measured (benchmarks/dnsmos_offsets.py, sample_data's 58 short clips at 10 start shifts each): the "
+        "published OVRL was within 0.30 (p99 0.19) of the 4-offset mean; verdicts at 3.0 that differ from always "
+        "scoring 4 offsets: 4 of 580 at margin 0.1, 1 at 0.15, 0 from 0.2 up; at 0.25, 37 % are refined and a short "
+        "clip costs 2.1 windows instead of 4. A later `refilter` at another dnsmos_min sees the published score on "
+        "clips that were far from this one."))
     share_window_convolutions: bool = Field(False, description=(
         "CPU: run DNSMOS cut in two, so the 3+ overlapping windows of a clip of 11 s or more share the model's "
         "full-resolution convolutions (computed once over the clip; each window's edge frames on their own). "

@@ -124,7 +124,7 @@ class _CountingSession:
 @pytest.mark.integration
 def test_short_clips_get_their_other_offsets_only_near_the_threshold(sample_dir):
     """score.short_clip_refine_margin: a short clip's first offset (the published computation, one window)
-    goes first; the other 3 offsets are scored, and the 4 averaged, only within 0.2 of filter.dnsmos_min."""
+    goes first; the other 3 offsets are scored, and the 4 averaged, only within 0.25 of filter.dnsmos_min."""
     from emilia_pipe.config import load_config
 
     jfk = decode(sample_dir / "asr/en/en_jfk_inaugural.flac", 16000).samples[: int(4.3 * 16000)]
@@ -133,13 +133,13 @@ def test_short_clips_get_their_other_offsets_only_near_the_threshold(sample_dir)
     published = [every.window_scores(a, 1) for a in (jfk, ami)]
     four = [every.clip_scores(a) for a in (jfk, ami)]
     # measured OVRL, published / mean of 4 offsets: jfk 4.3 s 2.608 / 2.715, ami 6 s 1.171 / 1.166
-    assert abs(published[0][2] - four[0][2]) > 0.05 and abs(published[0][2] - 2.7) < 0.2 < abs(published[1][2] - 2.7)
+    assert abs(published[0][2] - four[0][2]) > 0.05 and abs(published[0][2] - 2.7) < 0.25 < abs(published[1][2] - 2.7)
 
     near_jfk = Scorer(load_config(overrides=["filter.dnsmos_min=2.7"]))
     near_jfk.session = counting = _CountingSession(near_jfk.session)
     assert near_jfk.clip_scores(jfk) == four[0] and counting.runs == 4  # near: all 4 offsets, as with no margin
     assert near_jfk.clip_scores(ami) == published[1] and counting.runs == 5  # far: the published score alone
-    default = Scorer(load_config())  # at 3.0 neither clip is near
+    default = Scorer(load_config())  # at 3.0 neither clip is near (jfk 0.39 away)
     assert [default.clip_scores(a) for a in (jfk, ami)] == published
 
 
