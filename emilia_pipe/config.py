@@ -217,8 +217,9 @@ class ScoreConfig(_Section):
         "time per 170 windows (page faults of fresh memory) at +1 MiB; larger runs gain nothing on CPU."))
     short_clip_offsets: int = Field(4, ge=1, description=(
         "Clips shorter than window_s are scored at this many start offsets spread over 10 ms and the scores "
-        "averaged (only near filter.dnsmos_min: see short_clip_refine_margin). 1 = the published computation. Default 4, measured: over 1-10 ms start shifts of 4 short "
-        "real clips the OVRL spread drops from 0.17-0.29 (1) to 0.05-0.15 (4); 8 gains no more."))
+        "averaged (only near filter.dnsmos_min: see short_clip_refine_margin). 1 = the published computation. "
+        "Default 4, measured: over 1-10 ms start shifts of 4 short real clips the OVRL spread drops from "
+        "0.17-0.29 (1) to 0.05-0.15 (4); 8 gains no more."))
     short_clip_windows: int = Field(1, ge=0, description=(
         "Windows scored per offset on a clip shorter than window_s (0 = every window the published code takes, "
         "1-7 for a tiled clip). Windows of a tiled clip are phases of the same repeated audio: measured on 4 "
