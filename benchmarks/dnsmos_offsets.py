@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import functools
 import json
 import sys
 from pathlib import Path
@@ -41,13 +42,19 @@ def short_clips(path: Path) -> list[tuple[str, np.ndarray]]:
     return [(f"{path.name}@{a}", audio[int(a * SCORE_RATE): int((a + n) * SCORE_RATE)]) for a, n in CUTS if a + n <= seconds]
 
 
+@functools.cache
+def scorer() -> Scorer:
+    """One Scorer per worker process (its models load once)."""
+    return Scorer(load_config(overrides=["score.onnx_threads=1", "score.short_clip_offsets=4"]))
+
+
 def shifted_scores(clip: tuple[str, np.ndarray]) -> dict:
     name, audio = clip
-    scorer = Scorer(load_config(overrides=["score.onnx_threads=1"]))
     published, four = [], []
     for shift in range(10):
         x = audio[shift * SCORE_RATE // 1000:]
-        ovrl = [scorer.window_scores(x[d:], 1)[2] for d in (0, 40, 80, 120)]
+        offsets, _ = scorer()._offsets(x)  # the stage's own 4 offsets (0, 2.5, 5, 7.5 ms)
+        ovrl = [scorer().window_scores(x[d:], 1)[2] for d in offsets]
         published.append(ovrl[0])
         four.append(float(np.mean(ovrl)))
     return {"clip": name, "seconds": round(audio.size / SCORE_RATE, 2), "published": published, "four_offsets": four}

@@ -82,6 +82,11 @@ def copy_inputs(folder: Path, names: list[str]) -> Path:
     return folder
 
 
+def known_texts(golden_row: dict) -> list[str]:
+    """A golden clip's text and the variants other CPUs gave for it (tests/golden/make_golden.py)."""
+    return [golden_row["text"], *(v["text"] for v in golden_row.get("variants", []))]
+
+
 def kept_clips(out: Path) -> list[dict]:
     """The kept clips of a build: source file, span, language, text, DNSMOS (what tests/golden compares)."""
     rows = []

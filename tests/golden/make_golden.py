@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import kept_clips  # noqa: E402
+from conftest import kept_clips, known_texts  # noqa: E402
 from emilia_pipe.config import load_config  # noqa: E402
 from emilia_pipe.runners.driver import run_pipeline  # noqa: E402
 
@@ -61,8 +61,7 @@ def add_variants(golden: list[dict], rows: list[dict], cpu: str) -> int:
         far += [k for k in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl") if abs(g[k] - r[k]) > DNSMOS_TOL]
         if far:
             sys.exit(f"{g['source']} {g['start']}: {far} differ from the golden build: not a text variant")
-        known = [g["text"], *(v["text"] for v in g.get("variants", []))]
-        if r["text"] not in known:
+        if r["text"] not in known_texts(g):
             g.setdefault("variants", []).append({"text": r["text"], "cpu": cpu})
             added += 1
     return added
@@ -75,7 +74,7 @@ def keep_known_texts(rows: list[dict], golden: list[dict]) -> int:
     kept = 0
     for r in rows:
         prev = old.get((r["source"], r["start"]))
-        if prev and r["text"] in [prev["text"], *(v["text"] for v in prev.get("variants", []))]:
+        if prev and r["text"] in known_texts(prev):
             r["text"] = prev["text"]
             if prev.get("variants"):
                 r["variants"] = prev["variants"]
