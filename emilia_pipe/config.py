@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from emilia_pipe.audio import ANALYSIS_RATE
+from emilia_pipe.records import ANALYSIS_RATE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data; the top-level configs/ links here
 PROFILES = ("lite", "full")
@@ -352,7 +352,7 @@ class RunConfig(_Section):
     torch_threads: int = Field(0, ge=0, description="0 = all cores of the worker.")
     tune_malloc: bool = Field(True, description=(
         "Linux (glibc): one malloc arena, no mmap for large blocks, so the models' large tensors reuse freed "
-        "heap memory instead of faulting fresh pages in each time (emilia_pipe/malloc.py). The emilia-pipe "
+        "heap memory instead of faulting fresh pages in each time (emilia_pipe/runtime/heap.py). The emilia-pipe "
         "command restarts itself once so that this holds from the process's first allocation (local runner). "
         "Measured on sample_data: 20 % fewer CPU-seconds, results bit-equal."))
     malloc_keep_free_mb: int = Field(256, ge=1, le=2047, description=(
@@ -369,7 +369,7 @@ class RunConfig(_Section):
     resources: dict[str, StageResources] = Field(default_factory=_default_resources)
     resource_plan: Literal["config", "auto"] = Field("config", description=(
         "Ray runner. config = run.resources as given; auto = size every pool from the cluster's GPUs and "
-        "cores (emilia_pipe.resources.plan_resources: GPU stages share each GPU, one actor of each per GPU; "
+        "cores (emilia_pipe.runners.resources.plan_resources: GPU stages share each GPU, one actor of each per GPU; "
         "CPU stages get the remaining cores) and raise the in-flight bounds to keep the GPUs fed. Replaces "
         "run.resources and max_files_in_flight / max_open_sources / max_batches_in_flight / max_writes_in_flight."))
 

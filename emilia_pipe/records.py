@@ -12,6 +12,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+# The rate of every clip's and source's ``audio_16k`` view. VAD, diarization, Whisper and DNSMOS were all
+# trained on 16 kHz audio, so this is fixed; the config validates ``standardize.analysis_rate`` against it.
+ANALYSIS_RATE = 16000
+
 
 @dataclass
 class Turn:
@@ -168,3 +172,12 @@ class Failure:
 
     def to_record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+STATE_DIR = ".emilia"
+
+
+@dataclass(frozen=True)
+class FileTask:
+    index: int  # place in the build plan
+    path: str  # local path or URL
+    stage_dir: Optional[str] = None  # OUT/.emilia/tmp: where a URL is staged and a long input's audio kept

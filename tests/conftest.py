@@ -34,7 +34,7 @@ def lite_config():
 
 def load_build(out: Path) -> dict[str, dict]:
     """file name -> {"source": source row, "clips": [clip rows]} read from a build's ledger."""
-    from emilia_pipe.ledger import Ledger
+    from emilia_pipe.dataset.ledger import Ledger
 
     ledger = Ledger(out)
     sources = ledger.sources()

@@ -168,8 +168,8 @@ class StandardizeOnlyExecutor:
     file runs under a deadline, so an input that blocks fails the test instead of hanging it."""
 
     def __init__(self, config, stages, out_dir, run):
+        from emilia_pipe.dataset.writer import SourceWriter
         from emilia_pipe.stages.standardize import Standardizer
-        from emilia_pipe.writer import SourceWriter
 
         self.stage = Standardizer(config)
         self.writer = SourceWriter(out_dir, config, f"{run:06d}-w0")

@@ -5,8 +5,9 @@ import av
 import numpy as np
 import pytest
 
-from emilia_pipe.audio import AudioDecodeError, dbfs, decode, encode_mp3, normalize_loudness
 from emilia_pipe.config import PipelineConfig
+from emilia_pipe.media.audio import AudioDecodeError, dbfs, decode, normalize_loudness
+from emilia_pipe.media.mp3 import encode_mp3
 from emilia_pipe.stages.standardize import Standardizer
 
 JFK = "asr/en/en_jfk_inaugural.flac"  # 11 s, 44.1 kHz stereo FLAC

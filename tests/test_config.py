@@ -95,7 +95,7 @@ def test_stages_take_the_analysis_rate_from_one_place():
     import emilia_pipe
 
     pkg = Path(emilia_pipe.__file__).parent
-    files = sorted(pkg.glob("stages/*.py")) + [pkg / "diarization_offline.py"]
+    files = sorted(pkg.glob("stages/*.py")) + [pkg / "models" / "diarization.py"]
     stray = [f"{f.name}:{n}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1)
              if re.search(r"\b16_?000\b", line.split("#")[0])]
-    assert not stray, f"hard-coded 16 kHz in {stray}; use emilia_pipe.audio.ANALYSIS_RATE"
+    assert not stray, f"hard-coded 16 kHz in {stray}; use emilia_pipe.records.ANALYSIS_RATE"

@@ -3,8 +3,8 @@ import ctypes
 
 import pytest
 
-from emilia_pipe import cuda_libs
-from emilia_pipe.cuda_libs import LIBRARIES, CudaLibraryError, find_cuda_libs, preload_cuda_libs
+from emilia_pipe.runtime import cuda_libs
+from emilia_pipe.runtime.cuda_libs import LIBRARIES, CudaLibraryError, find_cuda_libs, preload_cuda_libs
 
 
 def _site(root, libs):

@@ -2,9 +2,9 @@
 batch, or what the worker ran before (needed when clips are spread over workers). Real lite models."""
 import pytest
 
-from emilia_pipe.audio import ANALYSIS_RATE, decode
 from emilia_pipe.config import load_config
-from emilia_pipe.records import Clip
+from emilia_pipe.media.audio import decode
+from emilia_pipe.records import ANALYSIS_RATE, Clip
 
 pytestmark = pytest.mark.integration
 

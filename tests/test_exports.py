@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import cli, copy_inputs
 
 pytestmark = pytest.mark.integration
@@ -131,7 +130,7 @@ def test_hf_parquet(build, kept, tmp_path):
     assert raw["audio"]["path"] == f"{cid}.mp3"
     # datasets 4 decodes Audio through torchcodec, which needs the system's FFmpeg shared libraries (not
     # in this environment's set-up): the stored bytes are decoded here with PyAV instead
-    from emilia_pipe.audio import decode
+    from emilia_pipe.media.audio import decode
 
     samples = decode(io.BytesIO(raw["audio"]["bytes"]), 24000).samples
     assert abs(samples.size / 24000 - raw["duration"]) < 0.06 and np.abs(samples).max() > 0.01
@@ -192,7 +191,7 @@ def test_f5tts_layout_of_prepare_emilia(build, kept, tmp_path):
 def test_duplex(build, kept, tmp_path):
     import soundfile as sf
 
-    from emilia_pipe.audio import decode
+    from emilia_pipe.media.audio import decode
 
     dest = export(build, tmp_path, "duplex")
     index = [json.loads(l) for l in (dest / "data.jsonl").read_text().splitlines()]

@@ -1,5 +1,5 @@
 from emilia_pipe.config import FilterConfig
-from emilia_pipe.filtering import apply_filters, iqr_bounds
+from emilia_pipe.dataset.filtering import apply_filters, iqr_bounds
 
 
 def clip(**kw):
@@ -116,8 +116,9 @@ def test_repeated_ngram_fraction_and_speech_probability(sample_dir):
     import torch
     from silero_vad.utils_vad import OnnxWrapper
 
-    from emilia_pipe.guards import SpeechProbability, repeated_ngram_fraction
-    from emilia_pipe.models import PKG_SILERO, silero_vad_onnx_path
+    from emilia_pipe.models.guards import SpeechProbability, repeated_ngram_fraction
+    from emilia_pipe.models.refs import PKG_SILERO
+    from emilia_pipe.models.registry import silero_vad_onnx_path
 
     assert repeated_ngram_fraction("and so my fellow americans ask not what your country can do for you") == 0.0
     assert repeated_ngram_fraction("Thank you. Thank you. Thank you. Thank you.") == 4 / 6

@@ -3,7 +3,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +37,7 @@ def test_bench_demucs_passes_the_mix_as_vocals():
 
 
 def test_large_v3_tokenizer_ids(tmp_path):
-    from emilia_pipe.models import cache_dir, whisper_base_from_wheels
+    from emilia_pipe.models.registry import cache_dir, whisper_base_from_wheels
 
     base = whisper_base_from_wheels(cache_dir()) / "tokenizer.json"
     random_models.large_v3_tokenizer(base, tmp_path / "tokenizer.json")
@@ -55,8 +54,8 @@ def test_random_whisper_runs_on_the_torch_backend(tmp_path, sample_dir):
     and no temperature fallback. Random weights never stop on their own: the cap must bound every transcript."""
     from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-    from emilia_pipe.audio import decode
     from emilia_pipe.config import load_config
+    from emilia_pipe.media.audio import decode
     from emilia_pipe.records import Clip
     from emilia_pipe.stages.transcribe import Transcriber
 

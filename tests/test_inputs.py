@@ -16,7 +16,7 @@ from conftest import ROOT, cli
 from corpus import EXPECT, NAMES, NONFINITE, StandardizeOnlyExecutor, make_corpus, outcomes
 
 from emilia_pipe.config import load_config
-from emilia_pipe.inputs import InputError, expand_inputs
+from emilia_pipe.media.inputs import InputError, expand_inputs
 from emilia_pipe.runners.driver import run_pipeline
 
 # no duration cap by default; the corpus checks that a user's cap refuses a 17 h file from its header
@@ -187,7 +187,7 @@ def test_the_output_folder_is_never_read_as_input(tmp_path):
 def test_memory_urls_are_staged_one_at_a_time_and_removed(tmp_path, monkeypatch):
     import fsspec
 
-    from emilia_pipe import inputs
+    from emilia_pipe.media import inputs
 
     fs = fsspec.filesystem("memory")
     for i, name in enumerate(["corpus/a.wav", "corpus/sub/b.flac", "corpus/readme.txt"]):
@@ -310,7 +310,7 @@ def test_disk_full_leaves_nothing_half_written_and_resumes(tmp_path, monkeypatch
     if not mounted:  # no tmpfs: the writer's MP3 writes fail as on a full disk
         import errno
 
-        from emilia_pipe import writer
+        from emilia_pipe.dataset import writer
 
         real = writer.write_atomic
         calls = {"n": 0}
@@ -348,7 +348,7 @@ def test_disk_full_leaves_nothing_half_written_and_resumes(tmp_path, monkeypatch
         if mounted:
             subprocess.run(["mount", "-o", "remount,size=20m", small], check=True)
         else:
-            monkeypatch.setattr("emilia_pipe.writer.write_atomic", real)
+            monkeypatch.setattr("emilia_pipe.dataset.writer.write_atomic", real)
         assert main(["run", str(d), "-o", str(out), "--runner", "local"]) == 0
         summary = json.loads((out / "summary.json").read_text())
         assert summary["files"]["ok"] == 40 and summary["files"]["failed"] == 0

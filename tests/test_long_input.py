@@ -9,8 +9,9 @@ import pytest
 import soundfile as sf
 from conftest import SAMPLE, cli, load_build
 
-from emilia_pipe.audio import DiskAudio, Spill, chunk_cores, decode, loudness_scale, normalize_loudness
 from emilia_pipe.config import load_config
+from emilia_pipe.media.audio import Spill, decode, loudness_scale, normalize_loudness
+from emilia_pipe.media.disk import DiskAudio, chunk_cores
 from emilia_pipe.stages.diarize import SpeakerLinker, join_at_seams, pause_near
 
 CHUNKED = ["long_input.chunk_s=60", "long_input.overlap_s=10"]
@@ -65,7 +66,7 @@ def test_long_decode_goes_to_disk_with_the_same_samples_and_loudness(tmp_path):
     assert got_gain == pytest.approx(gain_db, abs=1e-6)
     assert np.abs(disk.samples[0:disk.samples.size] - expected).max() < 1e-5
     # the 16 kHz copy (ffmpeg's resampler, streamed) against scipy's on the whole array: > 40 dB SNR
-    from emilia_pipe.audio import resample
+    from emilia_pipe.media.audio import resample
 
     ref = resample(expected, 24000, 16000)
     disk.analysis.scale = disk.samples.scale

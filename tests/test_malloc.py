@@ -1,4 +1,4 @@
-"""emilia_pipe.malloc: large blocks are reused, not faulted in afresh each time (page faults are counted,
+"""emilia_pipe.runtime.heap: large blocks are reused, not faulted in afresh each time (page faults are counted,
 not timed)."""
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from emilia_pipe.malloc import TUNED_MARK
+from emilia_pipe.runtime.heap import TUNED_MARK
 
 # CI runs on Linux, so these run there; elsewhere there is no glibc allocator to tune
 GLIBC_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
@@ -15,7 +15,7 @@ PROBE = """
 import resource, sys
 import numpy as np
 if sys.argv[1] == "tuned":
-    from emilia_pipe.malloc import tune_malloc
+    from emilia_pipe.runtime.heap import tune_malloc
     assert tune_malloc(512)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -40,7 +40,7 @@ def test_large_blocks_are_reused_instead_of_faulted_in_again():
 TRIM_PROBE = """
 import resource
 import numpy as np
-from emilia_pipe.malloc import HEAP, resident_bytes, setup_heap, trim_heap
+from emilia_pipe.runtime.heap import HEAP, resident_bytes, setup_heap, trim_heap
 assert setup_heap(True, 128, 128)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -83,7 +83,7 @@ def test_heap_is_trimmed_only_after_it_grows_past_the_slack():
 THREAD_PROBE = """
 import resource, sys, threading
 import numpy as np
-from emilia_pipe.malloc import restart_tuned, tune_malloc
+from emilia_pipe.runtime.heap import restart_tuned, tune_malloc
 if sys.argv[1] == "restart":
     restart_tuned(["-c", PROBE_SOURCE, "restarted"], 1024)
 go, faults = threading.Event(), []

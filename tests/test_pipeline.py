@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import pytest
 
-from emilia_pipe.evaluation import word_error_rate
+from emilia_pipe.dataset.evaluation import word_error_rate
 from emilia_pipe.runners.driver import run_pipeline
 
 pytestmark = pytest.mark.integration

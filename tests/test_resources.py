@@ -2,9 +2,9 @@
 import pytest
 
 from emilia_pipe.config import ConfigError, load_config
-from emilia_pipe.resources import (GPU_SHARES, DeviceError, onnx_providers, plan_resources, planned_config,
-                                   torch_device)
 from emilia_pipe.runners.ray_executor import check_plan
+from emilia_pipe.runners.resources import GPU_SHARES, plan_resources, planned_config
+from emilia_pipe.runtime.devices import DeviceError, onnx_providers, torch_device
 from emilia_pipe.stages import STAGE_NAMES
 
 FULL = list(STAGE_NAMES)

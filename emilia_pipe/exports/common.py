@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Iterator
 
 from emilia_pipe.config import ConfigError
-from emilia_pipe.ledger import STATE_DIR, read_build_info
+from emilia_pipe.dataset.ledger import read_build_info
+from emilia_pipe.records import STATE_DIR
 
 
 class ExportError(ConfigError):

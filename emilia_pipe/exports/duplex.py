@@ -58,7 +58,7 @@ def write_conversation(path: Path, clips: list[dict], channels: list[str], sr: i
     it touches is written and dropped after its last."""
     import soundfile as sf
 
-    from emilia_pipe.audio import decode
+    from emilia_pipe.media.audio import decode
 
     total = max(round(c["end"] * sr) for c in clips)
     block = int(BLOCK_S * sr)

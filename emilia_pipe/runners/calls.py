@@ -6,21 +6,13 @@ import contextlib
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from typing import Optional, Union
 
-from emilia_pipe import failpoints
-from emilia_pipe.audio import DiskAudio
-from emilia_pipe.malloc import HEAP
-from emilia_pipe.records import ClipAudio, Failure, Source, attach_analysis_audio, split_audio
+from emilia_pipe.media.disk import DiskAudio
+from emilia_pipe.records import ClipAudio, Failure, FileTask, Source, attach_analysis_audio, split_audio
+from emilia_pipe.runtime import failpoints
+from emilia_pipe.runtime.heap import HEAP
 from emilia_pipe.stages import Stage
-
-
-@dataclass(frozen=True)
-class FileTask:
-    index: int  # place in the build plan
-    path: str  # local path or URL
-    stage_dir: Optional[str] = None  # OUT/.emilia/tmp: where a URL is staged and a long input's audio kept
 
 
 class BatchFailure(Exception):
@@ -110,4 +102,3 @@ def deadline(seconds: Optional[float]):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-

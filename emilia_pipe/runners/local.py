@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 
+from emilia_pipe.dataset.writer import SourceWriter
 from emilia_pipe.records import Failure
 from emilia_pipe.runners.calls import BatchFailure, deadline, finish_file, run_batch_stage, run_file_stage
+from emilia_pipe.runtime.threads import set_torch_threads
 from emilia_pipe.stages import batch_chain, build_stage, file_chain
-from emilia_pipe.torch_threads import set_torch_threads
-from emilia_pipe.writer import SourceWriter
 
 
 class LocalExecutor:

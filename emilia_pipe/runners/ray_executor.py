@@ -22,9 +22,9 @@ _WORKER_ENV = ("PYANNOTE_METRICS_ENABLED", "TOKENIZERS_PARALLELISM", "OMP_WAIT_P
 class StageActor:
     def __init__(self, name: str, config_data: dict):
         from emilia_pipe.config import build_config
-        from emilia_pipe.malloc import setup_heap
+        from emilia_pipe.runtime.heap import setup_heap
+        from emilia_pipe.runtime.threads import set_torch_threads
         from emilia_pipe.stages import build_stage
-        from emilia_pipe.torch_threads import set_torch_threads
 
         config = build_config(config_data)
         run = config.run
@@ -48,7 +48,7 @@ class StageActor:
 class WriterActor:
     def __init__(self, out_dir: str, config_data: dict, part: str):
         from emilia_pipe.config import build_config
-        from emilia_pipe.writer import SourceWriter
+        from emilia_pipe.dataset.writer import SourceWriter
 
         self.writer = SourceWriter(out_dir, build_config(config_data), part)
 
@@ -97,7 +97,7 @@ def check_plan(config, pools: list[str], cluster: dict, has_gpu: bool) -> None:
 def worker_env(config) -> dict[str, str]:
     """Environment of the Ray workers: the variables above that are set here, and glibc's malloc tuning from
     each worker's first allocation (an actor's own mallopt comes after Ray's threads made their arenas)."""
-    from emilia_pipe.malloc import tuned_env
+    from emilia_pipe.runtime.heap import tuned_env
 
     env = {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
     if config.run.tune_malloc:  # other C libraries ignore GLIBC_TUNABLES
@@ -119,7 +119,7 @@ def init_ray(address: str | None, env_vars: dict[str, str]):
 
 def auto_plan(config, stage_names: list[str], log=print):
     """``run.resource_plan: auto``: the config with pools sized for the cluster's GPUs and cores."""
-    from emilia_pipe.resources import describe, planned_config
+    from emilia_pipe.runners.resources import describe, planned_config
 
     cluster = init_ray(config.run.ray_address, worker_env(config)).cluster_resources()
     gpus, cpus = int(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))

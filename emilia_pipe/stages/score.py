@@ -4,7 +4,7 @@ by the published computation (DNS-Challenge ``dnsmos_local.py``, which the refer
 polynomial fit, mean over windows. On CPU each clip's windows are onnxruntime runs of their own, so a
 score never depends on the batch; on CUDA the windows of all clips in a batch share runs (a GPU needs
 hundreds of windows per run to be busy). Also counts characters for the per-character-duration rule, and stores the
-scores of the non-speech and hallucination rules (:mod:`emilia_pipe.guards`)."""
+scores of the non-speech and hallucination rules (:mod:`emilia_pipe.models.guards`)."""
 from __future__ import annotations
 
 import re
@@ -12,12 +12,11 @@ import time
 
 import numpy as np
 
-from emilia_pipe.audio import ANALYSIS_RATE
-from emilia_pipe.filtering import rejected_before_scoring
-from emilia_pipe.guards import SpeechProbability, repeated_ngram_fraction
-from emilia_pipe.models import dnsmos_onnx_path, silero_vad_onnx_path
-from emilia_pipe.records import Clip
-from emilia_pipe.resources import DeviceError, gpu_count, note, onnx_providers
+from emilia_pipe.dataset.filtering import rejected_before_scoring
+from emilia_pipe.models.guards import SpeechProbability, repeated_ngram_fraction
+from emilia_pipe.models.registry import dnsmos_onnx_path, silero_vad_onnx_path
+from emilia_pipe.records import ANALYSIS_RATE, Clip
+from emilia_pipe.runtime.devices import DeviceError, gpu_count, note, onnx_providers
 from emilia_pipe.stages import Stage
 
 SCORE_RATE = ANALYSIS_RATE
@@ -92,7 +91,7 @@ class Scorer(Stage):
         self.input_name = self.session.get_inputs()[0].name
         self.shared = None  # score.share_window_convolutions: the model cut in two (dnsmos_shared)
         if self.cfg.share_window_convolutions and not self.on_gpu:
-            from emilia_pipe.dnsmos_shared import CannotShare, SharedWindowDNSMOS
+            from emilia_pipe.models.dnsmos import CannotShare, SharedWindowDNSMOS
 
             try:
                 self.shared = SharedWindowDNSMOS(str(dnsmos_onnx_path(config.models.dnsmos)), self.cfg.onnx_threads)

@@ -14,12 +14,12 @@ import time
 
 import numpy as np
 
-from emilia_pipe.audio import ANALYSIS_RATE, DiskAudio, read_span
-from emilia_pipe.guards import SpeechProbability
-from emilia_pipe.models import silero_vad_onnx_path
-from emilia_pipe.records import Clip, Source, Turn
+from emilia_pipe.media.disk import DiskAudio, read_span
+from emilia_pipe.models.guards import SpeechProbability
+from emilia_pipe.models.registry import silero_vad_onnx_path
+from emilia_pipe.records import ANALYSIS_RATE, Clip, Source, Turn
+from emilia_pipe.runtime.threads import restore_torch_threads
 from emilia_pipe.stages import Stage
-from emilia_pipe.torch_threads import restore_torch_threads
 
 VAD_RATE = ANALYSIS_RATE
 VAD_FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)

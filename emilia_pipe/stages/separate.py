@@ -8,63 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 
 import numpy as np
 
-from emilia_pipe.audio import ANALYSIS_RATE, DiskAudio, chunk_cores, resample
-from emilia_pipe.models import ModelUnavailableError, _is_path_ref
-from emilia_pipe.records import Source
-from emilia_pipe.resources import note, torch_device
+from emilia_pipe.media.audio import resample
+from emilia_pipe.media.disk import DiskAudio, chunk_cores
+from emilia_pipe.models.demucs import load_separation_model, separation_model_location
+from emilia_pipe.models.refs import ModelUnavailableError
+from emilia_pipe.records import ANALYSIS_RATE, Source
+from emilia_pipe.runtime.devices import note, torch_device
 from emilia_pipe.stages import Stage
-
-
-def _hub_checkpoints(name: str) -> list[Path]:
-    """Files Demucs stores in torch's hub cache for a named bag of models."""
-    import torch
-    import yaml
-    from demucs.pretrained import REMOTE_ROOT
-
-    bag = REMOTE_ROOT / f"{name}.yaml"
-    if not bag.exists():
-        raise ModelUnavailableError(f"separation model '{name}' is not a Demucs model name "
-                                    f"(known: {sorted(p.stem for p in REMOTE_ROOT.glob('*.yaml'))})")
-    sigs = yaml.safe_load(bag.read_text())["models"]
-    files = {line.strip().split("-")[0]: line.strip() for line in (REMOTE_ROOT / "files.txt").read_text().splitlines()
-             if line.strip().endswith(".th")}
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    return [folder / Path(files[s]).name for s in sigs if s in files]
-
-
-def separation_model_location(ref: str, config=None, download: bool = False) -> str:
-    if _is_path_ref(ref):
-        path = Path(ref).expanduser()
-        if not path.is_file():
-            raise ModelUnavailableError(f"separation model file {path} does not exist")
-        return str(path)
-    checkpoints = _hub_checkpoints(ref)
-    if not all(p.exists() for p in checkpoints):
-        if not download:
-            raise ModelUnavailableError(
-                f"Demucs model '{ref}' is not in the local cache ({checkpoints[0].parent}). Get it with "
-                f"'emilia-pipe models fetch --profile full' (needs network), point models.separation at a "
-                f"local .th file, or disable separation (--set separate.enabled=false)."
-            )
-        _load_model(ref)  # demucs downloads into the torch hub cache
-    return str(checkpoints[0].parent)
-
-
-def _load_model(ref: str):
-    if _is_path_ref(ref):
-        from demucs.states import load_model
-
-        model = load_model(str(Path(ref).expanduser()))
-    else:
-        from demucs.pretrained import get_model
-
-        model = get_model(ref)
-    model.eval()
-    return model
 
 
 class Separator(Stage):
@@ -82,7 +35,7 @@ class Separator(Stage):
                                         "(e.g. htdemucs) or --set separate.enabled=false")
         separation_model_location(ref, config)  # clear error before any download attempt
         try:
-            self.model = _load_model(ref)
+            self.model = load_separation_model(ref)
         except Exception as exc:
             raise ModelUnavailableError(f"separation model '{ref}' could not be loaded: {exc}") from exc
         self.device = torch_device(self.cfg.device, "separate")

@@ -1,6 +1,6 @@
 """Stage 1: decode any input to mono float32 at the working rate, apply the reference loudness,
 and keep a 16 kHz view for the analysis stages (VAD, diarization, ASR, DNSMOS). An input longer than
-``long_input.chunk_s`` is decoded to disk (:class:`~emilia_pipe.audio.DiskAudio`), never whole in memory."""
+``long_input.chunk_s`` is decoded to disk (:class:`~emilia_pipe.media.disk.DiskAudio`), never whole in memory."""
 from __future__ import annotations
 
 import os
@@ -10,10 +10,11 @@ import time
 import uuid
 from pathlib import Path
 
-from emilia_pipe.audio import (AudioDecodeError, DiskAudio, Spill, decode, loudness_scale, normalize_loudness,
-                               resample, sha256_of, spill_path)
-from emilia_pipe.inputs import is_url, local_copy
+from emilia_pipe.media.audio import AudioDecodeError, Spill, decode, loudness_scale, normalize_loudness, resample
+from emilia_pipe.media.disk import DiskAudio, spill_path
+from emilia_pipe.media.inputs import is_url, local_copy
 from emilia_pipe.records import Source
+from emilia_pipe.runtime.files import sha256_of
 from emilia_pipe.stages import Stage
 
 

@@ -23,9 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
-from emilia_pipe.audio import ANALYSIS_RATE
-from emilia_pipe.models import whisper_model_path
-from emilia_pipe.records import Clip
+from emilia_pipe.models.registry import whisper_model_path
+from emilia_pipe.records import ANALYSIS_RATE, Clip
 from emilia_pipe.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def pick_device(requested: str, backend: str = "ctranslate2") -> str:
 
             device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
     if device == "cuda" and backend == "ctranslate2":
-        from emilia_pipe.cuda_libs import preload_cuda_libs
+        from emilia_pipe.runtime.cuda_libs import preload_cuda_libs
 
         log.info("transcribe: %s", preload_cuda_libs().message)
     return device
@@ -161,7 +160,7 @@ class Transcriber(Stage):
         path = whisper_model_path(config.models.asr, config.models.cache_dir,
                                   token=os.environ.get(config.models.hf_token_env), backend=cfg.backend)
         if cfg.backend == "torch":
-            from emilia_pipe.stages.whisper_torch import TorchWhisper
+            from emilia_pipe.models.whisper_torch import TorchWhisper
 
             self.model: WhisperBackend = TorchWhisper(path, self.device, cfg.compute_type, seed=SAMPLING_SEED)
         else:
@@ -277,7 +276,7 @@ class Transcriber(Stage):
             clip.compression_ratio = round(compression_ratio(text), 3)
             clip.temperature = temp
         if self.cfg.word_timestamps:  # after the text is final: alignment never changes it
-            from emilia_pipe.word_timing import add_word_timings
+            from emilia_pipe.models.word_timing import add_word_timings
 
             add_word_timings(self, clips, feats)
 

@@ -25,8 +25,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import kept_clips, known_texts  # noqa: E402
+
 from emilia_pipe.config import load_config  # noqa: E402
-from emilia_pipe.runners.driver import run_pipeline  # noqa: E402
+from emilia_pipe.runners.driver import run_pipeline
 
 GOLDEN = Path(__file__).with_name("sample_data_kept.json")
 SPAN_TOL_S, DNSMOS_TOL = 0.02, 0.01  # what the golden test allows

@@ -1,6 +1,6 @@
 """``OUT/datacard.html``: one self-contained page describing a build, rewritten by every run and refilter.
 
-Everything comes from the frames :func:`emilia_pipe.writer.finalize` already holds (the judged clip table
+Everything comes from the frames :func:`emilia_pipe.dataset.publish.finalize` already holds (the judged clip table
 and the summary): histograms are ``numpy.histogram`` over whole columns, so a million clips cost one pass
 per plot, never a Python loop per clip. Plots are inline SVG drawn here (no scripts, fonts or network
 assets); the audio players point at the MP3s by paths relative to OUT."""

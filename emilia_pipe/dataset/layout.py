@@ -1,0 +1,46 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+_LANG_DIR = re.compile(r"^[A-Z]{1,8}$")
+
+
+def lang_folder(language: Optional[str]) -> str:
+    code = re.sub(r"[^a-z]", "", (language or "xx").lower()) or "xx"
+    return code.upper()
+
+
+def place(index: int, sources_per_shard: int) -> tuple[int, int]:
+    return index // sources_per_shard, index % sources_per_shard
+
+
+def language_dirs(out: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(out) if e.is_dir() and _LANG_DIR.match(e.name))
+    except FileNotFoundError:
+        return []
+
+
+def source_dirs(out: Path, b: int, s: int, langs: Optional[list[str]] = None) -> list[Path]:
+    """Every folder holding MP3s of the source at shard ``b``, place ``s`` (one per language)."""
+    found = []
+    for lang in language_dirs(out) if langs is None else langs:
+        d = out / lang / f"{lang}_B{b:05d}" / f"{lang}_B{b:05d}_S{s:05d}"
+        if d.is_dir():
+            found.append(d)
+    return found
+
+
+def primary_language(clips: list[dict]) -> str:
+    """The language with the most clip seconds in a source (ties: alphabetical)."""
+    seconds: Counter = Counter()
+    for c in clips:
+        seconds[lang_folder(c.get("language"))] += c["end"] - c["start"]
+    if not seconds:
+        return "XX"
+    return sorted(seconds.items(), key=lambda kv: (-round(kv[1], 3), kv[0]))[0][0]

@@ -1,0 +1,57 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from emilia_pipe.records import STATE_DIR
+from emilia_pipe.runtime.files import write_atomic
+
+
+class BuildLockedError(RuntimeError):
+    """Another live process is using this build folder."""
+
+
+# --- lock ----------------------------------------------------------------------------------------
+
+class BuildLock:
+    """An exclusive ``flock`` on ``OUT/.emilia/lock``; released by the kernel when the holder dies."""
+
+    def __init__(self, out_dir: str | Path, purpose: str = "run"):
+        self.state = Path(out_dir) / STATE_DIR
+        self.purpose = purpose
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "BuildLock":
+        import fcntl
+
+        self.state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            info = {}
+            with contextlib.suppress(Exception):
+                info = json.loads((self.state / "lock.json").read_text())
+            who = (f"pid {info.get('pid')} on {info.get('host')}, {info.get('purpose', 'run')} started "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info['started']))}" if info else "another process")
+            raise BuildLockedError(
+                f"{self.state.parent} is in use by {who}; wait for it to finish (or stop it) and run again. "
+                "A killed run releases the lock by itself.") from None
+        self.fd = fd
+        write_atomic(self.state / "lock.json", json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose,
+            "started": time.time(), "argv": sys.argv}))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None

@@ -1,0 +1,195 @@
+"""Output: the released Emilia layout, written so that nothing is half-written, lost or duplicated.
+
+Two halves:
+
+- :class:`SourceWriter` runs where a source finishes (a Ray writer actor, or the local process): it
+  names the source's clips from its planned place, encodes and writes their MP3s, and commits the
+  source's records to the ledger in batches (:mod:`emilia_pipe.dataset.ledger`). Audio never travels further.
+- :func:`finalize` (end of a run, and ``emilia-pipe refilter``) reads the ledger with pandas, applies
+  the filter config to every clip at once and rewrites the manifests: ``OUT/<LANG>/<LANG>_B#####.jsonl``
+  (kept clips), ``rejected.jsonl`` (every rejected clip and dropped segment, with reasons),
+  ``failures.jsonl``, ``skipped.jsonl``, ``sources.jsonl``, ``summary.json`` and ``datacard.html``.
+
+Ids are fixed by the plan, not by the order in which work finishes: a source's plan index ``i`` gives
+its shard ``B = i // output.sources_per_shard`` and its place ``S = i % sources_per_shard``; a clip's
+``W`` is its index within the source. So ``EN_B00000_S00003_W000012`` = language EN, shard 0, source 3
+of the shard, clip 12 of the source, whatever the number of workers or interruptions. Speakers are
+``<L>_B#####_S#####_P##`` where ``L`` is the source's main language, so one speaker keeps one id across
+the languages of its source."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from emilia_pipe.config import PipelineConfig
+from emilia_pipe.dataset.datacard import render as render_datacard
+from emilia_pipe.dataset.layout import place, source_dirs
+from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger
+from emilia_pipe.dataset.summary import build_summary
+from emilia_pipe.records import STATE_DIR
+from emilia_pipe.runtime import failpoints
+from emilia_pipe.runtime.files import write_atomic
+
+# --- manifests and summary -------------------------------------------------------------------
+
+MANIFEST_COLUMNS = [  # (output key, clip-table column)
+    ("id", "id"), ("wav", "wav"), ("text", "text"), ("duration", "duration"), ("speaker", "speaker_id"),
+    ("language", "language"), ("dnsmos", "dnsmos_ovrl"), ("start", "start"), ("end", "end"),
+    ("source", "path"), ("source_sha256", "sha256"), ("language_prob", "language_prob"),
+    ("dnsmos_sig", "dnsmos_sig"), ("dnsmos_bak", "dnsmos_bak"), ("dnsmos_ovrl", "dnsmos_ovrl"),
+    ("chars", "chars"), ("sec_per_char", "sec_per_char"), ("avg_logprob", "avg_logprob"),
+    ("no_speech_prob", "no_speech_prob"), ("compression_ratio", "compression_ratio"), ("separated", "separated"),
+    ("speech_prob", "speech_prob"), ("repeat_ngram_frac", "repeat_ngram_frac"), ("overlap_frac", "overlap_frac"),
+]
+
+
+def _column_values(series) -> list:
+    """Plain Python values with None for missing (NaN / NA), for json.dumps."""
+    values = series.astype(object).where(series.notna(), None).tolist()
+    return [v.item() if isinstance(v, np.generic) else v for v in values]
+
+
+def _jsonl(rows_by_column: dict[str, list], extra: Optional[dict[str, list]] = None) -> str:
+    keys = list(rows_by_column)
+    cols = [rows_by_column[k] for k in keys]
+    if extra:
+        keys += list(extra)
+        cols += [extra[k] for k in extra]
+    return "".join(json.dumps(dict(zip(keys, vals)), ensure_ascii=False) + "\n" for vals in zip(*cols))
+
+
+def _manifest_rows(frame, words: bool = False) -> dict[str, list]:
+    rows = {key: _column_values(frame[col]) for key, col in MANIFEST_COLUMNS}
+    if words:  # only when asked for: default manifests keep their exact form
+        rows["words"] = [_plain_words(v) for v in frame["words"].tolist()]
+    return rows
+
+
+def _plain_words(value) -> Optional[list]:
+    """A Parquet list of word structs (read back as an array of dicts) as a JSON list."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return [{"word": w["word"], "start": float(w["start"]), "end": float(w["end"])} for w in value]
+
+
+AUDIO_NOT_KEPT = "audio_not_kept"  # kept by the filters, but its audio was not kept when it was written
+
+
+def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, Any] | None = None) -> dict:
+    """(Re)write every manifest and the summary from the ledger (caller holds the build lock)."""
+    import pandas as pd
+
+    from emilia_pipe.dataset.filtering import filter_frame
+
+    out = Path(out_dir)
+    ledger = Ledger(out)
+    tmp = ledger.tmp
+    sources = ledger.sources()
+    done = sources[sources["status"] == "done"]
+    # the same content under two names: the earliest place in the plan is published, the others skipped;
+    # inputs that are not audio files (a folder named x.wav, a second name of one file) are skipped too
+    dup = done["sha256"].duplicated(keep="first")
+    skipped = pd.concat([sources[sources["status"].isin(["duplicate", "skipped"])], done[dup]])
+    if len(skipped):
+        first_by_sha = done[~dup].set_index("sha256")["index"]
+        skipped = skipped.assign(duplicate_of=skipped["sha256"].map(first_by_sha).astype("Int64"))
+    published = done[~dup]
+    per_shard = config.output.sources_per_shard
+    for idx in skipped["index"].tolist():  # duplicates found only after both were written
+        for d in source_dirs(out, *place(int(idx), per_shard)):
+            shutil.rmtree(d, ignore_errors=True)
+
+    clips = ledger.clips()
+    clips = clips[clips["source_index"].isin(published["index"])]
+    meta = published.set_index("index")[["path", "sha256", "separated"]]
+    clips = clips.join(meta, on="source_index")
+    judged = filter_frame(clips, config.filter)
+    # a clip the filters keep now but whose MP3 was never written (output.keep_rejected_audio=false and
+    # rejected when it was written, e.g. before a refilter) cannot be published: say so instead
+    no_audio = judged["kept"] & judged["wav"].isna()
+    if no_audio.any():
+        judged.loc[no_audio, "kept"] = False
+        judged.loc[no_audio, "reasons"] = pd.Series([[AUDIO_NOT_KEPT]] * int(no_audio.sum()),
+                                                    index=judged.index[no_audio])
+    kept = judged[judged["kept"]].copy()
+    rejected = judged[~judged["kept"]]
+
+    # kept clips, one manifest per language and shard, lines in id order
+    words = config.transcribe.word_timestamps
+    new_manifests: set[str] = set()
+    if len(kept):
+        kept["_lang"] = kept["id"].str.split("_").str[0]
+        kept["_shard"] = kept["id"].str.split("_").str[:2].str.join("_")
+        for (lang, shard), rows in kept.sort_values("id").groupby(["_lang", "_shard"], sort=True):
+            rel = f"{lang}/{shard}.jsonl"
+            write_atomic(out / rel, _jsonl(_manifest_rows(rows, words)), tmp_dir=tmp)
+            new_manifests.add(rel)
+            failpoints.hit("manifest")
+    _remove_stale_manifests(out, new_manifests, tmp)
+
+    # rejected.jsonl: filtered clips, then segments too short to be clips and files with no speaker turn
+    parts = [_jsonl(_manifest_rows(rejected, words), {"stage": ["filter"] * len(rejected), "reasons": rejected["reasons"].tolist()})]
+    source_rows = []
+    for rec in published.to_dict("records"):
+        src = _source_record(rec)
+        source_rows.append(src)
+        for seg in src["dropped_segments"]:
+            parts.append(json.dumps({"id": None, "wav": None, "source": src["path"], "source_sha256": src["sha256"],
+                                     "start": seg["start"], "end": seg["end"],
+                                     "duration": round(seg["end"] - seg["start"], 3), "speaker": seg["speaker"],
+                                     "stage": "segment", "reasons": [seg["reason"]]}, ensure_ascii=False) + "\n")
+        if not src["turns"]:
+            parts.append(json.dumps({"id": None, "wav": None, "source": src["path"], "source_sha256": src["sha256"],
+                                     "start": 0.0, "end": src["duration"], "duration": src["duration"],
+                                     "speaker": None, "stage": "diarize", "reasons": ["no_speaker_turns"]},
+                                    ensure_ascii=False) + "\n")
+    write_atomic(out / "rejected.jsonl", "".join(parts), tmp_dir=tmp)
+    failures = ledger.failures(done=sources["index"].tolist())
+    failure_rows = [{k: rec[k] for k in ("path", "stage", "error", "error_type")} for rec in failures.to_dict("records")]
+    write_atomic(out / "failures.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failure_rows), tmp_dir=tmp)
+    path_of = dict(zip(sources["index"].tolist(), sources["path"].tolist()))
+    skipped_rows = [{"path": r["path"], "sha256": r["sha256"] if r["status"] != "skipped" else None,
+                     "stage": "input" if r["status"] == "skipped" else "standardize",
+                     "reason": r["note"] if r["status"] == "skipped" else "duplicate",
+                     "duplicate_of": _path_of(path_of, r["duplicate_of"]) if r["status"] != "skipped" else None}
+                    for r in skipped.to_dict("records")]
+    write_atomic(out / "skipped.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in skipped_rows), tmp_dir=tmp)
+    write_atomic(out / "sources.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in source_rows), tmp_dir=tmp)
+
+    summary = build_summary(published, judged, rejected, source_rows, failures, len(skipped), config, run_info or {})
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False), tmp_dir=tmp)
+    write_atomic(out / "datacard.html", render_datacard(summary, judged, failures), tmp_dir=tmp)
+    return summary
+
+
+def _path_of(path_of: dict, index) -> Optional[str]:
+    import pandas as pd
+
+    return None if index is None or pd.isna(index) else path_of.get(int(index))
+
+
+def _source_record(rec: dict) -> dict:
+    out = {k: rec[k] for k in ("source_id", "path", "sha256", "duration", "orig_sample_rate", "orig_channels",
+                               "codec", "container", "gain_db", "separated", "speech_turn_seconds")}
+    nonfinite = rec.get("nonfinite_samples")
+    out["nonfinite_samples"] = 0 if nonfinite is None or nonfinite != nonfinite else int(nonfinite)  # NaN: older part
+    for k in SOURCE_JSON_COLUMNS:
+        # a column an older part lacks reads back as NaN
+        out[k] = json.loads(rec[k]) if isinstance(rec[k], str) and rec[k] else ([] if k != "timings" else {})
+    out["index"] = int(rec["index"])
+    out["primary_language"] = rec["primary_language"]
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in out.items()}
+
+
+def _remove_stale_manifests(out: Path, current: set[str], tmp: Path) -> None:
+    """Delete manifests an earlier finalize wrote that are no longer wanted, and only those: the list
+    of what we wrote is kept, so a user's own ``*_B*.jsonl`` in the output is never touched."""
+    record = out / STATE_DIR / "manifests.json"
+    previous = set(json.loads(record.read_text())) if record.exists() else set()
+    for rel in sorted(previous - current):
+        (out / rel).unlink(missing_ok=True)
+    write_atomic(record, json.dumps(sorted(current)), tmp_dir=tmp)

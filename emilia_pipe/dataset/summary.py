@@ -1,0 +1,84 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+
+def _hours(seconds: float) -> float:
+    return round(float(seconds) / 3600.0, 6)
+
+
+def build_summary(published, judged, rejected, source_rows, failures, n_skipped, config, run_info) -> dict:
+    fcfg = config.filter
+    allowed = set(fcfg.languages)
+    kept = judged[judged["kept"]]
+    dur = judged["duration"].astype("float64")
+    lang_ok = judged["language"].astype(object).isin(allowed) & (
+        judged["language_prob"].astype("float64").fillna(0.0) > fcfg.language_prob_min)
+    by_lang = kept.groupby(kept["language"].astype(object))["duration"].agg(["count", "sum"]) if len(kept) else None
+    reasons: dict[str, dict] = {}
+    for rs, d in zip(rejected["reasons"].tolist(), rejected["duration"].astype("float64").tolist()):
+        for r in rs:
+            e = reasons.setdefault(r, {"count": 0, "hours": 0.0})
+            e["count"] += 1
+            e["hours"] += d / 3600.0
+    for src in source_rows:
+        for seg in src["dropped_segments"]:
+            e = reasons.setdefault(seg["reason"], {"count": 0, "hours": 0.0})
+            e["count"] += 1
+            e["hours"] += (seg["end"] - seg["start"]) / 3600.0
+        if not src["turns"]:
+            e = reasons.setdefault("no_speaker_turns", {"count": 0, "hours": 0.0})
+            e["count"] += 1
+            e["hours"] += src["duration"] / 3600.0
+    failed_by_stage = failures["stage"].value_counts().to_dict() if len(failures) else {}
+    stage_seconds: dict[str, float] = {}
+    for src in source_rows:
+        for k, v in src["timings"].items():
+            stage_seconds[k] = stage_seconds.get(k, 0.0) + v
+    for k, v in run_info.get("batched_stage_seconds", {}).items():
+        stage_seconds[k] = stage_seconds.get(k, 0.0) + v
+    n_kept = int(len(kept))
+    summary = {
+        "profile": config.profile,
+        "separation": config.separation_enabled,
+        "files": {"ok": int(len(published)), "failed": int(len(failures)), "skipped": int(n_skipped),
+                  "failed_by_stage": {str(k): int(v) for k, v in sorted(failed_by_stage.items())}},
+        "hours": {
+            "input": _hours(published["duration"].sum()),
+            "after_diarization": _hours(published["speech_turn_seconds"].sum()),
+            "after_segmentation": _hours(dur.sum()),
+            "after_asr_language": _hours(dur[lang_ok].sum()),
+            "kept": _hours(kept["duration"].astype("float64").sum()),
+        },
+        "clips": {"total": int(len(judged)), "kept": n_kept, "rejected": int(len(judged)) - n_kept,
+                  "kept_mean_duration_s": round(float(kept["duration"].astype("float64").mean()), 3) if n_kept else 0.0},
+        "languages": {str(k): {"clips": int(v["count"]), "hours": round(float(v["sum"]) / 3600.0, 6)}
+                      for k, v in (by_lang.sort_index().iterrows() if by_lang is not None else [])},
+        "drop_reasons": {k: {"count": v["count"], "hours": round(v["hours"], 6)} for k, v in sorted(reasons.items())},
+        "filter": config.filter.model_dump(mode="json"),
+        "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
+    }
+    summary.update({k: v for k, v in run_info.items() if k != "batched_stage_seconds"})
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    h = summary["hours"]
+    base = h["input"] or 1e-12
+    f = summary["files"]
+    lines = [
+        f"files: {f['ok']} ok, {f['failed']} failed, {f.get('skipped', 0)} skipped (duplicates, non-audio inputs)"
+        + (f" {f['failed_by_stage']}" if f["failed"] else ""),
+        f"separation: {'on' if summary['separation'] else 'OFF (no separation model in this profile)'}",
+        "hours                     h        % of input",
+    ]
+    for key in ("input", "after_diarization", "after_segmentation", "after_asr_language", "kept"):
+        lines.append(f"  {key:<22}{h[key]:>10.4f}  {100 * h[key] / base:>6.1f} %")
+    c = summary["clips"]
+    lines.append(f"clips: {c['total']} total, {c['kept']} kept, {c['rejected']} rejected")
+    for lang, v in summary["languages"].items():
+        lines.append(f"  {lang}: {v['clips']} clips, {v['hours']:.4f} h")
+    if summary["drop_reasons"]:
+        lines.append("drop reasons: " + ", ".join(f"{k} {v['count']}" for k, v in summary["drop_reasons"].items()))
+    if "audio_hours_per_hour" in summary:
+        lines.append(f"throughput: {summary['audio_hours_per_hour']:.2f} audio-hours per hour (wall {summary.get('wall_seconds', 0):.1f} s)")
+    return "\n".join(lines)

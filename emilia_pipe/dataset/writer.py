@@ -1,0 +1,100 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+from emilia_pipe.config import PipelineConfig
+from emilia_pipe.dataset.layout import lang_folder, place, primary_language, source_dirs
+from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger
+from emilia_pipe.media.disk import remove_spilled
+from emilia_pipe.media.mp3 import encode_mp3
+from emilia_pipe.records import ClipAudio
+from emilia_pipe.runtime import failpoints
+from emilia_pipe.runtime.files import fsync_dir, write_atomic
+
+
+class SourceWriter:
+    """Names, encodes and commits finished sources; one per writer process. ``part`` prefixes its
+    ledger parts (unique per run and writer), so writers never touch each other's files."""
+
+    def __init__(self, out_dir: str | Path, config: PipelineConfig, part: str):
+        self.out = Path(out_dir)
+        self.cfg = config
+        self.ledger = Ledger(self.out)
+        self.ledger.ensure()
+        self.part = part
+        self.seq = 0
+        self.sources: list[dict] = []
+        self.clips: list[dict] = []
+        self.dirty_dirs: set[Path] = set()
+        self.last_commit = time.monotonic()
+
+    def write(self, job: dict, audio: Optional[ClipAudio]) -> dict:
+        """``job``: index, run, status, duplicate_of, source (metadata dict), clips (record dicts)."""
+        index, clips = job["index"], [dict(c) for c in job["clips"]]
+        b, s = place(index, self.cfg.output.sources_per_shard)
+        for d in source_dirs(self.out, b, s):  # a redo after a crash: drop what the killed attempt wrote
+            shutil.rmtree(d, ignore_errors=True)
+        keep = self._provisional_keep(clips)
+        main = primary_language(clips)
+        speakers = sorted({c["speaker"] for c in clips})
+        written = 0
+        try:
+            for c in clips:
+                lang = lang_folder(c["language"])
+                prefix = f"{lang}_B{b:05d}_S{s:05d}"
+                c["id"] = f"{prefix}_W{c['index']:06d}"
+                c["speaker_id"] = f"{main}_B{b:05d}_S{s:05d}_P{speakers.index(c['speaker']):02d}"
+                c["wav"] = f"{lang}_B{b:05d}/{prefix}/mp3/{c['id']}.mp3" if keep[c["index"]] else None
+                if c["wav"] and audio is not None:
+                    path = self.out / lang / c["wav"]
+                    mp3 = encode_mp3(audio.working[c["index"]], audio.sample_rate, self.cfg.output.mp3_bitrate_kbps)
+                    write_atomic(path, mp3, tmp_dir=self.ledger.tmp, sync_dir=False)
+                    self.dirty_dirs.add(path.parent)
+                    written += 1
+                    failpoints.hit("mp3")
+                c["source_index"], c["clip_index"] = index, c.pop("index")
+        except BaseException:  # e.g. disk full: no half-written source stays in the published tree
+            for d in source_dirs(self.out, b, s):
+                shutil.rmtree(d, ignore_errors=True)
+            raise
+        remove_spilled(self.ledger.tmp, index)  # a long source's audio on disk: every MP3 is written
+        meta = job["source"]
+        row = {**meta, "index": index, "status": job.get("status", "done"), "duplicate_of": job.get("duplicate_of"),
+               "primary_language": main, "clips": len(clips), "run": job["run"]}
+        for key in SOURCE_JSON_COLUMNS:
+            row[key] = json.dumps(meta.get(key, [] if key != "timings" else {}), ensure_ascii=False)
+        self.sources.append(row)
+        self.clips.extend(clips)
+        if (len(self.sources) >= self.cfg.run.commit_every_sources
+                or time.monotonic() - self.last_commit >= self.cfg.run.commit_every_s):
+            self.commit()
+        return {"index": index, "clips": len(clips), "mp3": written}
+
+    def _provisional_keep(self, clips: list[dict]) -> dict[int, bool]:
+        if self.cfg.output.keep_rejected_audio or not clips:
+            return {c["index"]: True for c in clips}
+        from emilia_pipe.dataset.filtering import apply_filters
+
+        judged = apply_filters([{**c, "source_id": "this"} for c in clips], self.cfg.filter)
+        # with iqr_scope=language the outlier bounds come from the whole build, known only at finalize:
+        # keep the audio of a clip that only that rule rejects here, as the final verdict may keep it
+        cross_source = {"sec_per_char_outlier"} if self.cfg.filter.iqr_scope == "language" else set()
+        return {c["index"]: j["kept"] or set(j["reasons"]) <= cross_source for c, j in zip(clips, judged)}
+
+    def commit(self) -> int:
+        """Make the MP3s' folder entries durable, then commit the buffered records (clips, then
+        sources). Returns how many sources were committed."""
+        n = len(self.sources)
+        if n:
+            for d in self.dirty_dirs:
+                fsync_dir(d)
+            self.ledger.commit(f"{self.part}-{self.seq:06d}", self.sources, self.clips)
+            self.seq += 1
+        self.sources, self.clips, self.dirty_dirs = [], [], set()
+        self.last_commit = time.monotonic()
+        return n

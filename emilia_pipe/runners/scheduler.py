@@ -1,0 +1,237 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from emilia_pipe.config import PipelineConfig
+from emilia_pipe.dataset.build import Build
+from emilia_pipe.records import Clip, Failure, FileTask, Source
+from emilia_pipe.runners.calls import BatchFailure
+from emilia_pipe.runtime.progress import Progress
+
+
+@dataclass
+class _Open:
+    """A decoded source whose clips are still in the batched stages."""
+
+    source: Source
+    audio: object  # handle to its ClipAudio (never fetched here)
+    audio_bytes: int
+    waiting: int
+    done: dict[int, Clip] = field(default_factory=dict)
+
+
+@dataclass
+class _Task:
+    kind: str  # file | batch | write
+    started: float
+    payload: object
+    attempt: int = 1
+
+
+class Scheduler:
+    def __init__(self, build: Build, executor, config: PipelineConfig, entries: list[FileTask],
+                 shas_done: dict[str, int], log: Callable[[str], None]):
+        self.build, self.ex, self.cfg, self.log = build, executor, config, log
+        self.pending = deque(entries)
+        self.shas_done = shas_done  # sha256 -> lowest plan index already written
+        self.tasks: dict = {}
+        self.open: dict[int, _Open] = {}
+        self.queue: deque[Clip] = deque()
+        self.acked: set[int] = set()
+        self.batched_seconds: dict[str, float] = {}
+        self.progress = Progress(len(entries))
+        self.failures_this_run = 0
+        self.open_bytes = 0
+
+    # --- counters ---------------------------------------------------------------------------
+    def _count(self, kind: str) -> int:
+        return sum(1 for t in self.tasks.values() if t.kind == kind)
+
+    def _can_open_more(self) -> bool:
+        r = self.cfg.run
+        return (len(self.open) + self._count("file") < r.max_open_sources
+                and self.open_bytes < r.max_inflight_audio_mb * 2**20
+                and self._count("file") < r.max_files_in_flight)
+
+    # --- submitting -------------------------------------------------------------------------
+    def _submit_files(self) -> None:
+        while self.pending and self._can_open_more():
+            task = self.pending.popleft()
+            self._start_file(task, attempt=1)
+
+    def _start_file(self, task: FileTask, attempt: int) -> None:
+        meta, audio = self.ex.submit_file(task)
+        self.tasks[meta] = _Task("file", time.monotonic(), (task, audio), attempt)
+
+    def _submit_batches(self) -> None:
+        r = self.cfg.run
+        size = self.cfg.transcribe.batch_size
+        # a partial batch goes when no more clips can arrive before something else finishes, or when the
+        # batched stages sit idle and part of a batch is waiting (so both lanes / pools keep working)
+        starved = not self.pending and self._count("file") == 0
+        blocked = self._count("file") == 0 and not self._can_open_more()
+        fill = max(1, math.ceil(size * r.min_batch_fill))
+        while self.queue and self._count("batch") < r.max_batches_in_flight and (
+                len(self.queue) >= size or starved or blocked
+                or (self._count("batch") == 0 and len(self.queue) >= fill)):
+            batch = [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
+            self._start_batch(batch, single=False)
+
+    def _start_batch(self, clips: list[Clip], single: bool) -> None:
+        audio = list({c.source_index: self.open[c.source_index].audio for c in clips}.values())
+        handle = self.ex.submit_batch(clips, audio)
+        self.tasks[handle] = _Task("batch", time.monotonic(), (clips, single))
+
+    def _start_write(self, state: _Open, status: str = "done", duplicate_of: Optional[int] = None) -> None:
+        src = state.source
+        clips = [] if status != "done" else [state.done[i] for i in sorted(state.done)]
+        job = {"index": src.index, "run": self.build.run, "status": status, "duplicate_of": duplicate_of,
+               "source": src.metadata(), "clips": [c.to_record() for c in clips]}
+        handle = self.ex.submit_write(job, state.audio if clips else None)
+        self.tasks[handle] = _Task("write", time.monotonic(), state)
+
+    # --- results ----------------------------------------------------------------------------
+    def _fail(self, index: int, path: str, stage: str, error: str, error_type: str) -> None:
+        self.build.record_failure(Failure(path, stage, error, error_type), index)
+        self.build.discard_audio(index)
+        self.failures_this_run += 1
+        self.progress.failed += 1
+        self.progress.files_done += 1
+
+    def _close(self, index: int) -> Optional[_Open]:
+        state = self.open.pop(index, None)
+        if state is not None:
+            self.open_bytes -= state.audio_bytes
+        return state
+
+    def _fail_source(self, index: int, stage: str, error: str) -> None:
+        state = self._close(index)
+        if state is None:
+            return
+        self.queue = deque(c for c in self.queue if c.source_index != index)
+        self._fail(index, state.source.path, stage, error, "BatchFailure")
+
+    def _on_file(self, handle, task: _Task) -> None:
+        entry, audio = task.payload
+        try:
+            result = self.ex.get(handle)
+        except Exception as exc:  # the worker died (out of memory, killed): retry, then record
+            if task.attempt < self.cfg.run.max_attempts and not isinstance(exc, TimeoutError):
+                self.log(f"worker lost while processing {entry.path} ({type(exc).__name__}); retrying")
+                self._start_file(entry, task.attempt + 1)
+                return
+            result = Failure(entry.path, "timeout" if isinstance(exc, TimeoutError) else "worker",
+                             f"{type(exc).__name__}: {exc}"[:2000], type(exc).__name__)
+        if isinstance(result, Failure):
+            self._fail(entry.index, entry.path, result.stage, result.error, result.error_type)
+            return
+        source: Source = result
+        nbytes = sum(int((c.end - c.start) * (source.sample_rate + 16000) * 4) for c in source.clips)
+        state = _Open(source, audio, nbytes, waiting=len(source.clips))
+        self.open[source.index] = state
+        self.open_bytes += nbytes
+        first = self.shas_done.get(source.sha256)
+        if first is not None and first < source.index:
+            self._start_write(state, status="duplicate", duplicate_of=first)  # recorded as skipped
+            return
+        if not source.clips:
+            self._start_write(state)
+            return
+        self.queue.extend(source.clips)
+
+    def _on_batch(self, handle, task: _Task) -> None:
+        clips, single = task.payload
+        try:
+            result = self.ex.get(handle)
+        except Exception as exc:  # worker death or timeout
+            result = BatchFailure("timeout" if isinstance(exc, TimeoutError) else "worker", f"{type(exc).__name__}: {exc}"[:2000])
+        if isinstance(result, BatchFailure):
+            live = [c for c in clips if c.source_index in self.open]
+            if single or len(live) <= 1:
+                for c in live:
+                    self._fail_source(c.source_index, result.stage, result.error)
+            else:  # find the bad clip: each clip alone, so only its own source fails
+                self.log(f"batch of {len(live)} clips failed ({result.stage}: {result.error[:200]}); retrying clip by clip")
+                for c in live:
+                    self._start_batch([c], single=True)
+            return
+        clips, seconds = result
+        for k, v in seconds.items():
+            self.batched_seconds[k] = self.batched_seconds.get(k, 0.0) + v
+        for clip in clips:
+            state = self.open.get(clip.source_index)
+            if state is None:  # its source already failed
+                continue
+            state.done[clip.index] = clip
+            if len(state.done) == state.waiting:
+                self._start_write(state)
+
+    def _on_write(self, handle, task: _Task) -> None:
+        state: _Open = task.payload
+        index = state.source.index
+        self._close(index)
+        try:
+            self.ex.get(handle)
+        except Exception as exc:  # disk full, writer died...: the source is not done, a rerun redoes it
+            self._fail(index, state.source.path, "write", f"{type(exc).__name__}: {exc}"[:2000], type(exc).__name__)
+            return
+        self.acked.add(index)
+        sha = state.source.sha256
+        if sha not in self.shas_done or index < self.shas_done[sha]:
+            self.shas_done[sha] = index
+        self.progress.files_done += 1
+        self.progress.audio_s += state.source.duration
+
+    def _expire(self) -> Optional[float]:
+        """Cancel tasks past their deadline; return seconds until the next deadline."""
+        limit = self.cfg.run.task_timeout_s
+        now = time.monotonic()
+        nearest = None
+        for handle, task in list(self.tasks.items()):
+            left = task.started + limit - now
+            if left <= 0:
+                self.ex.cancel(handle)
+                self.tasks.pop(handle)
+                self.log(f"{task.kind} task exceeded run.task_timeout_s={limit:g} s: cancelled")
+                err = f"TimeoutError: no result after run.task_timeout_s={limit:g} s"
+                if task.kind == "file":
+                    entry = task.payload[0]
+                    self._fail(entry.index, entry.path, "timeout", err, "TimeoutError")
+                elif task.kind == "batch":
+                    self._on_batch_failure(task, BatchFailure("timeout", err))
+                else:
+                    state = task.payload
+                    self._close(state.source.index)
+                    self._fail(state.source.index, state.source.path, "timeout", err, "TimeoutError")
+            else:
+                nearest = left if nearest is None else min(nearest, left)
+        return nearest
+
+    def _on_batch_failure(self, task: _Task, failure: BatchFailure) -> None:
+        clips, _ = task.payload
+        for c in clips:  # a hung batch is not retried: its sources fail (the actor was restarted)
+            self._fail_source(c.source_index, failure.stage, failure.error)
+
+    def run(self) -> None:
+        handlers = {"file": self._on_file, "batch": self._on_batch, "write": self._on_write}
+        while self.pending or self.tasks or self.queue:
+            self._submit_files()
+            self._submit_batches()
+            if not self.tasks:
+                if self.queue:  # nothing in flight: send what is queued
+                    self._start_batch([self.queue.popleft() for _ in range(min(len(self.queue), self.cfg.transcribe.batch_size))], single=False)
+                continue
+            timeout = self._expire()
+            if not self.tasks:
+                continue
+            for handle in self.ex.wait(list(self.tasks), timeout=timeout):
+                task = self.tasks.pop(handle, None)
+                if task is not None:
+                    handlers[task.kind](handle, task)
+            self.progress.update()
+        self.progress.update(force=True)

@@ -1,0 +1,57 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- atomic files --------------------------------------------------------------------------------
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(path: Path, tmp_dir: Path, write, sync_dir: bool = True) -> None:
+    """``write(tmp)`` fills a temporary file (in ``tmp_dir``: same filesystem, outside the published
+    tree); it is fsynced and renamed into place, and the folder fsynced so the rename survives a power cut."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f".{path.name}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes | str, tmp_dir: Optional[Path] = None, sync_dir: bool = True) -> None:
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    _publish(path, tmp_dir if tmp_dir is not None else path.parent, lambda tmp: tmp.write_bytes(payload), sync_dir)
+
+
+def write_table_atomic(path: Path, table: pa.Table, tmp_dir: Path) -> None:
+    _publish(path, tmp_dir, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
