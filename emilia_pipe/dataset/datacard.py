@@ -12,6 +12,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from emilia_pipe.records import ClipId
+
 KEPT, REJECTED = "#2e7d32", "#c62828"
 HISTOGRAMS = (  # (column, title, range): fixed ranges so cards of two builds compare at a glance
     ("duration", "Clip duration (s)", (0.0, 30.0)),
@@ -96,7 +98,7 @@ def _players(rows: pd.DataFrame, with_reasons: bool) -> str:
         return "<p><small>none with audio</small></p>"
     cells = []
     for r in rows.itertuples():  # a handful of rows, never the whole table
-        src = f"{str(r.id).split('_')[0]}/{r.wav}"
+        src = f"{ClipId.parse(str(r.id)).language}/{r.wav}"
         note = ", ".join(r.reasons) if with_reasons else f"OVRL {r.dnsmos_ovrl:.2f}"
         cells.append([r.id, r.language, f"{r.duration:.1f} s", note, r.text[:120] if isinstance(r.text, str) else "", src])
     head = "".join(f"<th>{h}</th>" for h in ("clip", "lang", "duration", "reasons" if with_reasons else "DNSMOS", "text", ""))

@@ -20,11 +20,6 @@ REASONS = (
 _SCOPE_KEYS = {"file": ["source_index"], "speaker": ["source_index", "speaker"], "language": ["language"]}
 
 
-def iqr_bounds(values, k: float) -> tuple[float, float]:
-    q1, q3 = np.percentile(np.asarray(list(values), dtype=np.float64), [25, 75])
-    return q1 - k * (q3 - q1), q3 + k * (q3 - q1)
-
-
 def _num(df: pd.DataFrame, col: str) -> pd.Series:
     return pd.to_numeric(df[col], errors="coerce").astype("float64") if col in df else pd.Series(np.nan, index=df.index)
 
@@ -123,11 +118,6 @@ def _guard_flags(df: pd.DataFrame, cfg: FilterConfig, dur: pd.Series, chars: pd.
         "repeated_ngrams": above("repeat_ngram_frac", cfg.repeat_ngram_max),
         "overlapping_speech": above("overlap_frac", cfg.overlap_max),
     }
-
-
-def language_rejected(language: str | None, language_prob: float | None, cfg: FilterConfig) -> bool:
-    """The reference's language rule: keep only allowed languages detected with prob > the minimum."""
-    return language not in cfg.languages or (language_prob or 0.0) <= cfg.language_prob_min
 
 
 def apply_filters(records: list[dict], cfg: FilterConfig) -> list[dict]:

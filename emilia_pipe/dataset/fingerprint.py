@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The build's fingerprint: every setting and library version that shapes a clip, a text or a score.
+A resume whose fingerprint differs is refused (naming the difference) unless the user allows it."""
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,6 @@ from typing import Any
 class BuildMismatchError(RuntimeError):
     """The build folder was made with other settings or model versions than this run's."""
 
-
-# --- fingerprint ---------------------------------------------------------------------------------
 
 # Settings that do not change which clips a build makes or what they contain: free to change on resume.
 # (Filter thresholds are re-applied to the whole build at the end of every run and by refilter.)

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Where a source's clips live in the build folder: language folders, shards of ``output.sources_per_shard``
+sources, one folder per source and language."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,8 @@ import re
 from collections import Counter
 from pathlib import Path
 from typing import Optional
+
+from emilia_pipe.records import ClipId
 
 _LANG_DIR = re.compile(r"^[A-Z]{1,8}$")
 
@@ -30,7 +33,8 @@ def source_dirs(out: Path, b: int, s: int, langs: Optional[list[str]] = None) ->
     """Every folder holding MP3s of the source at shard ``b``, place ``s`` (one per language)."""
     found = []
     for lang in language_dirs(out) if langs is None else langs:
-        d = out / lang / f"{lang}_B{b:05d}" / f"{lang}_B{b:05d}_S{s:05d}"
+        place_id = ClipId(lang, b, s)
+        d = out / lang / place_id.shard_name / place_id.source_name
         if d.is_dir():
             found.append(d)
     return found

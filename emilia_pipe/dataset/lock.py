@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""One writer at a time: the build's lock file (``OUT/.emilia/lock``), held by a run, refilter or
+export, with the holder's host and pid so a stale lock from a dead process is taken over."""
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,6 @@ from emilia_pipe.runtime.files import write_atomic
 class BuildLockedError(RuntimeError):
     """Another live process is using this build folder."""
 
-
-# --- lock ----------------------------------------------------------------------------------------
 
 class BuildLock:
     """An exclusive ``flock`` on ``OUT/.emilia/lock``; released by the kernel when the holder dies."""

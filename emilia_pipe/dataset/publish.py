@@ -30,11 +30,9 @@ from emilia_pipe.dataset.datacard import render as render_datacard
 from emilia_pipe.dataset.layout import place, source_dirs
 from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger
 from emilia_pipe.dataset.summary import build_summary
-from emilia_pipe.records import STATE_DIR
+from emilia_pipe.records import STATE_DIR, ClipId
 from emilia_pipe.runtime import failpoints
 from emilia_pipe.runtime.files import write_atomic
-
-# --- manifests and summary -------------------------------------------------------------------
 
 MANIFEST_COLUMNS = [  # (output key, clip-table column)
     ("id", "id"), ("wav", "wav"), ("text", "text"), ("duration", "duration"), ("speaker", "speaker_id"),
@@ -122,8 +120,9 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     words = config.transcribe.word_timestamps
     new_manifests: set[str] = set()
     if len(kept):
-        kept["_lang"] = kept["id"].str.split("_").str[0]
-        kept["_shard"] = kept["id"].str.split("_").str[:2].str.join("_")
+        ids = kept["id"].map(ClipId.parse)
+        kept["_lang"] = ids.map(lambda i: i.language)
+        kept["_shard"] = ids.map(lambda i: i.shard_name)
         for (lang, shard), rows in kept.sort_values("id").groupby(["_lang", "_shard"], sort=True):
             rel = f"{lang}/{shard}.jsonl"
             write_atomic(out / rel, _jsonl(_manifest_rows(rows, words)), tmp_dir=tmp)

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The build's summary (``summary.json`` and the lines printed at the end of a run): hours and clips after
+each stage, reasons for rejection, failures."""
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The source writer: one finished source's MP3s and ledger rows, committed together, in the process
+that holds its audio (a Ray actor or the local write lane), so audio never travels to the driver."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from emilia_pipe.dataset.layout import lang_folder, place, primary_language, sou
 from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger
 from emilia_pipe.media.disk import remove_spilled
 from emilia_pipe.media.mp3 import encode_mp3
-from emilia_pipe.records import ClipAudio
+from emilia_pipe.records import ClipAudio, ClipId
 from emilia_pipe.runtime import failpoints
 from emilia_pipe.runtime.files import fsync_dir, write_atomic
 
@@ -46,10 +47,10 @@ class SourceWriter:
         try:
             for c in clips:
                 lang = lang_folder(c["language"])
-                prefix = f"{lang}_B{b:05d}_S{s:05d}"
-                c["id"] = f"{prefix}_W{c['index']:06d}"
-                c["speaker_id"] = f"{main}_B{b:05d}_S{s:05d}_P{speakers.index(c['speaker']):02d}"
-                c["wav"] = f"{lang}_B{b:05d}/{prefix}/mp3/{c['id']}.mp3" if keep[c["index"]] else None
+                cid = ClipId(lang, b, s, c["index"])
+                c["id"] = str(cid)
+                c["speaker_id"] = f"{ClipId(main, b, s).source_name}_P{speakers.index(c['speaker']):02d}"
+                c["wav"] = f"{cid.shard_name}/{cid.source_name}/mp3/{c['id']}.mp3" if keep[c["index"]] else None
                 if c["wav"] and audio is not None:
                     path = self.out / lang / c["wav"]
                     mp3 = encode_mp3(audio.working[c["index"]], audio.sample_rate, self.cfg.output.mp3_bitrate_kbps)

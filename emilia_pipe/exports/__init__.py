@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from emilia_pipe.exports import duplex, f5tts, hf, kaldi, lhotse, listfmt, text, webdataset
-from emilia_pipe.exports.common import Build, ExportError, Progress, staging
+from emilia_pipe.exports.common import ExportError, PublishedBuild, staging
+from emilia_pipe.runtime.progress import Progress
 
 FORMATS = [webdataset, lhotse, hf, kaldi, listfmt, f5tts, duplex, text]
 BY_NAME = {m.NAME: m for m in FORMATS}
@@ -24,10 +25,10 @@ def export(out: str | Path, fmt: str, dest: str | Path, clips_per_shard: int = 2
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(BY_NAME)}")
     if clips_per_shard < 1:
         raise ExportError(f"--clips-per-shard must be at least 1, got {clips_per_shard}")
-    build = Build(out)
+    build = PublishedBuild(out)
     # the lock keeps a run or refilter from rewriting the manifests while they are read
     with BuildLock(build.out, "export"), staging(Path(dest)) as tmp:
-        progress = Progress(fmt, build.kept)
+        progress = Progress(f"export {fmt}", build.kept, "clips", every_s=5.0)
         stats = module.export(build, tmp, {"clips_per_shard": clips_per_shard, "dest": Path(dest).resolve()}, progress)
         progress.finish()
     return stats

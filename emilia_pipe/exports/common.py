@@ -1,5 +1,5 @@
 """What every export shares: reading a finished build as a stream, a staging folder published by one
-rename, hard links for MP3s, progress lines.
+rename, hard links for MP3s.
 
 The source of truth is the build's published manifests (``LANG/LANG_B*.jsonl``, kept clips only, the
 verdict of the last run or refilter). They are read line by line, so memory does not grow with the build.
@@ -10,8 +10,6 @@ import contextlib
 import json
 import os
 import shutil
-import sys
-import time
 from itertools import groupby
 from pathlib import Path
 from typing import Iterator
@@ -25,8 +23,8 @@ class ExportError(ConfigError):
     """A bad export invocation (exit 2, one line)."""
 
 
-class Build:
-    """A finished build folder, read as a stream of its kept clips."""
+class PublishedBuild:
+    """A finished build folder as its readers see it: a stream of the kept clips of its published manifests."""
 
     def __init__(self, out: str | Path):
         self.out = Path(out).resolve()
@@ -114,26 +112,3 @@ def one_line(text: str, forbidden: str = "") -> str:
 def emilia_json(row: dict) -> dict:
     """The per-clip record of the Emilia release: its fields, then ours (no local paths)."""
     return {k: v for k, v in row.items() if k not in ("audio", "source")}
-
-
-class Progress:
-    """One line on stderr every few seconds and at the end: long exports show they are alive."""
-
-    def __init__(self, name: str, total: int, every_s: float = 5.0):
-        self.name, self.total, self.every = name, total, every_s
-        self.done, self.t0, self.last = 0, time.monotonic(), time.monotonic()
-
-    def step(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            self._print()
-
-    def _print(self) -> None:
-        pct = 100.0 * self.done / self.total if self.total else 100.0
-        print(f"export {self.name}: {self.done}/{self.total} clips ({pct:.0f} %), "
-              f"{time.monotonic() - self.t0:.0f} s", file=sys.stderr, flush=True)
-
-    def finish(self) -> None:
-        self._print()

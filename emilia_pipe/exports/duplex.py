@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from emilia_pipe.exports.common import ExportError
+from emilia_pipe.records import ClipId
 
 NAME = "duplex"
 HELP = "two-speaker sources as stereo WAV (one speaker a channel) + per-channel word timings"
@@ -35,7 +36,7 @@ def export(build, dest: Path, options: dict, progress) -> dict:
                 if len(talk) != 2:
                     continue
                 main, other = sorted(talk, key=lambda s: (-talk[s], s))
-                name = clips[0]["id"].rsplit("_", 1)[0]  # LANG_B_S of the first clip: unique per source
+                name = ClipId.parse(clips[0]["id"]).source_name
                 duration = write_conversation(dest / f"{name}.wav", clips, [main, other], build.sample_rate)
                 meta = {"channels": {"left": main, "right": other}, "alignments": alignments(clips, main)}
                 (dest / f"{name}.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from emilia_pipe.exports.common import emilia_json
 from emilia_pipe.exports.tarshards import ShardedTar
+from emilia_pipe.records import ClipId
 
 NAME = "webdataset"
 HELP = "Emilia release layout: LANG/LANG-B000000.tar with {id}.mp3 + {id}.json"
@@ -19,7 +20,7 @@ HELP = "Emilia release layout: LANG/LANG-B000000.tar with {id}.mp3 + {id}.json"
 
 def export(build, dest: Path, options: dict, progress) -> dict:
     tars = 0
-    for lang_dir, rows in groupby(build.clips(), key=lambda r: r["id"].split("_")[0]):
+    for lang_dir, rows in groupby(build.clips(), key=lambda r: ClipId.parse(r["id"]).language):
         writer = ShardedTar(dest / lang_dir / f"{lang_dir}-B%06d.tar", options["clips_per_shard"])
         for row in rows:
             meta = {**emilia_json(row), "wav": f"{row['id']}.mp3"}

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Audio kept on disk instead of in memory: a long input's samples (DiskAudio), read a span or a chunk at a
+time, so memory stays flat however long the file is."""
 from __future__ import annotations
 
 import contextlib

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from emilia_pipe.media.audio import AUDIO_EXTENSIONS
+from emilia_pipe.records import STATE_DIR
 
-STATE_DIR = ".emilia"  # the build's own folder (same name as emilia_pipe.records.STATE_DIR): never an input
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
             (stat.S_ISBLK, "a block device"))

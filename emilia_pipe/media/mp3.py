@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""MP3 encoding of a clip (PyAV's LAME encoder), the format of the Emilia release."""
 from __future__ import annotations
 
 import io

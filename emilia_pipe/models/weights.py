@@ -6,11 +6,11 @@ otherwise change the models silently. Each file is hashed once per process (the 
 raises :class:`~emilia_pipe.models.weights.ModelUnavailableError` naming the file, both hashes and the fix."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 from emilia_pipe.models.refs import ModelUnavailableError
+from emilia_pipe.runtime.files import sha256_of
 
 # (pip package, path inside the package) -> sha256, for the versions pinned in requirements.txt
 PINNED: dict[tuple[str, str], str] = {
@@ -37,14 +37,11 @@ _verified: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of a weight file, hashed once per process unless its size or mtime changes."""
     st = os.stat(path)
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
     if key not in _verified:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 22):
-                h.update(block)
-        _verified[key] = h.hexdigest()
+        _verified[key] = sha256_of(path)
     return _verified[key]
 
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Before a run: which runner (local or Ray), how the local runner is sized to this machine, and the
+checks that fail fast (output folder writable, every model present)."""
 from __future__ import annotations
 
 import os

@@ -22,8 +22,6 @@ MAX_CPU_ACTORS_PER_GPU = 4
 MAX_ACTORS_CPU_ONLY = 8
 
 
-# --- Ray resource plan -------------------------------------------------------------------------
-
 @dataclass
 class ResourcePlan:
     resources: dict  # pool -> StageResources

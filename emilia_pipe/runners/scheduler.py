@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The run's scheduler: feeds planned files through the per-file stages, gathers their clips into
+batches for the batched stages, hands finished sources to the writer, and enforces deadlines and retries.
+It knows executors only through their small interface (local or Ray)."""
 from __future__ import annotations
 
 import math
@@ -44,7 +46,7 @@ class Scheduler:
         self.queue: deque[Clip] = deque()
         self.acked: set[int] = set()
         self.batched_seconds: dict[str, float] = {}
-        self.progress = Progress(len(entries))
+        self.progress = Progress("run", len(entries), "files")
         self.failures_this_run = 0
         self.open_bytes = 0
 
@@ -100,8 +102,7 @@ class Scheduler:
         self.build.record_failure(Failure(path, stage, error, error_type), index)
         self.build.discard_audio(index)
         self.failures_this_run += 1
-        self.progress.failed += 1
-        self.progress.files_done += 1
+        self.progress.step(failed=True)
 
     def _close(self, index: int) -> Optional[_Open]:
         state = self.open.pop(index, None)
@@ -184,8 +185,7 @@ class Scheduler:
         sha = state.source.sha256
         if sha not in self.shas_done or index < self.shas_done[sha]:
             self.shas_done[sha] = index
-        self.progress.files_done += 1
-        self.progress.audio_s += state.source.duration
+        self.progress.step(audio_s=state.source.duration)
 
     def _expire(self) -> Optional[float]:
         """Cancel tasks past their deadline; return seconds until the next deadline."""
@@ -234,4 +234,4 @@ class Scheduler:
                 if task is not None:
                     handlers[task.kind](handle, task)
             self.progress.update()
-        self.progress.update(force=True)
+        self.progress.finish()

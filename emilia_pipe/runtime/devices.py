@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Which device a stage runs on: GPUs present, torch and onnxruntime device choice from the config's
+``device`` settings, and one-line notes on stderr when a choice falls back."""
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Files written so that a reader sees the old or the new content, never a part (write to a temporary
+name, fsync, rename, fsync the folder), and the one file-hashing helper."""
 from __future__ import annotations
 
 import contextlib
@@ -11,15 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+def sha256_of(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in ``chunk``-byte blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
 
-
-# --- atomic files --------------------------------------------------------------------------------
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
