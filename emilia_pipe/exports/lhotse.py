@@ -5,7 +5,8 @@ language, speaker, scores in ``custom``, word alignment when the build has word 
 ``recordings.jsonl.gz`` + ``supervisions.jsonl.gz`` load with ``lhotse.load_manifest``, ``cuts.jsonl.gz``
 with ``CutSet.from_file``. ``shar/`` holds ``cuts.NNNNNN.jsonl.gz`` + ``recording.NNNNNN.tar`` (the MP3
 bytes, not re-encoded) for ``CutSet.from_shar(in_dir=...)``. Written without importing lhotse: these are
-its documented JSON forms (``to_dict``)."""
+its documented JSON forms (``to_dict``). Why not lhotse's own writers: lhotse is no dependency of the
+product (the tests read these files back with it), and its Recording builder would probe every MP3 again."""
 from __future__ import annotations
 
 import gzip

@@ -37,6 +37,8 @@ REFERENCE_PROMPT = "um, uh, um, uh, So uhm, yeaah. Okay, ehm, uuuh."
 
 
 def compression_ratio(text: str) -> float:
+    """faster-whisper's get_compression_ratio, kept here: importing faster_whisper pulls in CTranslate2,
+    which the torch backend must run without (and it divides by zero on empty text)."""
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
