@@ -89,7 +89,7 @@ class Scorer(Stage):
         if why_cpu and self.cfg.device == "auto" and gpus:  # without a GPU, CPU is no news
             note(f"score: DNSMOS runs on CPU: {why_cpu}")
         self.input_name = self.session.get_inputs()[0].name
-        self.shared = None  # score.share_window_convolutions: the model cut in two (dnsmos_shared)
+        self.shared = None  # score.share_window_convolutions: the model cut in two (models/dnsmos.py)
         if self.cfg.share_window_convolutions and not self.on_gpu:
             from emilia_pipe.models.dnsmos import CannotShare, SharedWindowDNSMOS
 
