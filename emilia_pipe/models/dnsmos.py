@@ -11,9 +11,9 @@ reaches in. So the model is cut in two at the end of those layers:
   the padding at a window's edge is what the whole model would have seen;
 - the *head* (the pooled, low-resolution rest) runs per window on its slice of that feature map.
 
-Each window's output is then what its own run of the whole model gives, up to float rounding (measured:
-2.4e-7 at most in the raw outputs on real speech), at about a third of the work for a clip of 16 s or
-more. The cut needs the ``onnx`` package to edit the graph; the published weights are used unchanged.
+Each window's output is then what its own run of the whole model gives, up to float rounding, at a
+fraction of the work for a long clip (both measured: docs/performance.md). The cut needs the ``onnx``
+package to edit the graph; the published weights are used unchanged.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 - ``speech_prob``: mean Silero VAD speech probability over the clip's 32 ms frames (the ONNX model the
   segment stage uses, driven here with onnxruntime and numpy exactly as ``silero_vad.OnnxWrapper`` does).
-  Music, noise and most singing score low; speech with pauses scores 0.6-1.
+  Music, noise and most singing score low, speech high (sample_data's figures: docs/usage.md, guards).
 - ``repeat_ngram_frac``: the fraction of the transcript's word 3-grams that repeat an earlier one (Whisper's
   loops: "thank you. thank you. thank you." -> 0.5); characters are the words of scripts written
   without spaces (Chinese, Japanese)."""

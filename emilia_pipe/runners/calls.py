@@ -23,8 +23,8 @@ class BatchFailure(Exception):
 
 def release_memory() -> None:
     """Hand freed heap back to the OS after a stage once the process has grown by ``run.malloc_keep_free_mb``
-    since the last trim: glibc keeps it otherwise, and a worker holding every model grew from 1.6 to 3.5 GiB
-    over three files (measured); trimming after every call costs CPU instead (malloc.HeapTrimmer)."""
+    since the last trim: glibc keeps it otherwise, and a worker holding every model about doubled over three
+    files (docs/performance.md); trimming after every call costs CPU instead (runtime.heap.HeapTrimmer)."""
     HEAP.maybe_trim()
 
 

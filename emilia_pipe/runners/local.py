@@ -5,8 +5,8 @@ stages (decode, separation, diarization, VAD) with half the cores' threads, whil
 core runs the batched stages (ASR with one CTranslate2 replica per worker, DNSMOS) and one more thread
 writes. The models release the GIL while they compute, so this uses every core with one copy of the
 models in memory; when the per-file lane waits for the batched stages (they are the slower half on a
-CPU), the batched stages have every core. Measured on 2 cores, sample_data/asr: 56.9 s with one batch
-thread, 33.7 s with one per core. Per-file calls run under a SIGALRM deadline (``run.task_timeout_s``),
+CPU), the batched stages have every core (one batch thread per core is far faster than one in all:
+docs/performance.md). Per-file calls run under a SIGALRM deadline (``run.task_timeout_s``),
 so a hung file becomes a failure."""
 from __future__ import annotations
 

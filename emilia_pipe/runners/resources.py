@@ -11,8 +11,8 @@ from dataclasses import dataclass
 # pyannote (116x and ~60x real time on an H200, benchmarks/results/gpu_h200_torch_stages.json), DNSMOS.
 GPU_SHARES = {"separate": 0.25, "diarize": 0.25, "transcribe": 0.4, "score": 0.1}
 # Relative CPU cost of the pools that get the cores left over (on a GPU node only the CPU stages; on a
-# CPU-only cluster every stage). From the lite run's stage seconds on sample_data (README, Measured
-# performance): diarize and transcribe dominate, decoding / cutting / MP3 writing are light.
+# CPU-only cluster every stage). From the lite run's stage seconds on sample_data (docs/performance.md):
+# diarize and transcribe dominate, decoding / cutting / MP3 writing are light.
 CPU_WEIGHTS_GPU_NODE = {"standardize": 2, "segment": 2, "write": 1}
 CPU_WEIGHTS_CPU_ONLY = {"standardize": 1, "separate": 4, "diarize": 3, "segment": 1, "transcribe": 4,
                         "score": 3, "write": 1}

@@ -1,12 +1,11 @@
 """glibc's allocator, set for this workload: reuse freed memory instead of handing it back to the kernel.
 
 CTranslate2 and torch allocate and free tensors of hundreds of MB many times a second (the Whisper
-encoder's attention scores of 4 clips take 288 MB per layer). glibc serves each of those with a fresh
-mmap and unmaps it on free, so every use faults its pages in again: measured on sample_data, 10.7 million
-page faults and 22 of 165 CPU-seconds in the kernel for transcription alone. One arena, no mmap and
-a trim threshold keep such blocks in the heap for the next tensor: 165 -> 132 CPU-s on one lane, bit-equal
-results. The heap gives memory back once more than ``top_mb`` lies free at its top, and after a stage call
-once the process has grown ``keep_free_mb`` since the last full trim (HeapTrimmer).
+encoder's attention scores). glibc serves each of those with a fresh mmap and unmaps it on free, so every
+use faults its pages in again, and the kernel time shows. One arena, no mmap and a trim threshold keep
+such blocks in the heap for the next tensor, with bit-equal results (figures in docs/performance.md).
+The heap gives memory back once more than ``top_mb`` lies free at its top, and after a stage call once
+the process has grown ``keep_free_mb`` since the last full trim (HeapTrimmer).
 
 One arena only helps when set before any thread allocates: a thread that did (numpy's OpenBLAS, pyarrow)
 keeps an arena of its own, and threads started later (CTranslate2's workers) share it, where blocks over
@@ -65,9 +64,8 @@ def tuned_env(top_mb: int) -> dict[str, str]:
 
 def restart_tuned(python_args: list[str], top_mb: int) -> None:
     """Replace this process (exec: same pid, same streams) by ``python *python_args`` started with the
-    tunables. Measured on sample_data, default run, back to back: page faults 5.0-5.3 M -> 2.4 M, kernel
-    time 11-13 -> 6 CPU-s. Returns, doing nothing, where the C library is not glibc or when this process
-    already is the restarted one."""
+    tunables (fewer page faults and less kernel time, measured: docs/performance.md). Returns, doing
+    nothing, where the C library is not glibc or when this process already is the restarted one."""
     if _LIBC is None or os.environ.get(TUNED_MARK) or not sys.executable:
         return
     sys.stdout.flush()
@@ -87,9 +85,8 @@ def trim_heap() -> None:
 class HeapTrimmer:
     """Trims the heap after a stage call only once resident memory has grown ``slack_mb`` past what it was
     after the last trim. malloc_trim also releases free pages in the middle of the heap, so trimming after
-    every call made the next large tensor fault all its pages in again: with two lanes on 2 cores, 173
-    CPU-s (16 in the kernel) for the default run on sample_data against 133 (10) with a 256 MB slack, peak
-    2.86 GiB; never trimming peaked at 3.48 GiB."""
+    every call made the next large tensor fault all its pages in again, while never trimming let the peak
+    grow (figures in docs/performance.md)."""
 
     def __init__(self, slack_mb: int = 256):
         self.slack = slack_mb << 20

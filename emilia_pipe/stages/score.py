@@ -89,7 +89,7 @@ class Scorer(Stage):
         if why_cpu and self.cfg.device == "auto" and gpus:  # without a GPU, CPU is no news
             note(f"score: DNSMOS runs on CPU: {why_cpu}")
         self.input_name = self.session.get_inputs()[0].name
-        self.shared = None  # score.share_window_convolutions: the model cut in two (dnsmos_shared)
+        self.shared = None  # score.share_window_convolutions: the model cut in two (models/dnsmos.py)
         if self.cfg.share_window_convolutions and not self.on_gpu:
             from emilia_pipe.models.dnsmos import CannotShare, SharedWindowDNSMOS
 
@@ -102,7 +102,7 @@ class Scorer(Stage):
     def clip_scores(self, audio_16k: np.ndarray) -> tuple[float, float, float]:
         """(SIG, BAK, OVRL) of one clip. A clip shorter than the window is scored at
         ``short_clip_offsets`` start offsets spread over 10 ms and the scores averaged: on a tiled clip
-        the model's verdict swings with sub-frame shifts (a 1 ms later start moved OVRL by up to 0.3).
+        the model's verdict swings with sub-frame shifts (docs/performance.md, DNSMOS of short clips).
         The first offset (0: the published computation) goes first; the others only where ``_refine``
         says the verdict depends on them."""
         offsets, limit = self._offsets(audio_16k)
@@ -121,7 +121,7 @@ class Scorer(Stage):
     def _refine(self, first: tuple[float, float, float], n_offsets: int) -> bool:
         """Whether a clip's other offsets are scored: always without a margin, else only when the first
         offset's OVRL is within ``short_clip_refine_margin`` of ``filter.dnsmos_min``. Further away the
-        other offsets cannot move the verdict (measured: they moved OVRL by at most 0.30, p99 0.19)."""
+        other offsets cannot move the verdict (their measured effect: docs/performance.md)."""
         margin = self.cfg.short_clip_refine_margin
         return n_offsets > 1 and (margin is None or abs(first[2] - self.filter.dnsmos_min) < margin)
 
