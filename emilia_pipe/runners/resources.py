@@ -1,5 +1,5 @@
-"""Devices and Ray resources: which device a stage runs on, and how a node's GPUs and cores are shared
-among the stage pools (``run.resource_plan: auto``)."""
+"""Ray resources: how a node's GPUs and cores are shared among the stage pools (``run.resource_plan:
+auto``). Which device a stage runs on is decided in :mod:`emilia_pipe.runtime.devices`."""
 from __future__ import annotations
 
 import math
