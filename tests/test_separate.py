@@ -1,5 +1,5 @@
 """Demucs separation plumbing with a tiny random-weight HT-Demucs built here (no Demucs weights ship
-on PyPI, so the real htdemucs runs only where it was fetched; see the GPU notes in the README)."""
+on PyPI, so the real htdemucs runs only where it was fetched; see the GPU section of docs/performance.md)."""
 import numpy as np
 import pytest
 import torch
