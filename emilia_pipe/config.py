@@ -139,9 +139,13 @@ class SegmentConfig(_Section):
     vad_min_speech_ms: int = Field(250, ge=0)
     vad_speech_pad_ms: int = Field(30, ge=0)
     turn_split_s: float = Field(20.0, gt=0, description="Turns longer than this are split at VAD silences.")
-    merge_gap_s: float = Field(2.0, ge=0)
-    min_clip_s: float = Field(3.0, gt=0)
-    max_clip_s: float = Field(30.0, gt=0)
+    merge_gap_s: float = Field(2.0, ge=0, description=(
+        "Seconds: a piece shorter than min_clip_s joins the adjacent piece of its speaker (the previous one, "
+        "else the next) only across a silence shorter than this."))
+    min_clip_s: float = Field(3.0, gt=0, description=(
+        "Seconds: a shorter piece joins a neighbouring piece of its speaker (merge_gap_s) or is dropped as "
+        "too_short."))
+    max_clip_s: float = Field(30.0, gt=0, description="Seconds: no clip is longer, merged or not.")
     edge_pad_s: float = Field(0.25, ge=0, le=1.0, description=(
         "Each clip edge moves this far outward from the VAD speech edge (never past the midpoint to the "
         "next clip, into another speaker's turn, or beyond max_clip_s): Silero marks speech late at unvoiced "

@@ -159,3 +159,10 @@ def test_vad_spans_and_frame_probs_equal_silero_own_loop(sample_dir, lite_config
         assert np.array_equal(seg.frame_probs(audio), np.asarray(probs, np.float32))
     # the piece with speech in its middle: nothing is found in the leading silence
     assert seg.speech_spans(np.concatenate([quiet, speech[:48000], quiet]))[0][0] > 1.5
+
+
+def test_a_short_piece_never_joins_across_another_speakers_piece():
+    # B's short piece is dropped, and A's short piece after it does not reach back over it into A's clip
+    pieces = [Piece(0, 5, "A"), Piece(5.2, 6, "B"), Piece(6.5, 7.5, "A")]
+    kept, dropped = merge_short(pieces, 3.0, 30.0, 2.0)
+    assert _spans(kept) == [(0, 5)] and _spans(dropped) == [(5.2, 6), (6.5, 7.5)]

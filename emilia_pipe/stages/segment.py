@@ -3,9 +3,9 @@
 Rules follow the reference recipe: a turn that ends inside the previous one is skipped; long turns are
 split at their largest VAD silence until each piece is shorter than ``turn_split_s``; a piece still
 longer than ``max_clip_s`` (one unbroken speech run) is cut at its least speech-like VAD frame rather
-than blindly at 30 s; a piece shorter than ``min_clip_s`` merges into a neighbour of the same speaker
-when the gap is under ``merge_gap_s`` and the result stays within ``max_clip_s``; what is still too short
-is recorded as dropped, with its reason.
+than blindly at 30 s; a piece shorter than ``min_clip_s`` merges into the previous piece of the same
+speaker when the gap is under ``merge_gap_s`` and the result stays within ``max_clip_s``, or else into the
+next one on the same terms; what is still too short is recorded as dropped, with its reason.
 """
 from __future__ import annotations
 
@@ -79,24 +79,31 @@ def force_cut(start: float, end: float, max_len: float, frame_probs: np.ndarray 
 
 
 def merge_short(pieces: list[Piece], min_len: float, max_len: float, max_gap: float) -> tuple[list[Piece], list[Piece]]:
-    """Merge pieces shorter than ``min_len`` into the previous piece of the same speaker (the reference's
-    rule: never into the next one, which would give that clip the start of another sentence)."""
-    pieces = sorted(pieces, key=lambda p: p.start)
-    out: list[Piece] = []
-    for piece in pieces:
-        prev = out[-1] if out else None
-        if (
-            prev is not None
-            and piece.duration < min_len
-            and prev.speaker == piece.speaker
-            and piece.start - prev.end < max_gap
-            and piece.end - prev.start <= max_len
-        ):
-            prev.end = max(prev.end, piece.end)
-            continue
-        out.append(Piece(piece.start, piece.end, piece.speaker))
-    kept = [p for p in out if p.duration >= min_len]
-    dropped = [p for p in out if p.duration < min_len]
+    """Merge each piece shorter than ``min_len`` into the previous piece when that one is of the same
+    speaker, under ``max_gap`` away and the result stays within ``max_len`` (the reference's rule); when it
+    cannot, into the next piece on the same terms (the first words of a file or of a speaker have no
+    previous piece, and a clip that starts one sentence early is ordinary training data). Only a piece
+    that can join neither is returned as dropped. Neighbours are the adjacent pieces in time, so a piece
+    never joins across another speaker's piece, kept or dropped."""
+    def joinable(first: Piece, second: Piece) -> bool:
+        return (first.speaker == second.speaker and second.start - first.end < max_gap
+                and second.end - first.start <= max_len)
+
+    seq: list[Piece] = []  # every piece in time order, short ones merged into their previous piece
+    for piece in sorted(pieces, key=lambda p: p.start):
+        if seq and piece.duration < min_len and joinable(seq[-1], piece):
+            seq[-1].end = max(seq[-1].end, piece.end)
+        else:
+            seq.append(Piece(piece.start, piece.end, piece.speaker))
+    kept: list[Piece] = []
+    dropped: list[Piece] = []
+    for i, piece in enumerate(seq):
+        if piece.duration >= min_len:
+            kept.append(piece)
+        elif i + 1 < len(seq) and joinable(piece, seq[i + 1]):
+            seq[i + 1].start = piece.start  # the next piece is not short (it would have joined this one)
+        else:
+            dropped.append(piece)
     return kept, dropped
 
 
