@@ -150,10 +150,12 @@ class SegmentConfig(_Section):
     vad_speech_pad_ms: int = Field(30, ge=0, description="Milliseconds Silero adds to each side of a speech span.")
     turn_split_s: float = Field(20.0, gt=0, description="Seconds. Turns longer than this are split at VAD silences.")
     merge_gap_s: float = Field(2.0, ge=0, description=(
-        "Seconds. A piece shorter than min_clip_s merges into the previous piece of the same speaker across a "
-        "gap shorter than this."))
-    min_clip_s: float = Field(3.0, gt=0, description="Seconds. Shorter pieces merge or are dropped (too_short).")
-    max_clip_s: float = Field(30.0, gt=0, description="Seconds. Longest clip (one Whisper window at most).")
+        "Seconds: a piece shorter than min_clip_s joins the adjacent piece of its speaker (the previous one, "
+        "else the next) only across a silence shorter than this."))
+    min_clip_s: float = Field(3.0, gt=0, description=(
+        "Seconds: a shorter piece joins a neighbouring piece of its speaker (merge_gap_s) or is dropped as "
+        "too_short."))
+    max_clip_s: float = Field(30.0, gt=0, description="Seconds: no clip is longer, merged or not.")
     edge_pad_s: float = Field(0.25, ge=0, le=1.0, description=(
         "Seconds each clip edge moves outward from the VAD speech edge (never past the midpoint to the next "
         "clip, into another speaker's turn, or beyond max_clip_s): Silero marks speech late at unvoiced onsets "

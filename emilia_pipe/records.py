@@ -16,6 +16,9 @@ import numpy as np
 # The rate of every clip's and source's ``audio_16k`` view. VAD, diarization, Whisper and DNSMOS were all
 # trained on 16 kHz audio, so this is fixed; the config validates ``standardize.analysis_rate`` against it.
 ANALYSIS_RATE = 16000
+# The segment stage's rules that drop a span of a speaker turn instead of cutting it into a clip (the
+# ``reason`` of a dropped segment), in the order speech lost to more than one of them is charged to.
+CUTTING_RULES = ("too_short", "no_speech_in_turn", "inside_previous_turn")
 
 
 @dataclass
@@ -95,7 +98,10 @@ class Source:
     separated: bool = False
     turns: list[Turn] = field(default_factory=list)
     clips: list[Clip] = field(default_factory=list)
-    dropped_segments: list[dict[str, Any]] = field(default_factory=list)  # pieces too short to be clips
+    # what the cutting rules dropped: start, end, speaker, reason, speech_s (seconds of speech lost)
+    dropped_segments: list[dict[str, Any]] = field(default_factory=list)
+    # where the VAD speech went: vad_speech_s, speech_in_turns_s, speech_in_clips_s (segment stage)
+    speech_yield: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     index: int = -1  # place in the build plan (set by the runner; fixes the source's shard and ids)
     decode_errors: list[str] = field(default_factory=list)  # what the decoder reported (corrupt frames...)
@@ -116,6 +122,7 @@ class Source:
             "speech_turn_seconds": round(sum(t.duration for t in self.turns), 3),
             "turns": [dataclasses.asdict(t) for t in self.turns],
             "dropped_segments": self.dropped_segments,
+            "speech_yield": self.speech_yield,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "decode_errors": self.decode_errors,
             "nonfinite_samples": self.nonfinite_samples,

@@ -69,11 +69,45 @@ def test_overlap_rule_is_off_by_default_and_names_its_reason():
     assert not judged["kept"] and "overlapping_speech" in judged["reasons"]
 
 
-def test_a_short_piece_never_merges_into_the_next_one():
-    # the reference merges a short piece into the previous one only; a short first piece is dropped
+def _spans(pieces):
+    return [(p.start, p.end) for p in pieces]
+
+
+def test_a_short_first_piece_joins_the_next_piece_of_its_speaker():
+    # the first words of a file ("Welcome to the directory.") have no previous piece: they join the next
+    # one of the same speaker when the gap is under merge_gap_s and the result stays within max_clip_s
     kept, dropped = merge_short([Piece(0, 2, "A"), Piece(2.5, 8, "A")], 3.0, 30.0, 2.0)
-    assert [(p.start, p.end) for p in kept] == [(2.5, 8)]
-    assert [(p.start, p.end) for p in dropped] == [(0, 2)]
+    assert _spans(kept) == [(0, 8)] and dropped == []
+    # several short pieces in a row join each other and then the next long one
+    kept, dropped = merge_short([Piece(0, 1, "A"), Piece(1.5, 2.5, "A"), Piece(3, 10, "A")], 3.0, 30.0, 2.0)
+    assert _spans(kept) == [(0, 10)] and dropped == []
+
+
+def test_a_short_piece_joins_the_previous_piece_first_and_the_next_when_the_previous_cannot_take_it():
+    kept, _ = merge_short([Piece(0, 5, "A"), Piece(5.5, 6.5, "A"), Piece(7, 12, "A")], 3.0, 30.0, 2.0)
+    assert _spans(kept) == [(0, 6.5), (7, 12)]  # the reference's rule where it applies
+    # joining the previous piece would pass max_clip_s: it joins the next one
+    kept, dropped = merge_short([Piece(0, 29, "A"), Piece(29.5, 31, "A"), Piece(31.5, 36, "A")], 3.0, 30.0, 2.0)
+    assert _spans(kept) == [(0, 29), (29.5, 36)] and dropped == []
+    # the previous piece is another speaker's: it joins the next piece of its own speaker
+    kept, dropped = merge_short([Piece(0, 5, "B"), Piece(5.5, 7, "A"), Piece(7.5, 12, "A")], 3.0, 30.0, 2.0)
+    assert _spans(kept) == [(0, 5), (5.5, 12)] and dropped == []
+
+
+def test_a_short_piece_that_can_join_neither_neighbour_is_dropped():
+    cases = {
+        "another speaker between": [Piece(0, 2, "A"), Piece(2.5, 8, "B"), Piece(8.5, 14, "A")],
+        "gap of merge_gap_s or more": [Piece(0, 2, "A"), Piece(4.0, 9, "A")],
+        "result over max_clip_s": [Piece(0, 2, "A"), Piece(2.5, 30.5, "A")],
+        "alone": [Piece(0, 2, "A")],
+    }
+    for name, pieces in cases.items():
+        kept, dropped = merge_short(pieces, 3.0, 30.0, 2.0)
+        assert _spans(dropped) == [(0, 2)], name
+        assert all(p.start >= 2 for p in kept), name
+    # the last piece of a file, short, with no next piece and a previous one too far away
+    kept, dropped = merge_short([Piece(0, 8, "A"), Piece(11, 12, "A")], 3.0, 30.0, 2.0)
+    assert _spans(kept) == [(0, 8)] and _spans(dropped) == [(11, 12)]
 
 
 def test_edges_widen_into_silence_but_not_into_neighbours():
@@ -125,3 +159,10 @@ def test_vad_spans_and_frame_probs_equal_silero_own_loop(sample_dir, lite_config
         assert np.array_equal(seg.frame_probs(audio), np.asarray(probs, np.float32))
     # the piece with speech in its middle: nothing is found in the leading silence
     assert seg.speech_spans(np.concatenate([quiet, speech[:48000], quiet]))[0][0] > 1.5
+
+
+def test_a_short_piece_never_joins_across_another_speakers_piece():
+    # B's short piece is dropped, and A's short piece after it does not reach back over it into A's clip
+    pieces = [Piece(0, 5, "A"), Piece(5.2, 6, "B"), Piece(6.5, 7.5, "A")]
+    kept, dropped = merge_short(pieces, 3.0, 30.0, 2.0)
+    assert _spans(kept) == [(0, 5)] and _spans(dropped) == [(5.2, 6), (6.5, 7.5)]

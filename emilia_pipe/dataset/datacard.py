@@ -134,6 +134,7 @@ def render(summary: dict, judged: pd.DataFrame, failures: pd.DataFrame) -> str:
            "<h2 id=funnel>Hours after each stage</h2>",
            bar_chart([k for k, _ in funnel], [v for _, v in funnel], "h"),
            _table(["stage", "hours", "% of input"], [[k, f"{v:.4f}", f"{100 * v / base:.1f} %"] for k, v in funnel]),
+           _speech_yield(summary.get("speech_yield")),
            "<h2 id=languages>Hours per language (kept)</h2>"]
     langs = summary["languages"]
     if langs:
@@ -161,6 +162,22 @@ def render(summary: dict, judged: pd.DataFrame, failures: pd.DataFrame) -> str:
     out += ["<h2 id=kept-samples>Kept clips</h2>", _players(kept, False),
             "<h2 id=rejected-samples>Rejected clips</h2>", _players(rej, True), "</body></html>"]
     return "\n".join(out)
+
+
+def _speech_yield(y: Optional[dict]) -> str:
+    """Where the VAD speech inside speaker turns went: into clips, or lost to which cutting rule."""
+    if not y:
+        return ""
+    base = y["speech_in_turns_s"] or 1e-12
+    rows = [("in speaker turns", y["speech_in_turns_s"], ""), ("in clips (kept or rejected)", y["speech_in_clips_s"], "")]
+    rows += [(f"dropped: {rule}", v["speech_s"], v["segments"]) for rule, v in y["dropped"].items()]
+    note = (f"<p><small>{y['sources_without_figures']} sources were written by an older version and have no speech "
+            "figures.</small></p>" if y.get("sources_without_figures") else "")
+    return ("<h2 id=speech-yield>Speech yield</h2><p>Seconds of VAD speech inside speaker turns, and where they went. "
+            f"Speech outside every speaker turn: {y['vad_speech_s'] - y['speech_in_turns_s']:.1f} s.</p>"
+            + bar_chart([r[0] for r in rows], [r[1] for r in rows], "s")
+            + _table(["speech", "seconds", "% of speech in turns", "segments"],
+                     [[k, f"{v:.1f}", f"{100 * v / base:.1f} %", n] for k, v, n in rows]) + note)
 
 
 def _failures(failures: Optional[pd.DataFrame], top: int = 10) -> str:

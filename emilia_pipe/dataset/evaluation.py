@@ -6,9 +6,10 @@ list, and DER (pyannote.metrics, collar 0, overlap scored) against RTTM files (p
 ``reference_text``, optional ``language``) as ``sample_data/asr_references.tsv``. A path is matched to a
 source of the build (relative to the list's folder, then as a path suffix, then by file name); an id to a
 clip. A source's hypothesis is the text of all its transcribed clips (kept and rejected) in time order,
-so speech that became no clip counts as deleted words. RTTM references (a folder of ``.rttm``, a ``.uem``
-beside one limits its scoring region) are matched to sources by file stem and scored against the
-diarization turns stored in the build."""
+so speech that became no clip counts as deleted words. Errors are given apart, per language and overall:
+deletions (speech lost by the cutting rules, or not heard), substitutions (misheard) and insertions.
+RTTM references (a folder of ``.rttm``, a ``.uem`` beside one limits its scoring region) are matched to
+sources by file stem and scored against the diarization turns stored in the build."""
 from __future__ import annotations
 
 import csv
@@ -31,18 +32,33 @@ def _chars(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKC", text) if c.isalnum())
 
 
-def _rate(measure, refs: list[str], hyps: list[str]) -> tuple[int, int]:
-    """(errors, reference length) over a corpus; jiwer refuses empty references, which count 0 length."""
+def _counts(measure, refs: list[str], hyps: list[str]) -> dict[str, int]:
+    """Reference length and edit operations over a corpus: ``units`` (words or characters of the
+    references), ``substitutions``, ``deletions`` (reference words missing: speech lost or unheard) and
+    ``insertions``. jiwer refuses empty references: each of their hypothesis units is an insertion."""
     import jiwer
 
+    size = len if measure == "chars" else (lambda text: len(text.split()))
     pairs = [(r, h) for r, h in zip(refs, hyps) if r]
-    errors = sum(len(h) if measure == "chars" else len(h.split()) for r, h in zip(refs, hyps) if not r)
-    if not pairs:
-        return errors, 0
-    refs, hyps = map(list, zip(*pairs))
-    out = jiwer.process_characters(refs, hyps) if measure == "chars" else jiwer.process_words(refs, hyps)
-    n = sum(len(r) for r in refs) if measure == "chars" else sum(len(r.split()) for r in refs)
-    return errors + out.substitutions + out.deletions + out.insertions, n
+    counts = {"units": 0, "substitutions": 0, "deletions": 0,
+              "insertions": sum(size(h) for r, h in zip(refs, hyps) if not r)}
+    if pairs:
+        refs, hyps = map(list, zip(*pairs))
+        out = jiwer.process_characters(refs, hyps) if measure == "chars" else jiwer.process_words(refs, hyps)
+        counts["units"] = sum(size(r) for r in refs)
+        for key in ("substitutions", "deletions", "insertions"):
+            counts[key] += int(getattr(out, key))
+    return counts
+
+
+def _errors(counts: dict[str, int]) -> int:
+    return counts["substitutions"] + counts["deletions"] + counts["insertions"]
+
+
+def _rate(measure, refs: list[str], hyps: list[str]) -> tuple[int, int]:
+    """(errors, reference length) over a corpus."""
+    counts = _counts(measure, refs, hyps)
+    return _errors(counts), counts["units"]
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
@@ -130,15 +146,23 @@ def evaluate_transcripts(clips, sources, tsv: Path) -> dict:
         files.append({"key": ref["key"], "language": lang, "clips": n_clips, "reference": ref["text"], "hypothesis": hyp,
                       "wer": round(word_error_rate(ref["text"], hyp), 4), "cer": round(char_error_rate(ref["text"], hyp), 4)})
     languages = {}
+    overall = {"files": 0, "files_without_clips": 0, "units": 0, "substitutions": 0, "deletions": 0, "insertions": 0}
     for lang in sorted({f["language"] for f in files}):
         rows = [f for f in files if f["language"] == lang]
-        w_err, w_n = _rate("words", [" ".join(normalize_words(f["reference"])) for f in rows],
-                           [" ".join(normalize_words(f["hypothesis"])) for f in rows])
-        c_err, c_n = _rate("chars", [_chars(f["reference"]) for f in rows], [_chars(f["hypothesis"]) for f in rows])
+        words = _counts("words", [" ".join(normalize_words(f["reference"])) for f in rows],
+                        [" ".join(normalize_words(f["hypothesis"])) for f in rows])
+        chars = _counts("chars", [_chars(f["reference"]) for f in rows], [_chars(f["hypothesis"]) for f in rows])
+        measure = "cer" if lang in CHAR_LANGUAGES else "wer"
+        own = chars if measure == "cer" else words  # the language's own unit: characters where words are not spaced
         languages[lang] = {"files": len(rows), "files_without_clips": sum(1 for f in rows if not f["clips"]),
-                           "words": w_n, "wer": round(w_err / max(w_n, 1), 4), "chars": c_n,
-                           "cer": round(c_err / max(c_n, 1), 4), "measure": "cer" if lang in CHAR_LANGUAGES else "wer"}
-    return {"references": str(tsv), "languages": languages, "files": files, "unmatched": unmatched}
+                           "words": words["units"], "wer": round(_errors(words) / max(words["units"], 1), 4),
+                           "chars": chars["units"], "cer": round(_errors(chars) / max(chars["units"], 1), 4),
+                           "measure": measure, "units": own["units"],
+                           **{k: own[k] for k in ("substitutions", "deletions", "insertions")}}
+        for key in overall:
+            overall[key] += languages[lang][key]
+    overall["error_rate"] = round(_errors(overall) / max(overall["units"], 1), 4)
+    return {"references": str(tsv), "languages": languages, "overall": overall, "files": files, "unmatched": unmatched}
 
 
 def evaluate_diarization(sources, rttm: Path) -> dict:
@@ -188,14 +212,22 @@ def evaluate(out: str | Path, refs: list[str | Path]) -> dict:
     return report
 
 
+def _operations(v: dict, rate: float) -> str:
+    return f"{v['units']:>8}{v['substitutions']:>7}{v['deletions']:>7}{v['insertions']:>7}{100 * rate:>7.1f}%"
+
+
 def format_report(report: dict) -> str:
     lines = []
     for asr in report["asr"]:
         lines.append(f"ASR against {asr['references']}")
-        lines.append("  language  files  no-clip   words     WER   chars     CER")
+        lines.append("  language  files  no-clip   words     WER   chars     CER   units    sub    del    ins    rate")
         for lang, v in asr["languages"].items():
             lines.append(f"  {lang:<8}{v['files']:>7}{v['files_without_clips']:>9}{v['words']:>8}{100 * v['wer']:>7.1f}%"
-                         f"{v['chars']:>8}{100 * v['cer']:>7.1f}%")
+                         f"{v['chars']:>8}{100 * v['cer']:>7.1f}%" + _operations(v, v[v["measure"]]))
+        o = asr["overall"]
+        lines.append(f"  {'overall':<8}{o['files']:>7}{o['files_without_clips']:>9}{'':>32}" + _operations(o, o["error_rate"]))
+        lines.append(f"  (units, sub, del, ins, rate: in words, or characters for {', '.join(CHAR_LANGUAGES)}; "
+                     "del: reference units missing from the build, speech lost or not heard)")
         if asr["unmatched"]:
             lines.append(f"  not in the build: {len(asr['unmatched'])} ({', '.join(asr['unmatched'][:5])})")
     for dia in report["diarization"]:

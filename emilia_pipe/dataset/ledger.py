@@ -71,6 +71,7 @@ SOURCE_SCHEMA = pa.schema([
     ("turns", pa.string()), ("dropped_segments", pa.string()), ("timings", pa.string()), ("run", pa.int64()),
     ("decode_errors", pa.string()), ("nonfinite_samples", pa.int64()),
     ("note", pa.string()),  # why a source is skipped (status "skipped": an input that is not an audio file)
+    ("speech_yield", pa.string()),
 ])
 FAILURE_SCHEMA = pa.schema([
     ("index", pa.int64()), ("path", pa.string()), ("stage", pa.string()), ("error", pa.string()),
@@ -79,7 +80,12 @@ FAILURE_SCHEMA = pa.schema([
 PLAN_SCHEMA = pa.schema([
     ("index", pa.int64()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("run", pa.int64()),
 ])
-SOURCE_JSON_COLUMNS = ("turns", "dropped_segments", "timings", "decode_errors")
+SOURCE_JSON_COLUMNS = ("turns", "dropped_segments", "timings", "decode_errors", "speech_yield")
+
+
+def json_column_default(key: str):
+    """The value of a JSON column that a source (or a part written by an older version) lacks."""
+    return {} if key in ("timings", "speech_yield") else []
 
 
 def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:

@@ -28,7 +28,7 @@ import numpy as np
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.dataset.datacard import render as render_datacard
 from emilia_pipe.dataset.layout import place, source_dirs
-from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger
+from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger, json_column_default
 from emilia_pipe.dataset.summary import build_summary
 from emilia_pipe.records import STATE_DIR, ClipId
 from emilia_pipe.runtime import failpoints
@@ -178,7 +178,7 @@ def _source_record(rec: dict) -> dict:
     out["nonfinite_samples"] = 0 if nonfinite is None or nonfinite != nonfinite else int(nonfinite)  # NaN: older part
     for k in SOURCE_JSON_COLUMNS:
         # a column an older part lacks reads back as NaN
-        out[k] = json.loads(rec[k]) if isinstance(rec[k], str) and rec[k] else ([] if k != "timings" else {})
+        out[k] = json.loads(rec[k]) if isinstance(rec[k], str) and rec[k] else json_column_default(k)
     out["index"] = int(rec["index"])
     out["primary_language"] = rec["primary_language"]
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in out.items()}

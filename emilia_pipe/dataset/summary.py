@@ -1,6 +1,9 @@
-"""The build's summary (``summary.json`` and the lines printed at the end of a run): hours and clips after
-each stage, reasons for rejection, failures."""
+"""``summary.json`` and the printed summary of a build: files, hours after each stage, clips, languages,
+drop reasons, where the speech went (speech yield) and stage times, all added up from the tables
+:func:`emilia_pipe.dataset.publish.finalize` already holds (one row per source, one per clip)."""
 from __future__ import annotations
+
+from emilia_pipe.records import CUTTING_RULES
 
 
 def _hours(seconds: float) -> float:
@@ -55,11 +58,39 @@ def build_summary(published, judged, rejected, source_rows, failures, n_skipped,
         "languages": {str(k): {"clips": int(v["count"]), "hours": round(float(v["sum"]) / 3600.0, 6)}
                       for k, v in (by_lang.sort_index().iterrows() if by_lang is not None else [])},
         "drop_reasons": {k: {"count": v["count"], "hours": round(v["hours"], 6)} for k, v in sorted(reasons.items())},
+        "speech_yield": speech_yield(source_rows),
         "filter": config.filter.model_dump(mode="json"),
         "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
     }
     summary.update({k: v for k, v in run_info.items() if k != "batched_stage_seconds"})
     return summary
+
+
+def speech_yield(source_rows: list[dict]) -> dict:
+    """Seconds of VAD speech: all of it, inside speaker turns, inside clips (kept or rejected) and lost to
+    each cutting rule, added up from each source's ``speech_yield`` and its dropped segments' ``speech_s``
+    (written by the segment stage). Sources committed by a version that did not record them are counted
+    apart, in ``sources_without_figures``."""
+    totals = {"vad_speech_s": 0.0, "speech_in_turns_s": 0.0, "speech_in_clips_s": 0.0}
+    dropped = {rule: {"segments": 0, "speech_s": 0.0} for rule in CUTTING_RULES}
+    missing = 0
+    for src in source_rows:
+        figures = src.get("speech_yield") or {}
+        if not figures:
+            missing += 1
+            continue
+        for key in totals:
+            totals[key] += float(figures.get(key, 0.0))
+        for seg in src["dropped_segments"]:
+            rule = dropped.setdefault(seg["reason"], {"segments": 0, "speech_s": 0.0})
+            rule["segments"] += 1
+            rule["speech_s"] += float(seg.get("speech_s") or 0.0)
+    in_turns = totals["speech_in_turns_s"]
+    out = {k: round(v, 3) for k, v in totals.items()}
+    out["in_clips_share"] = round(totals["speech_in_clips_s"] / in_turns, 4) if in_turns else None
+    out["dropped"] = {k: {"segments": v["segments"], "speech_s": round(v["speech_s"], 3)} for k, v in dropped.items()}
+    out["sources_without_figures"] = missing
+    return out
 
 
 def format_summary(summary: dict) -> str:
@@ -80,6 +111,23 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {lang}: {v['clips']} clips, {v['hours']:.4f} h")
     if summary["drop_reasons"]:
         lines.append("drop reasons: " + ", ".join(f"{k} {v['count']}" for k, v in summary["drop_reasons"].items()))
+    if "speech_yield" in summary:
+        lines += format_speech_yield(summary["speech_yield"])
     if "audio_hours_per_hour" in summary:
         lines.append(f"throughput: {summary['audio_hours_per_hour']:.2f} audio-hours per hour (wall {summary.get('wall_seconds', 0):.1f} s)")
     return "\n".join(lines)
+
+
+def format_speech_yield(y: dict) -> list[str]:
+    """The speech-yield lines of the printed summary."""
+    base = y["speech_in_turns_s"] or 1e-12
+    lines = ["speech (VAD)                          s   % of speech in turns",
+             f"  {'in speaker turns':<30}{y['speech_in_turns_s']:>10.1f}  {100.0:>6.1f} %",
+             f"  {'in clips (kept+rejected)':<30}{y['speech_in_clips_s']:>10.1f}  {100 * y['speech_in_clips_s'] / base:>6.1f} %"]
+    for rule, v in y["dropped"].items():
+        lines.append(f"  {'dropped: ' + rule:<30}{v['speech_s']:>10.1f}  {100 * v['speech_s'] / base:>6.1f} %"
+                     f"  ({v['segments']} segments)")
+    lines.append(f"  {'outside speaker turns':<30}{y['vad_speech_s'] - y['speech_in_turns_s']:>10.1f}")
+    if y.get("sources_without_figures"):
+        lines.append(f"  ({y['sources_without_figures']} sources written by an older version have no speech figures)")
+    return lines

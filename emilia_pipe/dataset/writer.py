@@ -10,7 +10,7 @@ from typing import Optional
 
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.dataset.layout import lang_folder, place, primary_language, source_dirs
-from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger
+from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger, json_column_default
 from emilia_pipe.media.disk import remove_spilled
 from emilia_pipe.media.mp3 import encode_mp3
 from emilia_pipe.records import ClipAudio, ClipId
@@ -68,7 +68,7 @@ class SourceWriter:
         row = {**meta, "index": index, "status": job.get("status", "done"), "duplicate_of": job.get("duplicate_of"),
                "primary_language": main, "clips": len(clips), "run": job["run"]}
         for key in SOURCE_JSON_COLUMNS:
-            row[key] = json.dumps(meta.get(key, [] if key != "timings" else {}), ensure_ascii=False)
+            row[key] = json.dumps(meta.get(key, json_column_default(key)), ensure_ascii=False)
         self.sources.append(row)
         self.clips.extend(clips)
         if (len(self.sources) >= self.cfg.run.commit_every_sources

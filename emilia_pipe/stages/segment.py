@@ -1,11 +1,13 @@
 """Stage 4: cut speaker turns into 3-30 s clips at silences found by Silero VAD (ONNX).
 
-Rules follow the reference recipe: a turn that ends inside the previous one is skipped; long turns are
-split at their largest VAD silence until each piece is shorter than ``turn_split_s``; a piece still
-longer than ``max_clip_s`` (one unbroken speech run) is cut at its least speech-like VAD frame rather
-than blindly at 30 s; a piece shorter than ``min_clip_s`` merges into a neighbour of the same speaker
-when the gap is under ``merge_gap_s`` and the result stays within ``max_clip_s``; what is still too short
-is recorded as dropped, with its reason.
+Rules follow the reference recipe: a turn that ends inside the previous one is skipped (its speech lies
+in the enclosing turn); long turns are split at their largest VAD silence until each piece is shorter
+than ``turn_split_s``; a piece still longer than ``max_clip_s`` (one unbroken speech run) is cut at its
+least speech-like VAD frame rather than blindly at 30 s; a piece shorter than ``min_clip_s`` merges into
+the previous piece of the same speaker when the gap is under ``merge_gap_s`` and the result stays within
+``max_clip_s``, or else into the next one on the same terms; what is still too short is dropped. Every
+dropped segment is recorded with its reason and the seconds of speech it lost, and every source with where
+its VAD speech went (:func:`~emilia_pipe.stages.speech_time.speech_yield`); the build's summary adds them up.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from emilia_pipe.models.registry import silero_vad_onnx_path
 from emilia_pipe.records import ANALYSIS_RATE, Clip, Source, Turn
 from emilia_pipe.runtime.threads import restore_torch_threads
 from emilia_pipe.stages import Stage
+from emilia_pipe.stages.speech_time import speech_yield
 
 VAD_RATE = ANALYSIS_RATE
 VAD_FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)
@@ -79,24 +82,31 @@ def force_cut(start: float, end: float, max_len: float, frame_probs: np.ndarray 
 
 
 def merge_short(pieces: list[Piece], min_len: float, max_len: float, max_gap: float) -> tuple[list[Piece], list[Piece]]:
-    """Merge pieces shorter than ``min_len`` into the previous piece of the same speaker (the reference's
-    rule: never into the next one, which would give that clip the start of another sentence)."""
-    pieces = sorted(pieces, key=lambda p: p.start)
-    out: list[Piece] = []
-    for piece in pieces:
-        prev = out[-1] if out else None
-        if (
-            prev is not None
-            and piece.duration < min_len
-            and prev.speaker == piece.speaker
-            and piece.start - prev.end < max_gap
-            and piece.end - prev.start <= max_len
-        ):
-            prev.end = max(prev.end, piece.end)
-            continue
-        out.append(Piece(piece.start, piece.end, piece.speaker))
-    kept = [p for p in out if p.duration >= min_len]
-    dropped = [p for p in out if p.duration < min_len]
+    """Merge each piece shorter than ``min_len`` into the previous piece when that one is of the same
+    speaker, under ``max_gap`` away and the result stays within ``max_len`` (the reference's rule); when it
+    cannot, into the next piece on the same terms (the first words of a file or of a speaker have no
+    previous piece, and a clip that starts one sentence early is ordinary training data). Only a piece
+    that can join neither is returned as dropped. Neighbours are the adjacent pieces in time, so a piece
+    never joins across another speaker's piece, kept or dropped."""
+    def joinable(first: Piece, second: Piece) -> bool:
+        return (first.speaker == second.speaker and second.start - first.end < max_gap
+                and second.end - first.start <= max_len)
+
+    seq: list[Piece] = []  # every piece in time order, short ones merged into their previous piece
+    for piece in sorted(pieces, key=lambda p: p.start):
+        if seq and piece.duration < min_len and joinable(seq[-1], piece):
+            seq[-1].end = max(seq[-1].end, piece.end)
+        else:
+            seq.append(Piece(piece.start, piece.end, piece.speaker))
+    kept: list[Piece] = []
+    dropped: list[Piece] = []
+    for i, piece in enumerate(seq):
+        if piece.duration >= min_len:
+            kept.append(piece)
+        elif i + 1 < len(seq) and joinable(piece, seq[i + 1]):
+            seq[i + 1].start = piece.start  # the next piece is not short (it would have joined this one)
+        else:
+            dropped.append(piece)
     return kept, dropped
 
 
@@ -150,6 +160,10 @@ def overlap_fraction(turns: list[Turn], start: float, end: float) -> float:
 def clip_span(audio, start: int, stop: int):
     """A clip's samples: a copy of an in-memory span, or a lazy span of a long source's DiskAudio."""
     return audio.lazy(start, stop) if isinstance(audio, DiskAudio) else audio[start:stop].copy()
+
+
+def _segment(span: Turn, reason: str) -> dict:
+    return {"start": span.start, "end": span.end, "speaker": span.speaker, "reason": reason}
 
 
 class LazyFrameProbs:
@@ -218,15 +232,20 @@ class Segmenter(Stage):
     def frame_probs(self, audio_16k: np.ndarray) -> np.ndarray:
         return self.vad.frame_probs(audio_16k)
 
-    def cut(self, turns: list[Turn], spans: list[tuple[float, float]], audio_16k: np.ndarray) -> tuple[list[Piece], list[dict]]:
+    def cut(self, turns: list[Turn], spans: list[tuple[float, float]], audio_16k: np.ndarray) -> tuple[list[Piece], list[dict], dict]:
+        """Clips of a source, the segments the cutting rules dropped (with their reason and the seconds of
+        speech each lost) and the source's speech yield (:func:`speech_yield`)."""
         cfg = self.cfg
         pieces: list[Piece] = []
         dropped: list[dict] = []
         probs: np.ndarray | None = None
-        for turn in skip_contained_turns(turns):
+        kept_turns = skip_contained_turns(turns)
+        kept_ids = {id(t) for t in kept_turns}
+        dropped += [_segment(t, "inside_previous_turn") for t in turns if id(t) not in kept_ids]
+        for turn in kept_turns:
             speech = speech_within(spans, turn.start, turn.end)
             if not speech:
-                dropped.append({"start": round(turn.start, 3), "end": round(turn.end, 3), "speaker": turn.speaker, "reason": "no_speech_in_turn"})
+                dropped.append(_segment(turn, "no_speech_in_turn"))
                 continue
             for start, end in split_at_largest_gaps(speech, cfg.turn_split_s):
                 if end - start > cfg.max_clip_s:
@@ -238,16 +257,18 @@ class Segmenter(Stage):
                     parts = [(start, end)]
                 pieces.extend(Piece(s, e, turn.speaker) for s, e in parts)
         kept, short = merge_short(pieces, cfg.min_clip_s, cfg.max_clip_s, cfg.merge_gap_s)
-        for p in short:
-            dropped.append({"start": round(p.start, 3), "end": round(p.end, 3), "speaker": p.speaker, "reason": "too_short"})
+        dropped += [_segment(p, "too_short") for p in short]
         if cfg.edge_pad_s:
             kept = widen_edges(kept, turns, audio_16k.size / VAD_RATE, cfg.edge_pad_s, cfg.max_clip_s)
-        return kept, dropped
+        yields = speech_yield(spans, turns, kept, dropped)
+        for d in dropped:
+            d["start"], d["end"] = round(d["start"], 3), round(d["end"], 3)
+        return kept, dropped, yields
 
     def run(self, source: Source) -> Source:
         t0 = time.perf_counter()
         spans = self.speech_spans(source.audio_16k)
-        pieces, dropped = self.cut(source.turns, spans, source.audio_16k)
+        pieces, dropped, yields = self.cut(source.turns, spans, source.audio_16k)
         sr = source.sample_rate
         clips = []
         for i, p in enumerate(sorted(pieces, key=lambda p: p.start)):
@@ -266,5 +287,6 @@ class Segmenter(Stage):
             clip.overlap_frac = overlap_fraction(source.turns, clip.start, clip.end)
         source.clips = clips
         source.dropped_segments = dropped
+        source.speech_yield = yields
         source.timings[self.name] = time.perf_counter() - t0
         return source
