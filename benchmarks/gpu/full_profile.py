@@ -11,10 +11,14 @@ The one command on a GPU node (repository root, `make env` done; see "Before it"
                             to cuda (a stage that cannot use the GPU fails instead of timing its CPU run)
   --asr large-v3-random     Whisper large-v3 architecture with random weights, saved as a local
                             transformers folder and run by transcribe.backend=torch (float16 on cuda)
-Other flags: --file-minutes (length of each input file, default 5), --set KEY=VALUE (more config
-overrides, repeatable), --out (JSON path; default benchmarks/results/gpu-full-profile-<gpu name>.json),
---work (keep the work folder: inputs, model folders, run.log, the pipeline's output). Extra flags go
-through make as ARGS="...".
+Other flags: --file-minutes (length of each input file, default 5), --runner ray|local (default: ray where
+it is installed), --set KEY=VALUE (more config overrides, repeatable), --out (JSON path; default
+benchmarks/results/gpu-full-profile-<gpu name>.json), --work (keep the work folder: inputs, model folders,
+run.log, the pipeline's output); --speech and --weights take a carry-on bundle's folders (bundle.py, whose
+run.py passes them). Extra flags go through make as ARGS="...".
+
+On a node that installs nothing, the carry-on bundle runs this script: `make gpu-bundle` here, then
+`python gpu-bundle/run.py --minutes 10` there (bundle_run.py).
 
 Before it, on the GPU node:
 - DNSMOS (score) uses CUDA only with onnxruntime-gpu installed *instead of* onnxruntime:
@@ -31,11 +35,11 @@ The second runs the random-Whisper path (random weights, transformers folder, ba
 no fallback) in Whisper tiny's layer sizes with large-v3's vocabulary and mel bins (hidden flag
 --whisper-arch, for smoke runs only; its JSON never replaces a real GPU result).
 
-What it does: builds N minutes of real speech from sample_data/ (tests/test_long_input.py's conversation
-of LJSpeech, JFK and CMU Arctic turns), cut into files of --file-minutes; runs `emilia-pipe run --profile
-full` on them (Ray runner, run.resource_plan=auto) in a child process; samples GPU utilisation and memory
-once a second (pynvml, else nvidia-smi) and the RSS / CPU time of the whole process tree; writes JSON to
-benchmarks/results/.
+What it does: builds N minutes of real speech from sample_data/ (speech.py: a conversation of LJSpeech,
+JFK and CMU Arctic turns), cut into files of --file-minutes; runs `emilia-pipe run --profile full` on them
+(Ray with run.resource_plan=auto, or the local runner) in a child process; samples GPU utilisation and
+memory once a second (pynvml, else nvidia-smi) and the RSS / CPU time of the whole process tree; writes
+JSON to benchmarks/results/.
 
 Weights that cannot be fetched offline are replaced, by this benchmark only, with randomly initialised
 models of the production architecture (compute does not depend on weight values), listed in the JSON's
@@ -43,8 +47,9 @@ models of the production architecture (compute does not depend on weight values)
 Whisper large-v3 on the torch backend (large-v3's tokenizer, suppressed tokens and special-token ids,
 random_models.py). Diarization runs the lite profile's real offline weights (segmentation-3.0, the
 segmentation architecture of community-1, with CAM++ embeddings instead of community-1's WeSpeaker
-ResNet34 + PLDA). Decoding is capped at the tokens the reference transcripts need (2.5 tokens per word),
-with no temperature fallback: random weights never stop on their own and would always fall back. Their
+ResNet34 + PLDA); from a bundle, CAM++ has random weights (its real ones do not fit in 64 MiB).
+Decoding is capped at the tokens the reference transcripts need (2.5 tokens per word), with no
+temperature fallback: random weights never stop on their own and would always fall back. Their
 transcripts are noise in random languages, so the filter rejects every clip; DNSMOS still scores them
 (score.skip_rejected=false) and the writer still encodes every clip's MP3, so the work measured
 is the production run's.
@@ -53,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -251,7 +255,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # smoke only (hidden): the random-Whisper path in another layer size, e.g. tiny on CPU
     ap.add_argument("--whisper-arch", choices=("large-v3", "tiny"), default="large-v3", help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], dest="overrides", help="more config overrides")
-    ap.add_argument("--out", default=None, help="JSON report (default benchmarks/results/gpu-full-profile-<device>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON report (default benchmarks/results/gpu-full-profile-<device>.json)")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
     args = ap.parse_args(argv)
     if ROOT is None and not (args.speech and args.out):
@@ -270,10 +275,13 @@ def model_overrides(args, work: Path, asr: str, weights: Path | None) -> tuple[l
                  f"models.diarization={diarization}"]
     if weights is not None:  # the bundle's copies of the wheels' weights (DNSMOS; VAD is its slim wheel's)
         overrides += [f"models.dnsmos={weights / 'dnsmos' / 'sig_bak_ovr.onnx'}"]
-    info = {"diarization": said}
+    dnsmos = "DNSMOS P.835 (speechmos" + (", the bundle's copy" if weights is not None else "") + ")"
+    info = {"diarization": said, "real_weights": [
+        "Silero VAD (silero-vad wheel)", dnsmos, "pyannote segmentation-3.0" + (", CAM++" if campplus is None else "")]}
     if asr == "large-v3-random":
         tokenizer = weights / "whisper-tokenizer" / "tokenizer.json" if weights is not None else None
-        entry, asr_overrides = random_whisper(work / f"whisper-{args.whisper_arch}-random", args.whisper_arch, tokenizer)
+        folder = work / f"whisper-{args.whisper_arch}-random"
+        entry, asr_overrides = random_whisper(folder, args.whisper_arch, tokenizer)
         random_weights.append(entry)
         overrides += asr_overrides
         info["asr"] = f"Whisper {args.whisper_arch} architecture, random weights, transcribe.backend=torch"
@@ -289,6 +297,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    import emilia_pipe
     from emilia_pipe.config import TranscribeConfig, load_config
     from emilia_pipe.runners.choice import active_stages, ray_installed
     from emilia_pipe.runtime.devices import gpu_count
@@ -317,6 +326,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"device": device_name, "n_gpus": n_gpus, "cpu_cores": os.cpu_count(), "minutes": args.minutes,
                     "file_minutes": args.file_minutes, "torch": torch.__version__, "runner": runner,
+                    "package": f"emilia-pipe {emilia_pipe.__version__} ({Path(emilia_pipe.__file__).parent})",
                     "smoke": bool(smoke)}
     if smoke:
         why = (["no GPU: every stage on CPU"] if not n_gpus else []) + \

@@ -13,7 +13,6 @@ is rebuilt as a real folder linking only the entries the set owns.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
