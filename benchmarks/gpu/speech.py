@@ -20,7 +20,8 @@ GAP_S = 0.8
 
 def export_turns(sample_dir: Path, dest: Path) -> dict:
     """Write sample_dir's recordings of the two speakers to ``dest`` (a-NN.wav, b-NN.wav, turns.json with
-    the most words any of them says); returns the turns.json data."""
+    the most words any of them says, SOURCES.txt with each one's source and licence sidecar); returns the
+    turns.json data."""
     import soundfile as sf
     from scipy.io import wavfile
     from scipy.signal import resample_poly
@@ -45,6 +46,10 @@ def export_turns(sample_dir: Path, dest: Path) -> dict:
             data["sources"][name] = f.name
             data["max_words"] = max(data["max_words"], words[f.name])
     (dest / "turns.json").write_text(json.dumps(data, indent=1))
+    sidecars = [f"{name} <- {src}\n{(asr / src).with_suffix('.txt').read_text().strip()}\n"
+                for name, src in data["sources"].items()]
+    (dest / "SOURCES.txt").write_text("Resampled to 16 kHz mono from emilia-pipe's sample_data/asr/en:\n\n"
+                                      + "\n".join(sidecars))
     return data
 
 
