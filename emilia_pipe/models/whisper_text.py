@@ -3,7 +3,7 @@
 - :func:`log_mel_spectrogram`: Whisper's log-Mel features (400-sample Hann STFT every 160 samples, power
   spectrum through a Slaney-style Mel filter bank, log10 floored at 1e-10, clamped to 8 below the maximum,
   then (x + 4) / 4). The filter bank is computed here from the Slaney Mel scale, the same float32 values
-  as the table OpenAI ships (checked equal in tests/test_transcribe.py).
+  as the table OpenAI ships (checked equal in tests/test_gpu_path.py).
 - :class:`WhisperTokenizer`: the special tokens and text encoding a prompt needs, on the model's own
   ``tokenizers.Tokenizer``.
 
@@ -79,7 +79,6 @@ class WhisperTokenizer:
         token = tokenizer.token_to_id
         self.sot, self.eot = token("<|startoftranscript|>"), token("<|endoftext|>")
         self.sot_prev, self.no_timestamps = token("<|startofprev|>"), token("<|notimestamps|>")
-        self.language_code = language if multilingual else "en"
         if multilingual:
             lang, task_id = token(f"<|{language}|>"), token(f"<|{task}|>")
             if lang is None or task not in ("transcribe", "translate"):
