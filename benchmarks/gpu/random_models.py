@@ -1,6 +1,6 @@
 """Randomly initialised models of the production architectures, for benchmarks/gpu/full_profile.py ONLY
-(the product never loads them): htdemucs and Whisper large-v3 weights cannot be fetched offline, and
-their compute does not depend on the weight values.
+(the product never loads them): htdemucs and Whisper large-v3 weights cannot be fetched offline, CAM++'s
+do not fit a carry-on bundle (bundle.py), and their compute does not depend on the weight values.
 
 This module must be importable by the Ray workers (full_profile.py puts its folder on PYTHONPATH): the
 Demucs file pickles :class:`BenchHTDemucs` by reference."""
@@ -32,6 +32,19 @@ def save_htdemucs(path: Path) -> dict:
     args, kwargs = model._init_args_kwargs
     torch.save({"klass": BenchHTDemucs, "args": args, "kwargs": kwargs, "state": model.state_dict()}, path)
     return {"stage": "separate", "architecture": "demucs.htdemucs.HTDemucs (vocals output = input mix)",
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1), "path": str(path)}
+
+
+def save_campplus(path: Path) -> dict:
+    """A CAM++ state_dict of random weights (the 192-dim network models.campplus loads), where the offline
+    diarization recipe looks for campplus_cn_en_common.pt."""
+    from emilia_pipe.models.campplus import CAMPPlus
+
+    torch.manual_seed(0)
+    model = CAMPPlus(feat_dim=80, embedding_size=192)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return {"stage": "diarize", "architecture": "CAM++ speaker embedding (emilia_pipe.models.campplus), 192-dim",
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1), "path": str(path)}
 
 

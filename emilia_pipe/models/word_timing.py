@@ -19,6 +19,8 @@ def add_word_timings(transcriber, clips, feats: np.ndarray) -> None:
     """Set ``clip.words`` for every clip of a transcribed batch (``feats``: its log-mel features).
     The final text is tokenized again (the decode returns text only); aligning a text does not depend
     on which of its tokenizations the decoder happened to emit."""
+    from faster_whisper.tokenizer import Tokenizer  # its word splitting: this path is CTranslate2's only
+
     model = transcriber.model
     groups: dict[str, list[int]] = {}
     tokens: list[list[int]] = []
@@ -31,7 +33,8 @@ def add_word_timings(transcriber, clips, feats: np.ndarray) -> None:
         enc = model.encode(feats[idx])
         frames = [min(feats.shape[-1], int(round(clips[i].duration * FRAMES_PER_SECOND))) for i in idx]
         segments = [[{"tokens": tokens[i], "seek": 0, "start": 0.0, "end": clips[i].duration}] for i in idx]
-        model.add_word_timestamps(segments, transcriber.tokenizer(language), enc, frames,
+        tokenizer = Tokenizer(model.hf_tokenizer, transcriber.multilingual, task="transcribe", language=language)
+        model.add_word_timestamps(segments, tokenizer, enc, frames,
                                   PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0)
         for i, seg in zip(idx, segments):
             end = clips[i].duration

@@ -7,10 +7,16 @@ writes. The models release the GIL while they compute, so this uses every core w
 models in memory; when the per-file lane waits for the batched stages (they are the slower half on a
 CPU), the batched stages have every core (one batch thread per core is far faster than one in all:
 docs/performance.md). Per-file calls run under a SIGALRM deadline (``run.task_timeout_s``),
-so a hung file becomes a failure."""
+so a hung file becomes a failure.
+
+A batched stage on a GPU takes one batch at a time (a lock per stage), as Ray's one actor per stage and
+GPU does: a second Whisper batch on the same GPU would double its memory for no speed, while a CPU stage
+still runs one batch per core."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import threading
 
 from emilia_pipe.dataset.writer import SourceWriter
 from emilia_pipe.records import Failure
@@ -27,6 +33,7 @@ class LocalExecutor:
         self.file_chain = file_chain(stage_names)
         self.batch_chain = batch_chain(stage_names)
         self.writer = SourceWriter(out_dir, config, part=f"{run:06d}-w0")
+        self.gpu_locks = {name: threading.Lock() for name in self.batch_chain if _on_gpu(self.stages[name])}
         # background workers for the batched stages (none: everything in this thread); the writer has its
         # own single thread, since a SourceWriter is not meant to be shared between threads
         overlap = config.run.local_overlap
@@ -48,7 +55,8 @@ class LocalExecutor:
     def _batch(self, clips, bundles):
         item = clips
         for name in self.batch_chain:
-            item = run_batch_stage(self.stages[name], item, bundles)
+            with self.gpu_locks.get(name) or contextlib.nullcontext():
+                item = run_batch_stage(self.stages[name], item, bundles)
         return item
 
     def submit_batch(self, clips, audio_handles):
@@ -101,6 +109,11 @@ class LocalExecutor:
             if lane is not None:
                 lane.shutdown(wait=True, cancel_futures=True)
         self.stages.clear()
+
+
+def _on_gpu(stage) -> bool:
+    """Whether a built stage computes on a CUDA device (its ``device``, or DNSMOS's CUDA provider)."""
+    return str(getattr(stage, "device", "cpu")).startswith("cuda") or bool(getattr(stage, "on_gpu", False))
 
 
 class _Done:

@@ -10,10 +10,18 @@ class DeviceError(RuntimeError):
 
 
 def gpu_count() -> int:
-    """CUDA devices, asked through CTranslate2 (a light import, unlike torch)."""
+    """CUDA devices, asked through CTranslate2 (a light import, unlike torch) where it is installed, else
+    through torch (whose count asks NVML and leaves CUDA uninitialised, so forked workers still can use it)."""
     try:
         import ctranslate2
+    except ImportError:  # the torch-only install (a GPU image's own torch, no CTranslate2)
+        try:
+            import torch
 
+            return int(torch.cuda.device_count())
+        except Exception:  # noqa: BLE001 - no CUDA runtime at all
+            return 0
+    try:
         return int(ctranslate2.get_cuda_device_count())
     except Exception:  # noqa: BLE001 - no CUDA runtime at all
         return 0

