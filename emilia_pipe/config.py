@@ -41,6 +41,18 @@ class StandardizeConfig(_Section):
     max_nonfinite_fraction: float = Field(0.01, ge=0, le=1, description=(
         "Inputs with more NaN/Inf samples than this fraction fail; fewer are replaced by silence and counted "
         "(nonfinite_samples in sources.jsonl)."))
+    audio_stream: int | Literal["auto"] = Field("auto", description=(
+        "Which audio stream of a file with several is used (a film with dubs, a recording with one track a "
+        "microphone). auto = the stream the file marks as default, else the first; a number n = the n-th "
+        "audio stream, counting from 0 (a file with fewer fails). sources.jsonl records the stream used "
+        "(audio_stream) and how many there were (audio_streams)."))
+
+    @field_validator("audio_stream")
+    @classmethod
+    def _stream_index(cls, value):
+        if value != "auto" and value < 0:
+            raise ValueError(f"must be auto or a stream number from 0, got {value}")
+        return value
 
     @field_validator("sample_rate")
     @classmethod
@@ -306,6 +318,18 @@ class OutputConfig(_Section):
     keep_rejected_audio: bool = True
 
 
+class InputsConfig(_Section):
+    """Bounds on what a run reads before any audio: list files and remote inputs."""
+
+    max_list_mb: float = Field(256, gt=0, description=(
+        "An input list (@FILE, --inputs-from) larger than this is refused (exit 2) before it is read."))
+    remote_max_mb: float = Field(4096, gt=0, description=(
+        "A remote input (s3://, https://...) is staged to OUT/.emilia/tmp up to this size; a larger or "
+        "endless one fails (its staged part deleted at once) and the run goes on."))
+    remote_stall_timeout_s: float = Field(60.0, gt=0, description=(
+        "A remote input that sends no byte for this long fails (its staged part deleted) and the run goes on."))
+
+
 class StageResources(_Section):
     actors: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
@@ -343,7 +367,14 @@ class RunConfig(_Section):
         "When the batched stages are idle, send a batch once this fraction of transcribe.batch_size is "
         "queued, rather than wait for a full one (1 = full batches only, except at the end)."))
     max_writes_in_flight: int = Field(8, ge=1)
-    task_timeout_s: float = Field(3600.0, gt=0, description="A file, batch or write taking longer fails (recorded).")
+    task_timeout_s: float = Field(3600.0, gt=0, description=(
+        "Fixed part of a task's deadline (seconds): a file, batch or write taking longer than this plus "
+        "task_timeout_per_audio_hour_s per hour of its audio fails (recorded)."))
+    task_timeout_per_audio_hour_s: float = Field(3600.0, ge=0, description=(
+        "Seconds added to a task's deadline per hour of the audio it works on (a file's duration as its "
+        "container states it, a batch's clips, a source being written), so a long input is never cancelled "
+        "for being long. 3600: a file may take up to its own duration plus task_timeout_s (a 3-hour file "
+        "took 4471 s on one 2-core machine, whose deadline is now 14400 s)."))
     max_attempts: int = Field(2, ge=1, description="Tries per file when its worker dies (a timeout is not retried).")
     commit_every_sources: int = Field(64, ge=1, description="Writers commit their ledger rows after this many sources...")
     commit_every_s: float = Field(60.0, gt=0, description="...or after this many seconds, whichever comes first.")
@@ -410,6 +441,7 @@ class PipelineConfig(_Section):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
 
@@ -435,7 +467,14 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"--set has an empty key in {item!r}")
-    return path, yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return path, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        where = f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})" \
+            if getattr(exc, "problem_mark", None) else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {problem}{where}; quote it, e.g. "
+                          f"--set '{key}=\"...\"'") from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -451,13 +490,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+MAX_CONFIG_BYTES = 16 << 20  # a config file is a few kB; more is a wrong file (or /dev/zero)
+
+
 def _read_yaml(path: Path) -> dict:
+    from emilia_pipe.runtime.userfiles import read_user_file
+
+    if not Path(path).exists() and not Path(path).is_symlink():
+        raise ConfigError(f"config file not found: {path}")
+    text = read_user_file(path, "config file", MAX_CONFIG_BYTES, ConfigError)
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        where = f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})" \
+            if getattr(exc, "problem_mark", None) else ""
+        raise ConfigError(f"config file {path} is not valid YAML: {getattr(exc, 'problem', None) or exc}{where}") \
+            from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data

@@ -17,7 +17,13 @@ import soundfile as sf
 SPEECH = Path(__file__).resolve().parent.parent / "sample_data/asr/en/en_ljspeech_LJ001-0001.wav"
 GOOD = Path(__file__).resolve().parent.parent / "sample_data/asr/de/de_picovoice_test_de.wav"
 NAMES = ["with space.wav", "quote's \"q\".wav", "$(touch pwned).wav", "`touch pwned`.wav", "new\nline.wav",
-         "ünïcödé 語.wav", "-leading-dash.wav"]
+         "ünïcödé 語.wav", "-leading-dash.wav",
+         # names that are not UTF-8 (any bytes but / and NUL are a name): recorded losslessly as file:// URLs
+         os.fsdecode(b"bad\xff\xfe name.wav"), os.fsdecode(b"latin1 caf\xe9.wav"),
+         # names that look like escapes, URLs, globs or options
+         "back\\slash \\xff.wav", "percent %41%2F.wav", "file:colon.wav", "s3:__not_a_url.wav", "glob[ab]*?.wav",
+         "tab\tand\rcr.wav", " leading and trailing .wav", "UPPER CASE.WAV", ".hidden.wav", "x" * 245 + ".wav"]
+NOT_UTF8 = NAMES[7:9]
 NONFINITE = 200  # NaN/Inf samples in nan_few.wav
 
 EXPECT: dict[str, tuple[str, str | None, str | None]] = {
@@ -54,8 +60,13 @@ EXPECT: dict[str, tuple[str, str | None, str | None]] = {
     "link_to_good.wav": ("skipped", "input", r"is the same file as .*good\.wav"),
     "outside_file_link.wav": ("done", None, None),  # a link to a file is followed (once)
     "outside_dir_link": ("skipped", "input", r"symlink to a folder: not followed"),
+    "mp3_named_wav.wav": ("done", None, None),  # the content decides, not the extension
+    "two_streams_first_noise.mkv": ("done", None, None),  # no default stream: the first (recorded: 0 of 2)
+    "two_streams_default_second.mkv": ("done", None, None),  # the stream marked default: 1 of 2
+    "deep.wav": ("done", None, None),  # a file 40 folders down
     **{n: ("done", None, None) for n in NAMES},
 }
+STREAMS = {"two_streams_first_noise.mkv": (0, 2), "two_streams_default_second.mkv": (1, 2), "good.wav": (0, 1)}
 
 
 def _wav_header(rate: int, channels: int, bits: int, data_bytes: int) -> bytes:
@@ -63,6 +74,28 @@ def _wav_header(rate: int, channels: int, bits: int, data_bytes: int) -> bytes:
     return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt "
             + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block, block, bits)
             + b"data" + struct.pack("<I", data_bytes))
+
+
+def two_stream_mkv(path: Path, first: np.ndarray, second: np.ndarray, rate: int, default: int | None) -> None:
+    """A Matroska file with two mono audio streams (FLAC); ``default`` marks one of them as the default."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w", format="matroska") as out:
+        streams = [out.add_stream("pcm_s16le", rate=rate, layout="mono") for _ in range(2)]
+        for i, s in enumerate(streams):
+            s.disposition = av.stream.Disposition.default if i == default else av.stream.Disposition(0)
+        step = rate // 10
+        n = min(first.size, second.size)
+        for start in range(0, n, step):
+            for s, x in zip(streams, (first, second)):
+                chunk = (np.clip(x[start:start + step], -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+                frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+                for p in s.encode(frame):
+                    out.mux(p)
+        for s in streams:
+            for p in s.encode(None):
+                out.mux(p)
 
 
 def _av_write(path: Path, samples: np.ndarray | None, rate: int, fmt: str, codec: str | None,
@@ -159,7 +192,16 @@ def make_corpus(root: Path) -> Path:
     os.symlink(outside / "outside_target.wav", d / "outside_file_link.wav")
     os.symlink(outside, d / "outside_dir_link")
     for i, name in enumerate(NAMES):  # distinct content: each is decoded and written under its own name
-        sf.write(d / name, (0.01 * np.random.default_rng(i + 1).standard_normal(16000)).astype(np.float32), 16000)
+        with open(os.path.join(os.fsencode(d), os.fsencode(name)), "wb") as fh:
+            noise = (0.01 * np.random.default_rng(i + 1).standard_normal(16000)).astype(np.float32)
+            sf.write(fh, noise, 16000, format="WAV")
+    _av_write(d / "mp3_named_wav.wav", speech[: 2 * rate] * 0.9, rate, "mp3", "mp3")
+    noise = (0.3 * rng.standard_normal(speech.size)).astype(np.float32)
+    two_stream_mkv(d / "two_streams_first_noise.mkv", noise, speech, rate, default=None)
+    two_stream_mkv(d / "two_streams_default_second.mkv", noise * 0.5, speech * 0.5, rate, default=1)
+    deep = d.joinpath(*[f"d{i:02d}" for i in range(40)])
+    deep.mkdir(parents=True)
+    sf.write(deep / "deep.wav", speech[: rate] * 0.3, rate)
     return d
 
 
@@ -222,13 +264,18 @@ def outcomes(out: Path) -> dict[str, dict]:
         p = out / name
         return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
 
+    from emilia_pipe.media.inputs import local_path
+
+    def name(path):  # the name on disk, also of a name that is not UTF-8 (recorded as a file:// URL)
+        return os.path.basename(local_path(path))
+
     result = {}
     for r in rows("sources.jsonl"):
-        result[Path(r["path"]).name] = {"outcome": "done", "stage": None, "reason": None, "path": r["path"], "record": r}
+        result[name(r["path"])] = {"outcome": "done", "stage": None, "reason": None, "path": r["path"], "record": r}
     for r in rows("failures.jsonl"):
-        result[Path(r["path"]).name] = {"outcome": "failed", "stage": r["stage"], "reason": r["error"], "path": r["path"],
-                                        "record": r}
+        result[name(r["path"])] = {"outcome": "failed", "stage": r["stage"], "reason": r["error"], "path": r["path"],
+                                   "record": r}
     for r in rows("skipped.jsonl"):
-        result[Path(r["path"]).name] = {"outcome": "skipped", "stage": r["stage"], "reason": r["reason"],
-                                        "path": r["path"], "record": r}
+        result[name(r["path"])] = {"outcome": "skipped", "stage": r["stage"], "reason": r["reason"],
+                                   "path": r["path"], "record": r}
     return result
