@@ -66,6 +66,50 @@ EXPECT: dict[str, tuple[str, str | None, str | None]] = {
     "deep.wav": ("done", None, None),  # a file 40 folders down
     **{n: ("done", None, None) for n in NAMES},
 }
+# Hostile invocations (the command pointed at special files, odd folders, faults mid-run), each with the test
+# that runs it: tests/test_hostile_invocations.py and tests/test_safe_inputs.py.
+INVOCATIONS: dict[str, str] = {
+    "every command from a folder holding argparse.py, json.py, typing.py, runpy.py, yaml.py, emilia_pipe/":
+        "test_no_command_imports_code_from_the_working_folder",
+    "Ray workers started from a folder holding colorsys.py": "test_ray_workers_do_not_import_from_the_working_folder",
+    "@/dev/zero as an input list": "test_bad_invocations_exit_2_with_one_line",
+    "--inputs-from a FIFO nobody writes": "test_bad_invocations_exit_2_with_one_line",
+    "an input list in Latin-1": "test_bad_invocations_exit_2_with_one_line",
+    "-c /dev/zero": "test_bad_invocations_exit_2_with_one_line",
+    "-c a folder": "test_bad_invocations_exit_2_with_one_line",
+    "--set with a value that is not YAML": "test_bad_invocations_exit_2_with_one_line",
+    "-o ''": "test_bad_invocations_exit_2_with_one_line",
+    "-o a folder of the user's own files": "test_bad_invocations_exit_2_with_one_line",
+    "-o /sys/x": "test_bad_invocations_exit_2_with_one_line",
+    "a list over inputs.max_list_mb, a config over 16 MiB": "test_lists_over_the_cap_are_refused_before_reading",
+    "input lists in UTF-8 with a BOM and UTF-16 with a BOM":
+        "test_lists_in_utf8_with_or_without_bom_and_utf16_with_bom_are_read",
+    "an input list in UTF-16 without a BOM": "test_lists_in_other_encodings_get_one_line",
+    "a config in Latin-1, with a YAML error": "test_configs_that_are_not_yaml_or_utf8_get_one_line",
+    "an endless remote input": "test_an_endless_or_stalled_remote_input_fails_alone_and_keeps_the_disk",
+    "a remote input that stalls": "test_an_endless_or_stalled_remote_input_fails_alone_and_keeps_the_disk",
+    "a name that is not UTF-8 beside a good file, given again as bytes and as its URL":
+        "test_a_name_that_is_not_utf8_is_planned_processed_and_recorded_beside_a_good_file",
+    "the output reached through a link, a glob, a link to a file in it, a bind mount":
+        "test_the_output_is_never_read_however_it_is_reached",
+    "disk full at each write of a run": "test_disk_full_or_a_folder_made_read_only_at_any_write_exits_5_and_resumes",
+    "permission denied at each write of a run":
+        "test_disk_full_or_a_folder_made_read_only_at_any_write_exits_5_and_resumes",
+    "a real full filesystem": "test_a_real_full_disk_exits_5_and_a_read_only_build_still_exports",
+    "export of a build on a read-only filesystem": "test_a_real_full_disk_exits_5_and_a_read_only_build_still_exports",
+    "the build folder made read-only mid-run": "test_a_folder_made_read_only_mid_run_exits_5_and_resumes",
+    "Ctrl-C mid-run": "test_ctrl_c_and_sigterm_stop_cleanly_say_how_to_resume_and_resume",
+    "SIGTERM mid-run": "test_ctrl_c_and_sigterm_stop_cleanly_say_how_to_resume_and_resume",
+    "kaldi export of a build whose path has a space": "test_exports_refuse_paths_their_files_cannot_hold",
+    "list export into a destination with '|' or a line break": "test_exports_refuse_paths_their_files_cannot_hold",
+    "lhotse / kaldi export of a build path that is not UTF-8": "test_exports_refuse_paths_their_files_cannot_hold",
+    "hf export with word timestamps read by datasets 3.x": "test_hf_features_load_in_datasets_3_and_4",
+    "eval --refs a FIFO or /dev/zero": "test_reference_lists_are_user_files_too",
+    "an mkv with noise on stream 0 and speech on stream 1, by rule and by setting":
+        "test_the_audio_stream_is_chosen_by_rule_or_setting_and_recorded",
+    "a long input: deadline from its length": "test_deadlines_grow_with_the_audio_duration",
+    "a long input: decoding progress": "test_decoding_a_long_input_reports_progress",
+}
 STREAMS = {"two_streams_first_noise.mkv": (0, 2), "two_streams_default_second.mkv": (1, 2), "good.wav": (0, 1)}
 
 

@@ -385,3 +385,43 @@ def test_hf_features_load_in_datasets_3_and_4():
     got = datasets.Features.from_arrow_schema(table.schema)
     assert got["words"] == datasets.Features.from_dict({"w": features["words"]})["w"]
     assert datasets.Dataset(table).cast_column("audio", datasets.Audio(decode=False))[0]["words"] == row["words"]
+
+
+def test_reference_lists_are_user_files_too(tmp_path, capsys):
+    from emilia_pipe.cli import main
+
+    out = _scripted_build(tmp_path / "out")
+    os.mkfifo(tmp_path / "refs.tsv")
+    assert main(["eval", str(out), "--refs", str(tmp_path / "refs.tsv")]) == 2
+    assert "reference list" in _one_line(capsys.readouterr().err)
+    assert main(["eval", str(out), "--refs", "/dev/zero"]) == 2
+    assert "is a character device, not a regular file" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.integration
+def test_ray_workers_do_not_import_from_the_working_folder(tmp_path):
+    """ray.init puts the driver's working folder on every worker's sys.path (before: a colorsys.py there was
+    imported by a worker)."""
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    (trap / "colorsys.py").write_text(f"open({str(trap / 'MARK')!r}, 'w').close()\n")
+    script = ("import sys\nsys.path[:0] = [{root!r}]\n"
+              "from emilia_pipe.runners.ray_executor import init_ray\n"
+              "ray = init_ray(None, {{}})\n"
+              "@ray.remote\ndef probe():\n    import os, sys\n    import colorsys\n"
+              "    return [p for p in sys.path if 'trap' in p]\n"
+              "print(ray.get(probe.remote()))\nray.shutdown()\n").format(root=str(ROOT))
+    (tmp_path / "probe.py").write_text(script)
+    proc = subprocess.run([sys.executable, str(tmp_path / "probe.py")], cwd=trap, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]" and not (trap / "MARK").exists()
+
+
+def test_the_corpus_has_at_least_50_kinds_each_run_by_a_test():
+    from corpus import EXPECT, INVOCATIONS
+
+    assert len(EXPECT) + len(INVOCATIONS) >= 50, (len(EXPECT), len(INVOCATIONS))
+    sources = "".join((ROOT / "tests" / f).read_text() for f in ("test_hostile_invocations.py", "test_safe_inputs.py"))
+    missing = {kind: test for kind, test in INVOCATIONS.items() if f"def {test}(" not in sources}
+    assert not missing, missing
