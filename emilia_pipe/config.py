@@ -326,6 +326,9 @@ class InputsConfig(_Section):
     remote_max_mb: float = Field(4096, gt=0, description=(
         "A remote input (s3://, https://...) is staged to OUT/.emilia/tmp up to this size; a larger or "
         "endless one fails (its staged part deleted at once) and the run goes on."))
+    remote_min_free_mb: float = Field(1024, ge=0, description=(
+        "A remote input whose staging would leave less than this free on the output's disk fails (its staged "
+        "part deleted) and the run goes on."))
     remote_stall_timeout_s: float = Field(60.0, gt=0, description=(
         "A remote input that sends no byte for this long fails (its staged part deleted) and the run goes on."))
 

@@ -88,6 +88,7 @@ INVOCATIONS: dict[str, str] = {
     "a config in Latin-1, with a YAML error": "test_configs_that_are_not_yaml_or_utf8_get_one_line",
     "an endless remote input": "test_an_endless_or_stalled_remote_input_fails_alone_and_keeps_the_disk",
     "a remote input that stalls": "test_an_endless_or_stalled_remote_input_fails_alone_and_keeps_the_disk",
+    "an endless remote input on a disk with little room": "test_a_remote_input_never_fills_the_output_disk",
     "a name that is not UTF-8 beside a good file, given again as bytes and as its URL":
         "test_a_name_that_is_not_utf8_is_planned_processed_and_recorded_beside_a_good_file",
     "the output reached through a link, a glob, a link to a file in it, a bind mount":

@@ -311,3 +311,23 @@ def test_decoding_a_long_input_reports_progress(tmp_path, capsys):
     assert lines and lines[-1].startswith("[emilia-pipe] decode ") and "audio-s 30/30" in lines[-1]
     decode(f, 16000)  # under the default 10 min: quiet
     assert PROGRESS_AFTER_S == 600 and "decode" not in capsys.readouterr().err
+
+
+def test_a_remote_input_never_fills_the_output_disk(tmp_path, hostile_fs):
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", small],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        good = _wav(tmp_path / "in/good.wav")
+        cfg = load_config(overrides=["run.runner=local", "inputs.remote_min_free_mb=100"])  # 4 GiB cap: not hit
+        out = small / "out"
+        _run(["endless://radio/live.wav", good], out, cfg)
+        failure = _rows(out, "failures.jsonl")[0]
+        assert "would leave less than inputs.remote_min_free_mb=100 MiB free" in failure["error"], failure
+        free = os.statvfs(small).f_bavail * os.statvfs(small).f_frsize
+        assert free > 190 << 20  # the staged part is gone: the disk has its space back
+        assert [Path(r["path"]).name for r in _rows(out, "sources.jsonl")] == ["good.wav"]
+    finally:
+        subprocess.run(["umount", "-l", small])

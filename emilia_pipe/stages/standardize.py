@@ -38,8 +38,8 @@ class Standardizer(Stage):
         where, suffix = (stage_dir, "") if stage_dir else (tempfile.gettempdir(), f"-{uuid.uuid4().hex[:12]}")
         spill = Spill(self.long.chunk_s, spill_path(where, index, "working" + suffix),
                       spill_path(where, index, "analysis" + suffix))
-        with local_copy(path, stage_dir, int(self.inputs.remote_max_mb * 2**20),
-                        self.inputs.remote_stall_timeout_s) as (local, digest):
+        with local_copy(path, stage_dir, int(self.inputs.remote_max_mb * 2**20), self.inputs.remote_stall_timeout_s,
+                        int(self.inputs.remote_min_free_mb * 2**20)) as (local, digest):
             if not is_url(path):
                 _check_regular(local, path)
             decoded = decode(local, self.cfg.sample_rate, self.cfg.max_duration_s, spill, self.cfg.audio_stream,
