@@ -79,6 +79,8 @@ INVOCATIONS: dict[str, str] = {
     "-c a folder": "test_bad_invocations_exit_2_with_one_line",
     "--set with a value that is not YAML": "test_bad_invocations_exit_2_with_one_line",
     "-o ''": "test_bad_invocations_exit_2_with_one_line",
+    "-o a path that is not UTF-8": "test_an_empty_output_path_or_one_that_is_not_utf8_is_refused",
+    "export into a destination that is not UTF-8": "test_exports_refuse_paths_their_files_cannot_hold",
     "-o a folder of the user's own files": "test_bad_invocations_exit_2_with_one_line",
     "-o /sys/x": "test_bad_invocations_exit_2_with_one_line",
     "a list over inputs.max_list_mb, a config over 16 MiB": "test_lists_over_the_cap_are_refused_before_reading",

@@ -362,6 +362,10 @@ def test_exports_refuse_paths_their_files_cannot_hold(tmp_path, capsys):
     for fmt in ("lhotse", "kaldi"):
         assert main(["export", os.fsdecode(odd), "--format", fmt, "-o", str(tmp_path / f"odd-{fmt}")]) == 2
         assert "odd\\xff) is not valid UTF-8" in _one_line(capsys.readouterr().err)
+    # nor a destination that is not UTF-8 (Parquet shards, JSON): before, hf stopped with a traceback
+    for fmt in ("hf", "text"):
+        assert main(["export", str(spaced), "--format", fmt, "-o", os.fsdecode(odd) + "-dest"]) == 2
+        assert "the path of the destination" in _one_line(capsys.readouterr().err)
 
 
 def test_hf_features_load_in_datasets_3_and_4():

@@ -196,10 +196,13 @@ def test_a_name_that_is_not_utf8_is_planned_processed_and_recorded_beside_a_good
 
 # --- the output folder ------------------------------------------------------------------------------
 
-def test_an_empty_output_path_is_refused(tmp_path):
+def test_an_empty_output_path_or_one_that_is_not_utf8_is_refused(tmp_path):
     _wav(tmp_path / "a.wav")
     with pytest.raises(OutputError, match="the output path is empty"):
         _run([tmp_path / "a.wav"], "")
+    with pytest.raises(OutputError, match=r"the output path .*/b\\xffuild is not valid UTF-8"):
+        _run([tmp_path / "a.wav"], os.fsdecode(os.path.join(os.fsencode(tmp_path), b"b\xffuild")))
+    assert os.listdir(tmp_path) == ["a.wav"]
 
 
 def test_a_folder_of_other_files_is_refused_unless_forced(tmp_path):

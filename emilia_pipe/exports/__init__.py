@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emilia_pipe.exports import duplex, f5tts, hf, kaldi, lhotse, listfmt, text, webdataset
-from emilia_pipe.exports.common import ExportError, PublishedBuild, staging
+from emilia_pipe.exports.common import ExportError, PublishedBuild, refuse_unholdable, staging
 from emilia_pipe.runtime.progress import Progress
 
 FORMATS = [webdataset, lhotse, hf, kaldi, listfmt, f5tts, duplex, text]
@@ -27,6 +27,7 @@ def export(out: str | Path, fmt: str, dest: str | Path, clips_per_shard: int = 2
     if clips_per_shard < 1:
         raise ExportError(f"--clips-per-shard must be at least 1, got {clips_per_shard}")
     build = PublishedBuild(out)
+    refuse_unholdable(Path(dest).resolve(), fmt, "destination", "", "")  # Parquet and JSON name files in UTF-8
     if hasattr(module, "check_paths"):  # before anything is written
         module.check_paths(build.out, Path(dest).resolve())
     # the lock keeps a run or refilter from rewriting the manifests while they are read

@@ -65,8 +65,9 @@ def size_local(config: PipelineConfig) -> PipelineConfig:
 
 
 def check_output(out_dir: str | Path, force: bool = False) -> Path:
-    """Fail at once, with the fix, when the output cannot or must not be written: an empty path, a file, a
-    folder of other things that is not a build (unless ``force``), a place where nothing can be created.
+    """Fail at once, with the fix, when the output cannot or must not be written: an empty path or one that
+    is not UTF-8, a file, a folder of other things that is not a build (unless ``force``), a place where
+    nothing can be created.
     Returns the output's absolute path; leaves nothing behind."""
     from emilia_pipe.dataset.ledger import is_build
     from emilia_pipe.runtime.userfiles import shown
@@ -74,6 +75,11 @@ def check_output(out_dir: str | Path, force: bool = False) -> Path:
     if not str(out_dir).strip():
         raise OutputError("the output path is empty; give -o a folder (a new one, or a build to resume)")
     out = Path(os.path.abspath(out_dir))
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:  # the build's Parquet and JSON name files by UTF-8 paths
+        raise OutputError(f"the output path {shown(out)} is not valid UTF-8; give -o a path with a UTF-8 name "
+                          "(a link to the folder will do)") from None
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {shown(out)} is a file, not a folder; give -o a new folder or an existing build")
     if out.is_dir() and not force and not is_build(out):
