@@ -114,8 +114,8 @@ def cmd_run(args, restart_argv: list[str] | None = None) -> int:
     summary = run_pipeline(inputs, args.out, config, allow_config_change=args.allow_config_change,
                            force_output=args.force)
     failed = summary["this_run"]["failed"]
-    print(f"dataset written to {shown(args.out)} ({summary['clips']['kept']} clips kept, {failed} file(s) failed in this run, "
-          f"{summary['files']['failed']} failed in the build)")
+    print(f"dataset written to {shown(args.out)} ({summary['clips']['kept']} clips kept, {failed} file(s) failed in "
+          f"this run, {summary['files']['failed']} failed in the build)")
     return 1 if failed else 0
 
 

@@ -93,6 +93,7 @@ INVOCATIONS: dict[str, str] = {
     "an endless remote input on a disk with little room": "test_a_remote_input_never_fills_the_output_disk",
     "a name that is not UTF-8 beside a good file, given again as bytes and as its URL":
         "test_a_name_that_is_not_utf8_is_planned_processed_and_recorded_beside_a_good_file",
+    "a name that is not UTF-8 on the command line itself": "test_a_name_that_is_not_utf8_on_the_command_line",
     "the output reached through a link, a glob, a link to a file in it, a bind mount":
         "test_the_output_is_never_read_however_it_is_reached",
     "disk full at each write of a run": "test_disk_full_or_a_folder_made_read_only_at_any_write_exits_5_and_resumes",

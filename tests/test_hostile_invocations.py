@@ -429,3 +429,20 @@ def test_the_corpus_has_at_least_50_kinds_each_run_by_a_test():
     sources = "".join((ROOT / "tests" / f).read_text() for f in ("test_hostile_invocations.py", "test_safe_inputs.py"))
     missing = {kind: test for kind, test in INVOCATIONS.items() if f"def {test}(" not in sources}
     assert not missing, missing
+
+
+def test_a_name_that_is_not_utf8_on_the_command_line(tmp_path):
+    """The command line itself holds the odd bytes (recorded in build.json's and lock.json's argv)."""
+    d = _inputs(tmp_path / "in", 1)
+    bad = os.path.join(os.fsencode(d), b"caf\xe9.wav")
+    with open(bad, "wb") as fh:
+        fh.write(b"y")
+    script = STOPPABLE.format(root=str(ROOT), tests=str(ROOT / "tests"), slow=False)
+    proc = subprocess.run([sys.executable.encode(), b"-c", script.encode(), b"run", bad, os.fsencode(d / "f00.wav"),
+                           b"-o", os.fsencode(tmp_path / "out")], capture_output=True, timeout=300,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    paths = [json.loads(line)["path"] for line in (tmp_path / "out/sources.jsonl").read_text().splitlines()]
+    assert paths == sorted([str(d / "f00.wav"), f"file://{d}/caf%E9.wav"])
+    argv = json.loads((tmp_path / "out/.emilia/build.json").read_text())["runs"][0]["argv"]
+    assert f"{d}/caf\\xe9.wav" in argv

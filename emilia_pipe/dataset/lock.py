@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from emilia_pipe.records import STATE_DIR
+from emilia_pipe.records import STATE_DIR, utf8_text
 from emilia_pipe.runtime.files import NOT_WRITABLE, write_atomic
 
 
@@ -60,7 +60,7 @@ class BuildLock:
                 "A killed run releases the lock by itself.") from None
         self.fd = fd
         holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose,
-                             "started": time.time(), "argv": sys.argv})
+                             "started": time.time(), "argv": [utf8_text(a) for a in sys.argv]})
         try:
             write_atomic(self.state / "lock.json", holder)
         except OSError as exc:

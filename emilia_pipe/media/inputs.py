@@ -247,7 +247,8 @@ def expand_inputs(items: Iterable[str | Path], exclude: Iterable[str | Path] = (
     found.files = [f for f in found.files if is_url(f) or not outputs.holds(f)]
     found.files, same = _one_name_per_file(sorted(set(found.files)))
     found.files = [f if is_url(f) else path_text(f) for f in found.files]
-    problems = {path_text(pr.path): InputProblem(path_text(pr.path), pr.reason, pr.failed) for pr in found.problems + same}
+    problems = {path_text(pr.path): InputProblem(path_text(pr.path), pr.reason, pr.failed)
+                for pr in found.problems + same}
     found.problems = sorted(problems.values(), key=lambda pr: pr.path)
     return found
 

@@ -96,7 +96,8 @@ def local_copy(path: str, stage_dir: Optional[str | os.PathLike], max_bytes: int
                     next_check = size + CHECK_FREE_EVERY
                     if _free_bytes(dst.fileno()) - CHECK_FREE_EVERY < min_free:  # the next blocks must fit
                         raise RemoteInputError(f"{path}: staging it would leave less than inputs.remote_min_free_mb="
-                                               f"{min_free / 2**20:g} MiB free on the output's disk: not staged further")
+                                               f"{min_free / 2**20:g} MiB free on the output's disk: not staged "
+                                               "further")
                 digest.update(block)
                 dst.write(block)
         yield tmp, digest.hexdigest()
