@@ -334,3 +334,14 @@ def test_a_remote_input_never_fills_the_output_disk(tmp_path, hostile_fs):
         assert [Path(r["path"]).name for r in _rows(out, "sources.jsonl")] == ["good.wav"]
     finally:
         subprocess.run(["umount", "-l", small])
+
+
+def test_the_new_settings_leave_older_builds_resumable():
+    """Settings added here are not in an older build's fingerprint: at their defaults they stay out of it,
+    so a resume does not report a change; a stream chosen by number does shape the clips and counts."""
+    from emilia_pipe.dataset.fingerprint import fingerprint
+
+    fp = fingerprint(CFG)
+    assert not [k for k in fp if k.startswith("inputs.") or k in ("standardize.audio_stream",
+                                                                    "run.task_timeout_per_audio_hour_s")]
+    assert fingerprint(load_config(overrides=["standardize.audio_stream=1"]))["standardize.audio_stream"] == 1
