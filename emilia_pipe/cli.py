@@ -2,14 +2,20 @@
 
 Exit status: 0 = every file went through; 1 = the run finished but some files of this run failed (their
 count is printed and in summary.json, their reasons in failures.jsonl); 2 = bad usage or configuration
-(also: resuming a build with other settings; an input that names nothing; an output that is a file or
-read-only); 3 = a needed model is missing; 4 = the build folder is in use by another run; 5 = the output
-could not be written (disk full): the same command resumes the build."""
+(also: resuming a build with other settings; an input that names nothing; a list or config that is not a
+regular UTF-8 / UTF-16 file or is too large; an output that is empty, a file, read-only, or a folder of
+other files without --force); 3 = a needed model is missing; 4 = the build folder is in use by another
+run; 5 = the output could not be written (disk full, a folder made read-only, any other write error): the
+same command resumes the build; 130 / 143 = stopped by Ctrl-C / SIGTERM: what was committed is kept and
+the same command resumes. Every error is one line on stderr, never a traceback."""
 from __future__ import annotations
 
 import argparse
-import errno
+import contextlib
 import json
+import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +26,8 @@ from emilia_pipe.media.inputs import InputError, OutputError
 from emilia_pipe.models.refs import ModelUnavailableError
 from emilia_pipe.models.registry import model_statuses
 from emilia_pipe.runners.ray_executor import ResourcePlanError
+from emilia_pipe.runtime.files import DISK_FULL, NOT_WRITABLE, output_fault
+from emilia_pipe.runtime.userfiles import shown
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -48,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                           "CPU machine, ray with a GPU or --ray-address")
     run.add_argument("--allow-config-change", action="store_true",
                      help="resume a build whose settings or model versions differ from this run's")
+    run.add_argument("--force", action="store_true",
+                     help="write the build into an existing folder of other files (refused otherwise; files of the "
+                          "build's names there, e.g. summary.json, are replaced)")
     _config_args(run)
 
     st = sub.add_parser("status", help="done / failed / pending sources and hours of a build")
@@ -99,11 +110,12 @@ def cmd_run(args, restart_argv: list[str] | None = None) -> int:
         raise InputError("no inputs given; name files, folders, globs or URLs, or use --inputs-from FILE")
     config = _load(args)
     if restart_argv is not None:  # the models' threads must find malloc tuned from the first allocation
-        restart_tuned_if_local(config, ["-m", "emilia_pipe.cli", *restart_argv])
-    summary = run_pipeline(inputs, args.out, config, allow_config_change=args.allow_config_change)
+        restart_tuned_if_local(config, ["-c", RESTART_CODE, *restart_argv])
+    summary = run_pipeline(inputs, args.out, config, allow_config_change=args.allow_config_change,
+                           force_output=args.force)
     failed = summary["this_run"]["failed"]
-    print(f"dataset written to {args.out} ({summary['clips']['kept']} clips kept, {failed} file(s) failed in this run, "
-          f"{summary['files']['failed']} failed in the build)")
+    print(f"dataset written to {shown(args.out)} ({summary['clips']['kept']} clips kept, {failed} file(s) failed in "
+          f"this run, {summary['files']['failed']} failed in the build)")
     return 1 if failed else 0
 
 
@@ -207,7 +219,22 @@ _EXIT_CODES = (
     ((BuildLockedError,), 4),
 )
 EXIT_CODES = tuple(t for types, _ in _EXIT_CODES for t in types)
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # exit 5: the output could not be written
+STOPPED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as a shell reports it
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that the same cleanup as for Ctrl-C runs."""
+
+    signum = signal.SIGTERM
+
+
+# What the restarted process runs. Not `python -m emilia_pipe.cli`: -m and -c put the working folder first on
+# sys.path (as ''), so an argparse.py or json.py lying in the folder a user runs from would be imported and
+# run. The code below takes that entry out before it imports anything.
+RESTART_CODE = ("import sys\n"
+                "if sys.path and sys.path[0] == '': del sys.path[0]\n"
+                "from emilia_pipe.cli import main\n"
+                "sys.exit(main(sys.argv[1:]))\n")
 
 
 def console_main() -> int:
@@ -215,41 +242,86 @@ def console_main() -> int:
     return main(sys.argv[1:], may_restart=True)
 
 
-def main(argv: list[str] | None = None, may_restart: bool = False) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "run":
-            return cmd_run(args, (sys.argv[1:] if argv is None else argv) if may_restart else None)
-        if args.command == "models":
-            return cmd_models(args)
-        if args.command == "refilter":
-            return cmd_refilter(args)
-        if args.command == "status":
-            return cmd_status(args)
-        if args.command == "eval":
-            return cmd_eval(args)
-        if args.command == "export":
-            return cmd_export(args)
-        if args.command == "config":
-            import yaml
+def _dispatch(args, argv: list[str] | None, may_restart: bool) -> int:
+    if args.command == "run":
+        return cmd_run(args, (sys.argv[1:] if argv is None else argv) if may_restart else None)
+    if args.command == "config":
+        import yaml
 
-            print(yaml.safe_dump(_load(args).model_dump(mode="json"), sort_keys=False))
-            return 0
+        print(yaml.safe_dump(_load(args).model_dump(mode="json"), sort_keys=False))
+        return 0
+    return {"models": cmd_models, "refilter": cmd_refilter, "status": cmd_status, "eval": cmd_eval,
+            "export": cmd_export}[args.command](args)
+
+
+def main(argv: list[str] | None = None, may_restart: bool = False) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a name with bytes that are not UTF-8 is printed, not a crash
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+    args = _parser().parse_args(argv)
+    previous = _raise_on_sigterm()
+    try:
+        return _dispatch(args, argv, may_restart)
     except EXIT_CODES as exc:
+        if isinstance(exc, FileNotFoundError) and output_fault(exc) is None and _writing(exc, args):
+            return _cannot_write(exc, args)
         code = next(c for types, c in _EXIT_CODES if isinstance(exc, types))
         prefix = "model missing:\n" if isinstance(exc, ModelUnavailableError) else ""
         print(f"emilia-pipe: {prefix}{exc}", file=sys.stderr)
         return code
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        again = "emilia-pipe " + shlex.join(sys.argv[1:] if argv is None else argv)
+        done = ("the files finished so far are kept; to resume, run the same command again: " if args.command == "run"
+                else "nothing half-written was left; run it again: ")
+        print(f"emilia-pipe: stopped by {what}; {done}{again}", file=sys.stderr)
+        return STOPPED[signum]
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS:
-            raise
-        # the build stays consistent (every file is published by rename): the same command resumes it
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"emilia-pipe: cannot write the output: {exc.strerror or exc}{where}; free space (or fix the folder) "
-              "and run the same command again, the build resumes", file=sys.stderr)
-        return 5
-    return 0
+        return _cannot_write(exc, args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_on_sigterm():
+    """SIGTERM stops the command like Ctrl-C (exit 143); returns the handler to put back (None: not the main
+    thread, where no handler can be set)."""
+    def stop(signum, frame):
+        raise Stopped()
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        return None
+
+
+def _writing(exc: OSError, args) -> bool:
+    """Whether a missing file is one of the output's (a folder removed under a running build), not an input."""
+    out = getattr(args, "dest", None) or getattr(args, "out", None)
+    name = getattr(exc, "filename", None)
+    if not out or not name:
+        return False
+    return os.path.abspath(str(name)).startswith(os.path.abspath(str(out)) + os.sep)
+
+
+def _cannot_write(exc: OSError, args) -> int:
+    """Exit 5, one line: the output could not be written. Every file of a build is published by rename, so the
+    build stays whole and the same command resumes it."""
+    fault = output_fault(exc) or exc
+    where = f" ({shown(fault.filename)})" if getattr(fault, "filename", None) else ""
+    reason = fault.strerror or str(fault)
+    if fault.errno in DISK_FULL:
+        fix = "free space"
+    elif fault.errno in NOT_WRITABLE:
+        fix = "make the folder writable (read-only or no permission)"
+    else:
+        fix = "fix the folder"
+    resume = ", the build resumes where it stopped" if args.command == "run" else ""
+    print(f"emilia-pipe: cannot write the output: {reason}{where}; {fix} and run the same command again{resume}",
+          file=sys.stderr)
+    return 5
 
 
 if __name__ == "__main__":
-    sys.exit(main())  # also the restarted process (restart_tuned runs `python -m emilia_pipe.cli`)
+    sys.exit(main())

@@ -49,6 +49,18 @@ class StandardizeConfig(_Section):
     max_nonfinite_fraction: float = Field(0.01, ge=0, le=1, description=(
         "Fraction of samples (0-1). Inputs with more NaN/Inf samples than this fail; fewer are replaced by "
         "silence and counted (nonfinite_samples in sources.jsonl)."))
+    audio_stream: int | Literal["auto"] = Field("auto", description=(
+        "Which audio stream of a file with several is used (a film with dubs, a recording with one track a "
+        "microphone). auto = the stream the file marks as default, else the first; a number n = the n-th "
+        "audio stream, counting from 0 (a file with fewer fails). sources.jsonl records the stream used "
+        "(audio_stream) and how many there were (audio_streams)."))
+
+    @field_validator("audio_stream")
+    @classmethod
+    def _stream_index(cls, value):
+        if value != "auto" and value < 0:
+            raise ValueError(f"must be auto or a stream number from 0, got {value}")
+        return value
 
     @field_validator("sample_rate")
     @classmethod
@@ -324,6 +336,21 @@ class OutputConfig(_Section):
         "them (false: their audio is never written)."))
 
 
+class InputsConfig(_Section):
+    """Bounds on what a run reads before any audio: list files and remote inputs."""
+
+    max_list_mb: float = Field(256, gt=0, description=(
+        "An input list (@FILE, --inputs-from) larger than this is refused (exit 2) before it is read."))
+    remote_max_mb: float = Field(4096, gt=0, description=(
+        "A remote input (s3://, https://...) is staged to OUT/.emilia/tmp up to this size; a larger or "
+        "endless one fails (its staged part deleted at once) and the run goes on."))
+    remote_min_free_mb: float = Field(1024, ge=0, description=(
+        "A remote input whose staging would leave less than this free on the output's disk fails (its staged "
+        "part deleted) and the run goes on."))
+    remote_stall_timeout_s: float = Field(60.0, gt=0, description=(
+        "A remote input that sends no byte for this long fails (its staged part deleted) and the run goes on."))
+
+
 class StageResources(_Section):
     actors: int = Field(1, ge=1, description="Ray actors in the pool (each holds its own model).")
     num_cpus: float = Field(1.0, ge=0, description="CPU cores Ray reserves per actor (fractions allowed).")
@@ -365,7 +392,12 @@ class RunConfig(_Section):
         "queued, rather than wait for a full one (1 = full batches only, except at the end)."))
     max_writes_in_flight: int = Field(8, ge=1, description="Sources being written (MP3s and ledger rows) at once.")
     task_timeout_s: float = Field(3600.0, gt=0, description=(
-        "Seconds. A file, batch or write taking longer fails (recorded)."))
+        "Fixed part of a task's deadline (seconds): a file, batch or write taking longer than this plus "
+        "task_timeout_per_audio_hour_s per hour of its audio fails (recorded)."))
+    task_timeout_per_audio_hour_s: float = Field(3600.0, ge=0, description=(
+        "Seconds added to a task's deadline per hour of the audio it works on (a file's duration as its "
+        "container states it, a batch's clips, a source being written), so a long input is never cancelled "
+        "for being long. 3600: a file may take up to its own duration plus task_timeout_s."))
     max_attempts: int = Field(2, ge=1, description="Tries per file when its worker dies (a timeout is not retried).")
     commit_every_sources: int = Field(64, ge=1, description="Writers commit their ledger rows after this many sources...")
     commit_every_s: float = Field(60.0, gt=0, description="...or after this many seconds, whichever comes first.")
@@ -437,6 +469,7 @@ class PipelineConfig(_Section):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
 
@@ -462,7 +495,14 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"--set has an empty key in {item!r}")
-    return path, yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return path, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        where = f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})" \
+            if getattr(exc, "problem_mark", None) else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {problem}{where}; quote it, e.g. "
+                          f"--set '{key}=\"...\"'") from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -478,13 +518,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+MAX_CONFIG_BYTES = 16 << 20  # a config file is a few kB; more is a wrong file (or /dev/zero)
+
+
 def _read_yaml(path: Path) -> dict:
+    from emilia_pipe.runtime.userfiles import read_user_file
+
+    if not Path(path).exists() and not Path(path).is_symlink():
+        raise ConfigError(f"config file not found: {path}")
+    text = read_user_file(path, "config file", MAX_CONFIG_BYTES, ConfigError)
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        where = f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})" \
+            if getattr(exc, "problem_mark", None) else ""
+        raise ConfigError(f"config file {path} is not valid YAML: {getattr(exc, 'problem', None) or exc}{where}") \
+            from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data

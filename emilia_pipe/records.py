@@ -106,6 +106,8 @@ class Source:
     index: int = -1  # place in the build plan (set by the runner; fixes the source's shard and ids)
     decode_errors: list[str] = field(default_factory=list)  # what the decoder reported (corrupt frames...)
     nonfinite_samples: int = 0  # NaN/Inf samples in the input, replaced by silence
+    audio_stream: int = 0  # which of the input's audio streams was used (standardize.audio_stream)
+    audio_streams: int = 1  # how many audio streams the input has
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -124,8 +126,10 @@ class Source:
             "dropped_segments": self.dropped_segments,
             "speech_yield": self.speech_yield,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
-            "decode_errors": self.decode_errors,
+            "decode_errors": [utf8_text(e) for e in self.decode_errors],
             "nonfinite_samples": self.nonfinite_samples,
+            "audio_stream": self.audio_stream,
+            "audio_streams": self.audio_streams,
         }
 
 
@@ -171,7 +175,22 @@ class Failure:
     error_type: str = ""
 
     def to_record(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: utf8_text(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def utf8_text(text: str) -> str:
+    """``text`` as valid UTF-8 (what JSON and Parquet files hold): stray surrogates, the bytes of a file
+    name that is not UTF-8 quoted in a message, shown as ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")
+
 
 STATE_DIR = ".emilia"  # the build's own folder inside OUT: ledger, lock, staging; never an input
 
@@ -181,6 +200,7 @@ class FileTask:
     index: int  # place in the build plan
     path: str  # local path or URL
     stage_dir: Optional[str] = None  # OUT/.emilia/tmp: where a URL is staged and a long input's audio kept
+    audio_s: float = 0.0  # its duration as its container states it (0: unknown), for its deadline
 
 
 _CLIP_ID = re.compile(r"([A-Z]{1,8})_B(\d{5,})_S(\d{5,})_W(\d{6,})")

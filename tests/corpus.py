@@ -17,7 +17,13 @@ import soundfile as sf
 SPEECH = Path(__file__).resolve().parent.parent / "sample_data/asr/en/en_ljspeech_LJ001-0001.wav"
 GOOD = Path(__file__).resolve().parent.parent / "sample_data/asr/de/de_picovoice_test_de.wav"
 NAMES = ["with space.wav", "quote's \"q\".wav", "$(touch pwned).wav", "`touch pwned`.wav", "new\nline.wav",
-         "ünïcödé 語.wav", "-leading-dash.wav"]
+         "ünïcödé 語.wav", "-leading-dash.wav",
+         # names that are not UTF-8 (any bytes but / and NUL are a name): recorded losslessly as file:// URLs
+         os.fsdecode(b"bad\xff\xfe name.wav"), os.fsdecode(b"latin1 caf\xe9.wav"),
+         # names that look like escapes, URLs, globs or options
+         "back\\slash \\xff.wav", "percent %41%2F.wav", "file:colon.wav", "s3:__not_a_url.wav", "glob[ab]*?.wav",
+         "tab\tand\rcr.wav", " leading and trailing .wav", "UPPER CASE.WAV", ".hidden.wav", "x" * 245 + ".wav"]
+NOT_UTF8 = NAMES[7:9]
 NONFINITE = 200  # NaN/Inf samples in nan_few.wav
 
 EXPECT: dict[str, tuple[str, str | None, str | None]] = {
@@ -54,8 +60,61 @@ EXPECT: dict[str, tuple[str, str | None, str | None]] = {
     "link_to_good.wav": ("skipped", "input", r"is the same file as .*good\.wav"),
     "outside_file_link.wav": ("done", None, None),  # a link to a file is followed (once)
     "outside_dir_link": ("skipped", "input", r"symlink to a folder: not followed"),
+    "mp3_named_wav.wav": ("done", None, None),  # the content decides, not the extension
+    "two_streams_first_noise.mkv": ("done", None, None),  # no default stream: the first (recorded: 0 of 2)
+    "two_streams_default_second.mkv": ("done", None, None),  # the stream marked default: 1 of 2
+    "deep.wav": ("done", None, None),  # a file 40 folders down
     **{n: ("done", None, None) for n in NAMES},
 }
+# Hostile invocations (the command pointed at special files, odd folders, faults mid-run), each with the test
+# that runs it: tests/test_hostile_invocations.py and tests/test_safe_inputs.py.
+INVOCATIONS: dict[str, str] = {
+    "every command from a folder holding argparse.py, json.py, typing.py, runpy.py, yaml.py, emilia_pipe/":
+        "test_no_command_imports_code_from_the_working_folder",
+    "Ray workers started from a folder holding colorsys.py": "test_ray_workers_do_not_import_from_the_working_folder",
+    "@/dev/zero as an input list": "test_bad_invocations_exit_2_with_one_line",
+    "--inputs-from a FIFO nobody writes": "test_bad_invocations_exit_2_with_one_line",
+    "an input list in Latin-1": "test_bad_invocations_exit_2_with_one_line",
+    "-c /dev/zero": "test_bad_invocations_exit_2_with_one_line",
+    "-c a folder": "test_bad_invocations_exit_2_with_one_line",
+    "--set with a value that is not YAML": "test_bad_invocations_exit_2_with_one_line",
+    "-o ''": "test_bad_invocations_exit_2_with_one_line",
+    "-o a path that is not UTF-8": "test_an_empty_output_path_or_one_that_is_not_utf8_is_refused",
+    "export into a destination that is not UTF-8": "test_exports_refuse_paths_their_files_cannot_hold",
+    "-o a folder of the user's own files": "test_bad_invocations_exit_2_with_one_line",
+    "-o /sys/x": "test_bad_invocations_exit_2_with_one_line",
+    "a list over inputs.max_list_mb, a config over 16 MiB": "test_lists_over_the_cap_are_refused_before_reading",
+    "input lists in UTF-8 with a BOM and UTF-16 with a BOM":
+        "test_lists_in_utf8_with_or_without_bom_and_utf16_with_bom_are_read",
+    "an input list in UTF-16 without a BOM": "test_lists_in_other_encodings_get_one_line",
+    "a config in Latin-1, with a YAML error": "test_configs_that_are_not_yaml_or_utf8_get_one_line",
+    "an endless remote input": "test_an_endless_or_stalled_remote_input_fails_alone_and_keeps_the_disk",
+    "a remote input that stalls": "test_an_endless_or_stalled_remote_input_fails_alone_and_keeps_the_disk",
+    "an endless remote input on a disk with little room": "test_a_remote_input_never_fills_the_output_disk",
+    "a name that is not UTF-8 beside a good file, given again as bytes and as its URL":
+        "test_a_name_that_is_not_utf8_is_planned_processed_and_recorded_beside_a_good_file",
+    "a name that is not UTF-8 on the command line itself": "test_a_name_that_is_not_utf8_on_the_command_line",
+    "the output reached through a link, a glob, a link to a file in it, a bind mount":
+        "test_the_output_is_never_read_however_it_is_reached",
+    "disk full at each write of a run": "test_disk_full_or_a_folder_made_read_only_at_any_write_exits_5_and_resumes",
+    "permission denied at each write of a run":
+        "test_disk_full_or_a_folder_made_read_only_at_any_write_exits_5_and_resumes",
+    "a real full filesystem": "test_a_real_full_disk_exits_5_and_a_read_only_build_still_exports",
+    "export of a build on a read-only filesystem": "test_a_real_full_disk_exits_5_and_a_read_only_build_still_exports",
+    "the build folder made read-only mid-run": "test_a_folder_made_read_only_mid_run_exits_5_and_resumes",
+    "Ctrl-C mid-run": "test_ctrl_c_and_sigterm_stop_cleanly_say_how_to_resume_and_resume",
+    "SIGTERM mid-run": "test_ctrl_c_and_sigterm_stop_cleanly_say_how_to_resume_and_resume",
+    "kaldi export of a build whose path has a space": "test_exports_refuse_paths_their_files_cannot_hold",
+    "list export into a destination with '|' or a line break": "test_exports_refuse_paths_their_files_cannot_hold",
+    "lhotse / kaldi export of a build path that is not UTF-8": "test_exports_refuse_paths_their_files_cannot_hold",
+    "hf export with word timestamps read by datasets 3.x": "test_hf_features_load_in_datasets_3_and_4",
+    "eval --refs a FIFO or /dev/zero": "test_reference_lists_are_user_files_too",
+    "an mkv with noise on stream 0 and speech on stream 1, by rule and by setting":
+        "test_the_audio_stream_is_chosen_by_rule_or_setting_and_recorded",
+    "a long input: deadline from its length": "test_deadlines_grow_with_the_audio_duration",
+    "a long input: decoding progress": "test_decoding_a_long_input_reports_progress",
+}
+STREAMS = {"two_streams_first_noise.mkv": (0, 2), "two_streams_default_second.mkv": (1, 2), "good.wav": (0, 1)}
 
 
 def _wav_header(rate: int, channels: int, bits: int, data_bytes: int) -> bytes:
@@ -63,6 +122,28 @@ def _wav_header(rate: int, channels: int, bits: int, data_bytes: int) -> bytes:
     return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt "
             + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block, block, bits)
             + b"data" + struct.pack("<I", data_bytes))
+
+
+def two_stream_mkv(path: Path, first: np.ndarray, second: np.ndarray, rate: int, default: int | None) -> None:
+    """A Matroska file with two mono audio streams (FLAC); ``default`` marks one of them as the default."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w", format="matroska") as out:
+        streams = [out.add_stream("pcm_s16le", rate=rate, layout="mono") for _ in range(2)]
+        for i, s in enumerate(streams):
+            s.disposition = av.stream.Disposition.default if i == default else av.stream.Disposition(0)
+        step = rate // 10
+        n = min(first.size, second.size)
+        for start in range(0, n, step):
+            for s, x in zip(streams, (first, second)):
+                chunk = (np.clip(x[start:start + step], -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+                frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+                for p in s.encode(frame):
+                    out.mux(p)
+        for s in streams:
+            for p in s.encode(None):
+                out.mux(p)
 
 
 def _av_write(path: Path, samples: np.ndarray | None, rate: int, fmt: str, codec: str | None,
@@ -159,7 +240,16 @@ def make_corpus(root: Path) -> Path:
     os.symlink(outside / "outside_target.wav", d / "outside_file_link.wav")
     os.symlink(outside, d / "outside_dir_link")
     for i, name in enumerate(NAMES):  # distinct content: each is decoded and written under its own name
-        sf.write(d / name, (0.01 * np.random.default_rng(i + 1).standard_normal(16000)).astype(np.float32), 16000)
+        with open(os.path.join(os.fsencode(d), os.fsencode(name)), "wb") as fh:
+            noise = (0.01 * np.random.default_rng(i + 1).standard_normal(16000)).astype(np.float32)
+            sf.write(fh, noise, 16000, format="WAV")
+    _av_write(d / "mp3_named_wav.wav", speech[: 2 * rate] * 0.9, rate, "mp3", "mp3")
+    noise = (0.3 * rng.standard_normal(speech.size)).astype(np.float32)
+    two_stream_mkv(d / "two_streams_first_noise.mkv", noise, speech, rate, default=None)
+    two_stream_mkv(d / "two_streams_default_second.mkv", noise * 0.5, speech * 0.5, rate, default=1)
+    deep = d.joinpath(*[f"d{i:02d}" for i in range(40)])
+    deep.mkdir(parents=True)
+    sf.write(deep / "deep.wav", speech[: rate] * 0.3, rate)
     return d
 
 
@@ -222,13 +312,18 @@ def outcomes(out: Path) -> dict[str, dict]:
         p = out / name
         return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
 
+    from emilia_pipe.media.inputs import local_path
+
+    def name(path):  # the name on disk, also of a name that is not UTF-8 (recorded as a file:// URL)
+        return os.path.basename(local_path(path))
+
     result = {}
     for r in rows("sources.jsonl"):
-        result[Path(r["path"]).name] = {"outcome": "done", "stage": None, "reason": None, "path": r["path"], "record": r}
+        result[name(r["path"])] = {"outcome": "done", "stage": None, "reason": None, "path": r["path"], "record": r}
     for r in rows("failures.jsonl"):
-        result[Path(r["path"]).name] = {"outcome": "failed", "stage": r["stage"], "reason": r["error"], "path": r["path"],
-                                        "record": r}
+        result[name(r["path"])] = {"outcome": "failed", "stage": r["stage"], "reason": r["error"], "path": r["path"],
+                                   "record": r}
     for r in rows("skipped.jsonl"):
-        result[Path(r["path"]).name] = {"outcome": "skipped", "stage": r["stage"], "reason": r["reason"],
-                                        "path": r["path"], "record": r}
+        result[name(r["path"])] = {"outcome": "skipped", "stage": r["stage"], "reason": r["reason"],
+                                   "path": r["path"], "record": r}
     return result

@@ -111,7 +111,9 @@ def test_user_files_in_the_output_survive_run_and_refilter(tmp_path, sample_dir)
     for p in mine:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("mine\n")
-    cli("run", sample_dir / FILES[0], "-o", out, *SETTINGS, check=0)
+    # a folder of the user's files is a build only when asked for (--force); refused otherwise
+    assert cli("run", sample_dir / FILES[0], "-o", out, *SETTINGS).returncode == 2
+    cli("run", sample_dir / FILES[0], "-o", out, "--force", *SETTINGS, check=0)
     cli("refilter", out, "--set", "filter.dnsmos_min=9", check=0)
     cli("refilter", out, "--set", "filter.dnsmos_min=0", check=0)
     assert all(p.read_text() == "mine\n" for p in mine)

@@ -63,3 +63,28 @@ def test_nothing_outside_the_inputs_is_run_or_read(build):
     assert not list(root.rglob("pwned*"))
     text = "".join(p.read_text() for p in out.glob("*.jsonl"))
     assert "canary" not in text and "outside_target" not in text
+
+
+def test_a_noise_stream_before_the_speech_is_noted_and_the_speech_stream_can_be_chosen(build, tmp_path):
+    """An mkv whose first audio stream is noise and second is speech: by the rule (no stream marked default:
+    the first) it gives no speaker turn, and sources.jsonl says it used stream 0 of 2 (before: nothing said
+    so); standardize.audio_stream=1 gives the speech. Measured: 0 turns vs 2 turns, 9.1 s."""
+    import numpy as np
+    import soundfile as sf
+    from corpus import SPEECH, two_stream_mkv
+
+    from emilia_pipe.config import load_config
+    from emilia_pipe.stages import build_stage
+
+    _, _, out, _ = build
+    rec = outcomes(out)["two_streams_first_noise.mkv"]["record"]
+    assert (rec["audio_stream"], rec["audio_streams"], rec["turns"]) == (0, 2, [])
+    speech, rate = sf.read(SPEECH, dtype="float32")
+    noise = (0.3 * np.random.default_rng(0).standard_normal(speech.size)).astype(np.float32)
+    two_stream_mkv(tmp_path / "film.mkv", noise, speech, rate, default=None)
+    turns = {}
+    for choice in ("auto", "1"):
+        cfg = load_config(overrides=[f"standardize.audio_stream={choice}", "run.runner=local"])
+        src = build_stage("diarize", cfg).run(build_stage("standardize", cfg).run(tmp_path / "film.mkv"))
+        turns[choice] = sum(t.duration for t in src.turns)
+    assert turns["auto"] == 0 and turns["1"] > 0.5 * speech.size / rate, turns

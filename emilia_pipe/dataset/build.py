@@ -21,7 +21,7 @@ from emilia_pipe.dataset.ledger import FORMAT_VERSION, Ledger, read_build_info
 from emilia_pipe.dataset.lock import BuildLock
 from emilia_pipe.media.disk import remove_spilled
 from emilia_pipe.media.inputs import InputProblem, input_stat
-from emilia_pipe.records import STATE_DIR, Failure, FileTask
+from emilia_pipe.records import STATE_DIR, Failure, FileTask, utf8_text
 from emilia_pipe.runtime.files import write_atomic
 
 # settings that rename clips: never changeable on an existing build, even when asked
@@ -75,7 +75,7 @@ class Build:
         runs = info["runs"] if info else []
         self.run = len(runs)
         runs.append({"run": self.run, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
-                     "argv": sys.argv, "fingerprint": fingerprint_hash(fp), "changed": changed})
+                     "argv": [utf8_text(a) for a in sys.argv], "fingerprint": fingerprint_hash(fp), "changed": changed})
         info = {"format": FORMAT_VERSION, "fingerprint": fp, "config": self.cfg.model_dump(mode="json"), "runs": runs}
         write_atomic(self.out / STATE_DIR / "build.json", json.dumps(info, indent=2, ensure_ascii=False),
                      tmp_dir=self.ledger.tmp)

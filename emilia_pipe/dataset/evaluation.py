@@ -74,10 +74,16 @@ def char_error_rate(reference: str, hypothesis: str) -> float:
 
 # --- references --------------------------------------------------------------------------------
 
+MAX_REFERENCE_BYTES = 256 << 20  # a transcript list this large is a wrong file (or /dev/zero)
+
+
 def load_transcripts(path: Path) -> list[dict]:
     """Rows {key, text, language (or None)} of a TSV transcript list."""
-    rows = [r for r in csv.reader(Path(path).read_text(encoding="utf-8").splitlines(), delimiter="\t",
-                                  quoting=csv.QUOTE_NONE) if r and not r[0].startswith("#")]
+    from emilia_pipe.runtime.userfiles import read_user_file
+
+    text = read_user_file(path, "reference list", MAX_REFERENCE_BYTES, ValueError)
+    rows = [r for r in csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+            if r and not r[0].startswith("#")]
     header = [c.strip().lower() for c in rows[0]] if rows else []
     key_col = next((header.index(c) for c in ("file", "path", "id") if c in header), None)
     text_col = next((header.index(c) for c in ("reference_text", "text") if c in header), None)
@@ -99,7 +105,8 @@ def load_rttm_folder(path: Path) -> dict[str, dict]:
     """file stem -> {"reference": Annotation, "uem": Timeline or None} for every .rttm under ``path``."""
     from pyannote.database.util import load_rttm, load_uem
 
-    files = [path] if path.is_file() else sorted(path.rglob("*.rttm"))
+    # regular files only (is_file): a FIFO or device named .rttm would block the reader
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*.rttm") if p.is_file())
     refs = {}
     for f in files:
         by_uri = load_rttm(str(f))

@@ -16,9 +16,10 @@ class BuildMismatchError(RuntimeError):
 # (Filter thresholds are re-applied to the whole build at the end of every run and by refilter.)
 # Settings added after builds existed, left out of the fingerprint at their default so that older builds
 # resume without a spurious "settings changed".
-LATER_DEFAULTS = {"transcribe.word_timestamps": False, "separate.precision": "float32"}
+LATER_DEFAULTS = {"transcribe.word_timestamps": False, "separate.precision": "float32",
+                  "standardize.audio_stream": "auto"}
 NON_SEMANTIC = (
-    "run.", "filter.", "profile", "models.cache_dir", "models.hf_token_env", "transcribe.batch_size",
+    "run.", "filter.", "inputs.", "profile", "models.cache_dir", "models.hf_token_env", "transcribe.batch_size",
     "transcribe.cpu_threads", "transcribe.device", "transcribe.encode_batch_size", "score.onnx_threads", "score.batch_windows",
     "diarize.embedding_batch_size", "diarize.segmentation_batch_size", "separate.batch_size",
     "separate.device", "diarize.device", "score.device", "score.gpu_batch_windows",

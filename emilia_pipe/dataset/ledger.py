@@ -72,6 +72,7 @@ SOURCE_SCHEMA = pa.schema([
     ("decode_errors", pa.string()), ("nonfinite_samples", pa.int64()),
     ("note", pa.string()),  # why a source is skipped (status "skipped": an input that is not an audio file)
     ("speech_yield", pa.string()),
+    ("audio_stream", pa.int64()), ("audio_streams", pa.int64()),  # the input's audio stream used, of how many
 ])
 FAILURE_SCHEMA = pa.schema([
     ("index", pa.int64()), ("path", pa.string()), ("stage", pa.string()), ("error", pa.string()),

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from emilia_pipe.records import STATE_DIR
-from emilia_pipe.runtime.files import write_atomic
+from emilia_pipe.records import STATE_DIR, utf8_text
+from emilia_pipe.runtime.files import NOT_WRITABLE, write_atomic
 
 
 class BuildLockedError(RuntimeError):
@@ -22,16 +22,30 @@ class BuildLockedError(RuntimeError):
 class BuildLock:
     """An exclusive ``flock`` on ``OUT/.emilia/lock``; released by the kernel when the holder dies."""
 
-    def __init__(self, out_dir: str | Path, purpose: str = "run"):
+    def __init__(self, out_dir: str | Path, purpose: str = "run", reader: bool = False):
         self.state = Path(out_dir) / STATE_DIR
         self.purpose = purpose
+        self.reader = reader  # only reads the build: a build it cannot write (read-only) is still read
         self.fd: Optional[int] = None
+
+    def _open(self) -> Optional[int]:
+        try:
+            self.state.mkdir(parents=True, exist_ok=True)
+            return os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if not self.reader or exc.errno not in NOT_WRITABLE:
+                raise
+        try:  # a read-only build: a lock taken on a descriptor opened for reading still keeps a run out
+            return os.open(self.state / "lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return None  # no lock file and none can be made: nobody can be writing through this folder
 
     def __enter__(self) -> "BuildLock":
         import fcntl
 
-        self.state.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
+        if fd is None:
+            return self
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -45,9 +59,15 @@ class BuildLock:
                 f"{self.state.parent} is in use by {who}; wait for it to finish (or stop it) and run again. "
                 "A killed run releases the lock by itself.") from None
         self.fd = fd
-        write_atomic(self.state / "lock.json", json.dumps({
-            "pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose,
-            "started": time.time(), "argv": sys.argv}))
+        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose,
+                             "started": time.time(), "argv": [utf8_text(a) for a in sys.argv]})
+        try:
+            write_atomic(self.state / "lock.json", holder)
+        except OSError as exc:
+            if not self.reader or exc.errno not in NOT_WRITABLE:
+                os.close(fd)
+                self.fd = None
+                raise
         return self
 
     def __exit__(self, *exc) -> None:

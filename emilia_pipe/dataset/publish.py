@@ -176,6 +176,9 @@ def _source_record(rec: dict) -> dict:
                                "codec", "container", "gain_db", "separated", "speech_turn_seconds")}
     nonfinite = rec.get("nonfinite_samples")
     out["nonfinite_samples"] = 0 if nonfinite is None or nonfinite != nonfinite else int(nonfinite)  # NaN: older part
+    for key, older in (("audio_stream", 0), ("audio_streams", 1)):  # which audio stream of how many was used
+        value = rec.get(key)
+        out[key] = older if value is None or value != value else int(value)
     for k in SOURCE_JSON_COLUMNS:
         # a column an older part lacks reads back as NaN
         out[k] = json.loads(rec[k]) if isinstance(rec[k], str) and rec[k] else json_column_default(k)

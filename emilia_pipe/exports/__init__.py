@@ -1,15 +1,16 @@
 """Exports of a finished build to the layouts training code reads.
 
 One module per format, each with ``NAME``, ``HELP`` and ``export(build, dest, options, progress) ->
-dict`` writing into ``dest`` (a staging folder, published by one rename when it returns). A new format
-is one module plus one line in ``FORMATS``.
+dict`` writing into ``dest`` (a staging folder, published by one rename when it returns), and, when its
+files name paths, ``check_paths(build_dir, dest)`` refusing paths they cannot hold. A new format is one
+module plus one line in ``FORMATS``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from emilia_pipe.exports import duplex, f5tts, hf, kaldi, lhotse, listfmt, text, webdataset
-from emilia_pipe.exports.common import ExportError, PublishedBuild, staging
+from emilia_pipe.exports.common import ExportError, PublishedBuild, refuse_unholdable, staging
 from emilia_pipe.runtime.progress import Progress
 
 FORMATS = [webdataset, lhotse, hf, kaldi, listfmt, f5tts, duplex, text]
@@ -26,8 +27,11 @@ def export(out: str | Path, fmt: str, dest: str | Path, clips_per_shard: int = 2
     if clips_per_shard < 1:
         raise ExportError(f"--clips-per-shard must be at least 1, got {clips_per_shard}")
     build = PublishedBuild(out)
+    refuse_unholdable(Path(dest).resolve(), fmt, "destination", "", "")  # Parquet and JSON name files in UTF-8
+    if hasattr(module, "check_paths"):  # before anything is written
+        module.check_paths(build.out, Path(dest).resolve())
     # the lock keeps a run or refilter from rewriting the manifests while they are read
-    with BuildLock(build.out, "export"), staging(Path(dest)) as tmp:
+    with BuildLock(build.out, "export", reader=True), staging(Path(dest)) as tmp:
         progress = Progress(f"export {fmt}", build.kept, "clips", every_s=5.0)
         stats = module.export(build, tmp, {"clips_per_shard": clips_per_shard, "dest": Path(dest).resolve()}, progress)
         progress.finish()

@@ -17,6 +17,7 @@ from typing import Iterator
 from emilia_pipe.config import ConfigError
 from emilia_pipe.dataset.ledger import read_build_info
 from emilia_pipe.records import STATE_DIR
+from emilia_pipe.runtime.userfiles import shown
 
 
 class ExportError(ConfigError):
@@ -27,7 +28,7 @@ class PublishedBuild:
     """A finished build folder as its readers see it: a stream of the kept clips of its published manifests."""
 
     def __init__(self, out: str | Path):
-        self.out = Path(out).resolve()
+        self.out = Path(os.path.abspath(out))  # not resolved: a link to the build names it in the exports
         info = read_build_info(self.out)
         if info is None:
             raise ExportError(f"{out} is not a dataset written by emilia-pipe (no {STATE_DIR}/build.json)")
@@ -90,6 +91,23 @@ def staging(dest: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def refuse_unholdable(path: Path, fmt: str, what: str, forbidden: str, why: str) -> None:
+    """Raise ExportError (one line) when ``path``, written into the export's text files, holds a character
+    those files cannot (``forbidden``) or bytes that are not UTF-8."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ExportError(f"{fmt}: the path of the {what} ({shown(text)}) is not valid UTF-8, which the export's "
+                          "files must be; use a path with a UTF-8 name") from None
+    bad = sorted({c for c in text if c in forbidden})
+    if bad:
+        names = ", ".join({" ": "a space", "\t": "a tab", "\n": "a line break", "\r": "a carriage return",
+                           "|": "'|'"}.get(c, repr(c)) for c in bad)
+        raise ExportError(f"{fmt}: the path of the {what} ({shown(text)!r}) holds {names}, which {why}; use a path "
+                          f"without {names} (a link to it will do)")
 
 
 def link_or_copy(src: str | Path, dst: Path) -> None:

@@ -33,8 +33,10 @@ def schema(sample_rate: int, words: bool) -> pa.Schema:
     features.update({n: _value_feature(t) for n, t in COLUMNS})
     if words:
         fields.append(pa.field("words", pa.list_(WORD)))
-        features["words"] = {"feature": {"word": _value_feature(pa.string()), "start": _value_feature(pa.float64()),
-                                         "end": _value_feature(pa.float64())}, "_type": "List"}
+        # a plain JSON list is the list form both datasets 3.x and 4.x read ("_type": "List" is 4.x only, and
+        # 4.x reads "Sequence" of a struct as a struct of lists)
+        features["words"] = [{"word": _value_feature(pa.string()), "start": _value_feature(pa.float64()),
+                              "end": _value_feature(pa.float64())}]
     meta = {"huggingface": json.dumps({"info": {"features": features}})}
     return pa.schema(fields, metadata=meta)
 

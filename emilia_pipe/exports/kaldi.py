@@ -5,7 +5,8 @@
 sorts by speaker, as Kaldi's ``validate_data_dir.sh`` requires; every file is sorted in C (byte) order.
 Files are sorted on disk in runs (external merge sort), so a build of millions of clips never sits in
 memory. For Kaldi binaries, which do not read MP3, turn a line into a pipe:
-``utt ffmpeg -nostdin -i /path.mp3 -f wav -ar 16000 - |``."""
+``utt ffmpeg -nostdin -i /path.mp3 -f wav -ar 16000 - |``. A build whose path holds whitespace (or bytes
+that are not UTF-8) is refused with one line: give a link to it without them."""
 from __future__ import annotations
 
 import heapq
@@ -13,12 +14,18 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from emilia_pipe.exports.common import one_line
+from emilia_pipe.exports.common import one_line, refuse_unholdable
 
 NAME = "kaldi"
 HELP = "Kaldi data dir: wav.scp, text, utt2spk, spk2utt, utt2dur, utt2lang (sorted)"
 RUN_LINES = 200_000  # lines sorted in memory at a time
 FILES = ("wav.scp", "text", "utt2spk", "utt2dur", "utt2lang")
+
+
+def check_paths(build_dir: Path, dest: Path) -> None:
+    """wav.scp names each MP3 by its path in the build: Kaldi reads a line as whitespace-separated fields."""
+    refuse_unholdable(build_dir, NAME, "build", " \t\n\r\v\f",
+                      "Kaldi's wav.scp cannot hold (it splits each line at whitespace)")
 
 
 def utt_id(row: dict) -> str:

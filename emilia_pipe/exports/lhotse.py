@@ -13,11 +13,17 @@ import gzip
 import json
 from pathlib import Path
 
+from emilia_pipe.exports.common import refuse_unholdable
 from emilia_pipe.exports.tarshards import ShardedTar
 
 NAME = "lhotse"
 HELP = "Lhotse recordings/supervisions/cuts manifests (jsonl.gz) and Lhotse Shar"
 SCORES = ("dnsmos", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "language_prob", "avg_logprob", "source", "start", "end")
+
+
+def check_paths(build_dir: Path, dest: Path) -> None:
+    """Recordings name each MP3 by its path in the build, in UTF-8 JSON."""
+    refuse_unholdable(build_dir, NAME, "build", "", "")
 
 
 def recording(row: dict, sample_rate: int, source: dict) -> dict:

@@ -4,15 +4,21 @@
 beside each (the transcript: Fish-Speech's layout), ``gpt_sovits.list`` (``path|speaker|language|text``,
 GPT-SoVITS) and ``styletts2.txt`` (``path|text|speaker number``, StyleTTS2's train list order; StyleTTS2
 trains on phonemized text, so phonemize the middle field first) with ``speakers.txt`` mapping numbers
-to speaker ids. Paths are absolute, under the destination folder."""
+to speaker ids. Paths are absolute, under the destination folder; a destination whose path holds '|',
+a line break or bytes that are not UTF-8 is refused with one line."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from emilia_pipe.exports.common import link_or_copy, one_line
+from emilia_pipe.exports.common import link_or_copy, one_line, refuse_unholdable
 
 NAME = "list"
 HELP = "path|speaker|language|text lists (GPT-SoVITS, StyleTTS2) and .lab sidecars (Fish-Speech)"
+
+
+def check_paths(build_dir: Path, dest: Path) -> None:
+    """The lists name each MP3 by its path under the destination, one clip a line, fields split at '|'."""
+    refuse_unholdable(dest, NAME, "destination", "|\n\r", "a '|'-separated list of one clip a line cannot hold")
 
 
 def export(build, dest: Path, options: dict, progress) -> dict:

@@ -38,6 +38,8 @@ class DecodedAudio:
     codec: str
     container: str
     decode_errors: list[str] = field(default_factory=list)  # what ffmpeg reported while decoding
+    audio_stream: int = 0  # which of the file's audio streams was decoded (0 = the first)
+    audio_streams: int = 1  # how many audio streams the file has
     nonfinite_samples: int = 0  # NaN/Inf input samples (all channels), replaced by 0
     input_samples: int = 0  # input samples (all channels) of float streams, checked for NaN/Inf
     # set when the input went to disk (samples is then a DiskAudio): the 16 kHz copy and level statistics
@@ -156,25 +158,49 @@ class _Sink:
                 d.remove()
 
 
+PROGRESS_AFTER_S = 600.0  # decoding an input at least this long (as its header states) reports progress
+
+
+def choose_stream(streams, choice: "int | str" = "auto", path: object = "") -> int:
+    """Which audio stream to decode: ``auto`` = the one the file marks as default (the stream a player
+    starts with), else the first; a number = that audio stream (counting from 0)."""
+    if choice == "auto":
+        import av
+
+        flagged = [i for i, s in enumerate(streams) if s.disposition & av.stream.Disposition.default]
+        return flagged[0] if flagged else 0
+    if not 0 <= int(choice) < len(streams):
+        raise AudioDecodeError(f"{path} has {len(streams)} audio stream(s): no stream {choice} "
+                               "(standardize.audio_stream counts from 0)")
+    return int(choice)
+
+
 def decode(path: "str | Path | io.IOBase", sample_rate: int, max_duration_s: float | None = None,
-           spill: Optional[Spill] = None) -> DecodedAudio:
-    """Decode the first audio stream to float32 mono at ``sample_rate`` (ffmpeg's resampler). A file
-    whose header says it is longer than ``max_duration_s`` fails before any decoding; past
-    ``spill.after_s`` seconds the samples go to disk (see :class:`Spill`)."""
+           spill: Optional[Spill] = None, stream_choice: "int | str" = "auto", name: Optional[str] = None,
+           progress_after_s: Optional[float] = PROGRESS_AFTER_S) -> DecodedAudio:
+    """Decode one audio stream (:func:`choose_stream`) to float32 mono at ``sample_rate`` (ffmpeg's
+    resampler). A file whose header says it is longer than ``max_duration_s`` fails before any decoding;
+    past ``spill.after_s`` seconds the samples go to disk (see :class:`Spill`). ``name`` is the input as
+    messages show it (default: ``path``); an input whose header states at least ``progress_after_s``
+    seconds reports its progress on stderr."""
     import av  # imported here so stages that only resample never need PyAV
 
+    label = name or path
     try:
         container = av.open(path if hasattr(path, "read") else str(path))
     except (av.error.FFmpegError, OSError) as exc:
-        raise AudioDecodeError(f"cannot open {path}: {exc}") from exc
+        raise AudioDecodeError(f"cannot open {label}: {exc}") from exc
     errors: list[str] = []
     sink = _Sink(sample_rate, spill)
+    progress = None
+    path = label  # every message below names the input as the user knows it
     try:
         with container:
             streams = container.streams.audio
             if not streams:
                 raise AudioDecodeError(f"{path} has no audio stream")
-            stream = streams[0]
+            chosen = choose_stream(streams, stream_choice, path)
+            stream = streams[chosen]
             ctx = stream.codec_context
             orig_rate = int(ctx.sample_rate or 0)
             orig_channels = int(ctx.channels or (ctx.layout.nb_channels if ctx.layout else 0) or 0)
@@ -186,6 +212,10 @@ def decode(path: "str | Path | io.IOBase", sample_rate: int, max_duration_s: flo
             if max_duration_s is not None and declared is not None and declared > max_duration_s:
                 raise AudioDecodeError(f"{path} is {declared:.0f} s long (container header), longer than "
                                        f"standardize.max_duration_s={max_duration_s:.0f} s")
+            if progress_after_s is not None and declared is not None and declared >= progress_after_s:
+                from emilia_pipe.runtime.progress import Progress
+
+                progress = Progress(f"decode {_short(path)}", int(declared), "audio-s", every_s=10.0)
             check_finite = (ctx.name or "").startswith("pcm_f")  # only float PCM can carry NaN/Inf
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             nonfinite = checked = 0
@@ -200,6 +230,9 @@ def decode(path: "str | Path | io.IOBase", sample_rate: int, max_duration_s: flo
                             nonfinite += n
                         for out in resampler.resample(frame):
                             sink.add(out.to_ndarray().reshape(-1))
+                        if progress is not None:
+                            progress.done = sink.total // sample_rate
+                            progress.update()
                         if limit is not None and sink.total > limit:
                             raise AudioDecodeError(
                                 f"{path} is longer than standardize.max_duration_s={max_duration_s:.0f} s"
@@ -210,7 +243,10 @@ def decode(path: "str | Path | io.IOBase", sample_rate: int, max_duration_s: flo
                 raise AudioDecodeError(f"decoding {path} failed: {exc}") from exc
             codec = ctx.name or "unknown"
             fmt = container.format.name if container.format else "unknown"
+            n_streams = len(streams)
         samples = sink.finish()
+        if progress is not None:
+            progress.finish()
     except BaseException:
         sink.discard()
         raise
@@ -225,8 +261,30 @@ def decode(path: "str | Path | io.IOBase", sample_rate: int, max_duration_s: flo
         bad = ~np.isfinite(samples)
         nonfinite, checked = nonfinite + int(bad.sum()), max(checked, samples.size)
         samples[bad] = 0.0
-    return DecodedAudio(samples, sample_rate, orig_rate, orig_channels, codec, fmt, errors, nonfinite, checked,
-                        sink.analysis, sink.sumsq, sink.peak)
+    return DecodedAudio(samples, sample_rate, orig_rate, orig_channels, codec, fmt, errors, chosen, n_streams,
+                        nonfinite, checked, sink.analysis, sink.sumsq, sink.peak)
+
+
+def _short(path: object, keep: int = 60) -> str:
+    text = str(path)
+    return text if len(text) <= keep else "..." + text[-keep:]
+
+
+def declared_seconds(path: str) -> Optional[float]:
+    """The duration a local file's container states (its header only, nothing decoded), or None."""
+    import os
+    import stat
+
+    import av
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device is never opened
+            return None
+        with av.open(path) as container:
+            streams = container.streams.audio
+            return declared_duration(container, streams[0]) if streams else None
+    except Exception:  # noqa: BLE001 - unreadable or not audio: its decode fails and is recorded
+        return None
 
 
 def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:

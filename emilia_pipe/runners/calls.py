@@ -11,6 +11,7 @@ from typing import Optional, Union
 from emilia_pipe.media.disk import DiskAudio
 from emilia_pipe.records import ClipAudio, Failure, FileTask, Source, attach_analysis_audio, split_audio
 from emilia_pipe.runtime import failpoints
+from emilia_pipe.runtime.files import DISK_FULL, output_fault
 from emilia_pipe.runtime.heap import HEAP
 from emilia_pipe.stages import Stage
 
@@ -45,6 +46,9 @@ def run_file_stage(stage: Stage, item: Union[FileTask, Source, Failure]) -> Unio
         return stage.run(item)
     except Exception as exc:  # noqa: BLE001 - any error in one file must not stop the run
         discard_disk_audio(item)
+        fault = output_fault(exc)
+        if fault is not None and fault.errno in DISK_FULL:  # not this file's fault: every next one would fail too
+            raise fault from None
         return Failure(path=path, stage=stage.name, error=_error(exc), error_type=type(exc).__name__)
     finally:
         release_memory()
@@ -84,21 +88,43 @@ def run_batch_stage(stage: Stage, item, bundles: dict[int, ClipAudio]):
     return clips, {**seconds, stage.name: time.perf_counter() - t0}
 
 
+def task_deadline_s(run_config, audio_s: float) -> float:
+    """Seconds a task on ``audio_s`` seconds of audio may take: run.task_timeout_s plus
+    run.task_timeout_per_audio_hour_s per audio-hour."""
+    return run_config.task_timeout_s + run_config.task_timeout_per_audio_hour_s * max(audio_s, 0.0) / 3600.0
+
+
+class Deadline:
+    """The running deadline of :func:`deadline`; ``extend_to`` moves it later (never earlier)."""
+
+    def __init__(self, seconds: Optional[float], armed: bool):
+        self.seconds, self.armed, self.start = seconds, armed, time.monotonic()
+
+    def extend_to(self, seconds: float) -> None:
+        if not self.armed or self.seconds is None or seconds <= self.seconds:
+            return
+        self.seconds = seconds
+        signal.setitimer(signal.ITIMER_REAL, max(self.start + seconds - time.monotonic(), 0.001))
+
+
 @contextlib.contextmanager
 def deadline(seconds: Optional[float]):
     """Raise TimeoutError in this (main) thread after ``seconds``: a blocking system call is interrupted
-    at once, Python code at its next bytecode. Used where no other process can kill the work."""
+    at once, Python code at its next bytecode. Used where no other process can kill the work. Yields a
+    :class:`Deadline` (to extend it once a task's length is known)."""
     if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
+        yield Deadline(seconds, armed=False)
         return
+    timer = Deadline(seconds, armed=True)
 
     def _expired(signum, frame):
-        raise TimeoutError(f"task took longer than run.task_timeout_s={seconds:g} s")
+        raise TimeoutError(f"task took longer than its deadline of {timer.seconds:g} s (run.task_timeout_s + "
+                           "run.task_timeout_per_audio_hour_s per hour of its audio)")
 
     previous = signal.signal(signal.SIGALRM, _expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        yield timer
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

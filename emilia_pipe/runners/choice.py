@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 from emilia_pipe.config import ConfigError, PipelineConfig
 from emilia_pipe.media.inputs import OutputError
 from emilia_pipe.models.refs import ModelUnavailableError
 from emilia_pipe.models.registry import model_statuses
+from emilia_pipe.records import STATE_DIR
 from emilia_pipe.runtime.devices import gpu_count
 from emilia_pipe.runtime.heap import restart_tuned
 from emilia_pipe.stages import STAGE_NAMES
@@ -76,16 +78,40 @@ def size_local(config: PipelineConfig) -> PipelineConfig:
     return cfg
 
 
-def check_output(out_dir: str | Path) -> None:
-    """Fail at once, with the fix, when the output cannot be written; creates nothing."""
-    out = Path(out_dir).absolute()
+def check_output(out_dir: str | Path, force: bool = False) -> Path:
+    """Fail at once, with the fix, when the output cannot or must not be written: an empty path or one that
+    is not UTF-8, a file, a folder of other things that is not a build (unless ``force``), a place where
+    nothing can be created.
+    Returns the output's absolute path; leaves nothing behind."""
+    from emilia_pipe.dataset.ledger import is_build
+    from emilia_pipe.runtime.userfiles import shown
+
+    if not str(out_dir).strip():
+        raise OutputError("the output path is empty; give -o a folder (a new one, or a build to resume)")
+    out = Path(os.path.abspath(out_dir))
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:  # the build's Parquet and JSON name files by UTF-8 paths
+        raise OutputError(f"the output path {shown(out)} is not valid UTF-8; give -o a path with a UTF-8 name "
+                          "(a link to the folder will do)") from None
     if out.exists() and not out.is_dir():
-        raise OutputError(f"output {out} is a file, not a folder; give -o a new folder or an existing build")
+        raise OutputError(f"output {shown(out)} is a file, not a folder; give -o a new folder or an existing build")
+    if out.is_dir() and not force and not is_build(out):
+        with os.scandir(out) as entries:
+            other = next((e.name for e in entries if e.name != STATE_DIR), None)  # .emilia alone: a build's start
+        if other is not None:
+            raise OutputError(f"output {shown(out)} holds other files (e.g. {shown(other)!r}) and is not a build of "
+                              "emilia-pipe; give -o a new or empty folder, or add --force to write the build into it "
+                              "(its summary.json, sources.jsonl, datacard.html, ... are replaced)")
     parent = out
     while not parent.exists():  # the nearest existing folder is where the output gets created
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):  # also false on a read-only filesystem, even for root
-        raise OutputError(f"cannot write to {parent} (read-only or no permission); give -o a writable folder")
+    try:  # a real try, not os.access: root passes every permission check but not a read-only mount or /sys
+        os.rmdir(tempfile.mkdtemp(prefix=".emilia-probe-", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write to {shown(parent)} ({exc.strerror}: read-only or no permission); "
+                          "give -o a writable folder") from None
+    return out
 
 
 def preflight(config: PipelineConfig) -> None:

@@ -22,6 +22,7 @@ from emilia_pipe.records import Failure
 from emilia_pipe.runners.choice import active_stages, check_output, choose_runner, preflight, size_local
 from emilia_pipe.runners.scheduler import Scheduler
 from emilia_pipe.runtime.heap import setup_heap
+from emilia_pipe.runtime.userfiles import shown
 
 
 def run_pipeline(
@@ -31,16 +32,18 @@ def run_pipeline(
     executor_factory: Optional[Callable] = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
     allow_config_change: bool = False,
+    force_output: bool = False,
 ) -> dict:
     """Process ``inputs`` into an Emilia-format dataset in ``out_dir``; returns the summary. A build
-    folder that already holds work is resumed: sources already done are not read again."""
+    folder that already holds work is resumed: sources already done are not read again. A folder of
+    other files is refused unless ``force_output``."""
     t_start = time.perf_counter()
     run = config.run
     setup_heap(run.tune_malloc, run.malloc_keep_free_mb, run.malloc_trim_threshold_mb)  # before stages start threads
-    check_output(out_dir)
-    found = expand_inputs(inputs, exclude=[out_dir])  # usage errors here, before any model loads
+    out_dir = check_output(out_dir, force_output)  # absolute: workers may start in another folder
+    found = expand_inputs(inputs, exclude=[out_dir], max_list_bytes=int(config.inputs.max_list_mb * 2**20))
     if not found.files and not found.problems:
-        raise InputError(f"no audio files found in {', '.join(map(str, inputs))}")
+        raise InputError(f"no audio files found in {', '.join(map(shown, inputs))}")
     preflight(config)
     stages = active_stages(config)
     runner = choose_runner(config)

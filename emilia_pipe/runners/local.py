@@ -6,8 +6,9 @@ core runs the batched stages (ASR with one CTranslate2 replica per worker, DNSMO
 writes. The models release the GIL while they compute, so this uses every core with one copy of the
 models in memory; when the per-file lane waits for the batched stages (they are the slower half on a
 CPU), the batched stages have every core (one batch thread per core is far faster than one in all:
-docs/performance.md). Per-file calls run under a SIGALRM deadline (``run.task_timeout_s``),
-so a hung file becomes a failure.
+docs/performance.md). Per-file calls run under a SIGALRM deadline (``run.task_timeout_s`` plus
+``run.task_timeout_per_audio_hour_s`` per hour of the file, extended once it is decoded), so a hung file
+becomes a failure.
 
 A batched stage on a GPU takes one batch at a time (a lock per stage), as Ray's one actor per stage and
 GPU does: a second Whisper batch on the same GPU would double its memory for no speed, while a CPU stage
@@ -19,15 +20,16 @@ import contextlib
 import threading
 
 from emilia_pipe.dataset.writer import SourceWriter
-from emilia_pipe.records import Failure
-from emilia_pipe.runners.calls import BatchFailure, deadline, finish_file, run_batch_stage, run_file_stage
+from emilia_pipe.records import Failure, Source
+from emilia_pipe.runners.calls import (BatchFailure, deadline, finish_file, run_batch_stage, run_file_stage,
+                                       task_deadline_s)
 from emilia_pipe.runtime.threads import set_torch_threads
 from emilia_pipe.stages import batch_chain, build_stage, file_chain
 
 
 class LocalExecutor:
     def __init__(self, config, stage_names: list[str], out_dir, run: int):
-        self.timeout = config.run.task_timeout_s
+        self.run_config = config.run
         self.threads = config.run.torch_threads
         self.stages = {name: build_stage(name, config) for name in stage_names}
         self.file_chain = file_chain(stage_names)
@@ -43,10 +45,12 @@ class LocalExecutor:
     def submit_file(self, task):
         item = task
         try:
-            with deadline(self.timeout):
+            with deadline(task_deadline_s(self.run_config, task.audio_s)) as timer:
                 set_torch_threads(self.threads)
                 for name in self.file_chain:
                     item = run_file_stage(self.stages[name], item)
+                    if isinstance(item, Source):  # decoded: its real length is known now
+                        timer.extend_to(task_deadline_s(self.run_config, item.duration))
         except TimeoutError as exc:
             item = Failure(task.path, "timeout", str(exc), "TimeoutError")
         meta, audio = finish_file(item)
@@ -64,7 +68,7 @@ class LocalExecutor:
         if self.lane is not None:
             return self.lane.submit(self._batch, clips, bundles)
         try:
-            with deadline(self.timeout):
+            with deadline(task_deadline_s(self.run_config, sum(c.end - c.start for c in clips))):
                 return _Done(self._batch(clips, bundles))
         except TimeoutError as exc:
             return _Done(BatchFailure("timeout", str(exc)))

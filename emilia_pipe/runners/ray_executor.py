@@ -110,10 +110,18 @@ def init_ray(address: str | None, env_vars: dict[str, str]):
 
     if not ray.is_initialized():
         env = {"env_vars": env_vars}
-        if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=env)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False, runtime_env=env)
+        # ray.init puts the working folder on every worker's sys.path (and a local cluster's workers start
+        # in it): started from the folder holding this package instead, no module lying in the user's
+        # working folder can be imported by a worker. Every path handed to the workers is absolute.
+        here = os.getcwd()
+        os.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        try:
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=env)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False, runtime_env=env)
+        finally:
+            os.chdir(here)
     return ray
 
 

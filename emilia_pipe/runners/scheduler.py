@@ -6,13 +6,16 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.dataset.build import Build
 from emilia_pipe.records import Clip, Failure, FileTask, Source
-from emilia_pipe.runners.calls import BatchFailure
+from emilia_pipe.media.audio import declared_seconds
+from emilia_pipe.media.inputs import is_url, local_path
+from emilia_pipe.runners.calls import BatchFailure, task_deadline_s
+from emilia_pipe.runtime.files import DISK_FULL, output_fault
 from emilia_pipe.runtime.progress import Progress
 
 
@@ -33,6 +36,7 @@ class _Task:
     started: float
     payload: object
     attempt: int = 1
+    limit: float = math.inf  # seconds it may take (runners.calls.task_deadline_s)
 
 
 class Scheduler:
@@ -67,8 +71,11 @@ class Scheduler:
             self._start_file(task, attempt=1)
 
     def _start_file(self, task: FileTask, attempt: int) -> None:
+        if attempt == 1 and not is_url(task.path):  # its length, from its header, sets its deadline
+            task = replace(task, audio_s=declared_seconds(local_path(task.path)) or 0.0)
         meta, audio = self.ex.submit_file(task)
-        self.tasks[meta] = _Task("file", time.monotonic(), (task, audio), attempt)
+        self.tasks[meta] = _Task("file", time.monotonic(), (task, audio), attempt,
+                                 task_deadline_s(self.cfg.run, task.audio_s))
 
     def _submit_batches(self) -> None:
         r = self.cfg.run
@@ -87,7 +94,8 @@ class Scheduler:
     def _start_batch(self, clips: list[Clip], single: bool) -> None:
         audio = list({c.source_index: self.open[c.source_index].audio for c in clips}.values())
         handle = self.ex.submit_batch(clips, audio)
-        self.tasks[handle] = _Task("batch", time.monotonic(), (clips, single))
+        self.tasks[handle] = _Task("batch", time.monotonic(), (clips, single),
+                                   limit=task_deadline_s(self.cfg.run, sum(c.end - c.start for c in clips)))
 
     def _start_write(self, state: _Open, status: str = "done", duplicate_of: Optional[int] = None) -> None:
         src = state.source
@@ -95,7 +103,7 @@ class Scheduler:
         job = {"index": src.index, "run": self.build.run, "status": status, "duplicate_of": duplicate_of,
                "source": src.metadata(), "clips": [c.to_record() for c in clips]}
         handle = self.ex.submit_write(job, state.audio if clips else None)
-        self.tasks[handle] = _Task("write", time.monotonic(), state)
+        self.tasks[handle] = _Task("write", time.monotonic(), state, limit=task_deadline_s(self.cfg.run, src.duration))
 
     # --- results ----------------------------------------------------------------------------
     def _fail(self, index: int, path: str, stage: str, error: str, error_type: str) -> None:
@@ -122,6 +130,8 @@ class Scheduler:
         try:
             result = self.ex.get(handle)
         except Exception as exc:  # the worker died (out of memory, killed): retry, then record
+            if output_fault(exc) is not None and output_fault(exc).errno in DISK_FULL:  # the run cannot go on
+                raise output_fault(exc) from None
             if task.attempt < self.cfg.run.max_attempts and not isinstance(exc, TimeoutError):
                 self.log(f"worker lost while processing {entry.path} ({type(exc).__name__}); retrying")
                 self._start_file(entry, task.attempt + 1)
@@ -179,6 +189,8 @@ class Scheduler:
         try:
             self.ex.get(handle)
         except Exception as exc:  # disk full, writer died...: the source is not done, a rerun redoes it
+            if output_fault(exc) is not None:  # the output cannot be written: stop (exit 5), the same command resumes
+                raise output_fault(exc) from None
             self._fail(index, state.source.path, "write", f"{type(exc).__name__}: {exc}"[:2000], type(exc).__name__)
             return
         self.acked.add(index)
@@ -189,16 +201,17 @@ class Scheduler:
 
     def _expire(self) -> Optional[float]:
         """Cancel tasks past their deadline; return seconds until the next deadline."""
-        limit = self.cfg.run.task_timeout_s
         now = time.monotonic()
         nearest = None
         for handle, task in list(self.tasks.items()):
+            limit = task.limit
             left = task.started + limit - now
             if left <= 0:
                 self.ex.cancel(handle)
                 self.tasks.pop(handle)
-                self.log(f"{task.kind} task exceeded run.task_timeout_s={limit:g} s: cancelled")
-                err = f"TimeoutError: no result after run.task_timeout_s={limit:g} s"
+                self.log(f"{task.kind} task exceeded its deadline of {limit:g} s: cancelled")
+                err = (f"TimeoutError: no result after {limit:g} s (run.task_timeout_s + "
+                       "run.task_timeout_per_audio_hour_s per hour of its audio)")
                 if task.kind == "file":
                     entry = task.payload[0]
                     self._fail(entry.index, entry.path, "timeout", err, "TimeoutError")

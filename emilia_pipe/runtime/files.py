@@ -3,6 +3,7 @@ name, fsync, rename, fsync the folder), and the one file-hashing helper."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -10,6 +11,23 @@ from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+# errors that say the output cannot be written at all (not that one input is bad): the run stops (exit 5)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def output_fault(exc: BaseException | None) -> OSError | None:
+    """The OSError behind ``exc`` (itself, its cause, or what a Ray task error wraps) when it is a disk that
+    is full or a folder that cannot be written, else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL + NOT_WRITABLE:
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from emilia_pipe.media.audio import AudioDecodeError, Spill, decode, loudness_scale, normalize_loudness, resample
 from emilia_pipe.media.disk import DiskAudio, spill_path
-from emilia_pipe.media.inputs import is_url, local_copy
+from emilia_pipe.media.inputs import is_url
+from emilia_pipe.media.remote import local_copy
 from emilia_pipe.records import Source
 from emilia_pipe.runtime.files import sha256_of
 from emilia_pipe.stages import Stage
@@ -24,6 +25,7 @@ class Standardizer(Stage):
     def __init__(self, config):
         self.cfg = config.standardize
         self.long = config.long_input
+        self.inputs = config.inputs
 
     def run(self, item) -> Source:
         """``item``: a path or URL, or a task with ``path``, ``index`` and ``stage_dir`` (where a URL is
@@ -36,10 +38,12 @@ class Standardizer(Stage):
         where, suffix = (stage_dir, "") if stage_dir else (tempfile.gettempdir(), f"-{uuid.uuid4().hex[:12]}")
         spill = Spill(self.long.chunk_s, spill_path(where, index, "working" + suffix),
                       spill_path(where, index, "analysis" + suffix))
-        with local_copy(path, stage_dir) as (local, digest):
+        with local_copy(path, stage_dir, int(self.inputs.remote_max_mb * 2**20), self.inputs.remote_stall_timeout_s,
+                        int(self.inputs.remote_min_free_mb * 2**20)) as (local, digest):
             if not is_url(path):
-                _check_regular(local)
-            decoded = decode(local, self.cfg.sample_rate, self.cfg.max_duration_s, spill)
+                _check_regular(local, path)
+            decoded = decode(local, self.cfg.sample_rate, self.cfg.max_duration_s, spill, self.cfg.audio_stream,
+                             name=path)
             try:
                 digest = digest or sha256_of(local)  # after decoding: a file over the cap is never read whole
             except BaseException:
@@ -75,6 +79,8 @@ class Standardizer(Stage):
             audio_16k=analysis,
             decode_errors=decoded.decode_errors,
             nonfinite_samples=decoded.nonfinite_samples,
+            audio_stream=decoded.audio_stream,
+            audio_streams=decoded.audio_streams,
         )
         source.timings[self.name] = time.perf_counter() - t0
         return source
@@ -86,10 +92,10 @@ def _discard(decoded) -> None:
             audio.remove()
 
 
-def _check_regular(path: str | Path) -> None:
+def _check_regular(path: str | Path, name: str) -> None:
     """Never open a FIFO or device (it can block forever); say plainly when a file is empty."""
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise AudioDecodeError(f"{path} is not a regular file: never opened")
+        raise AudioDecodeError(f"{name} is not a regular file: never opened")
     if st.st_size == 0:
-        raise AudioDecodeError(f"{path} is empty (0 bytes)")
+        raise AudioDecodeError(f"{name} is empty (0 bytes)")
