@@ -17,7 +17,7 @@ from typing import Callable
 
 from emilia_pipe.dataset.fingerprint import BuildMismatchError, fingerprint, fingerprint_diff, fingerprint_hash
 from emilia_pipe.dataset.layout import language_dirs, place, source_dirs
-from emilia_pipe.dataset.ledger import FORMAT_VERSION, Ledger, read_build_info
+from emilia_pipe.dataset.ledger import FORMAT_VERSION, Ledger, part_name, read_build_info
 from emilia_pipe.dataset.lock import BuildLock
 from emilia_pipe.media.disk import remove_spilled
 from emilia_pipe.media.inputs import InputProblem, input_stat
@@ -123,7 +123,7 @@ class Build:
                               "run": self.run})
         self.ledger.append_plan(self.run, new_rows)
         if skips:  # recorded like a finished source, so it is not planned again until it changes
-            self.ledger.commit(f"{self.run:06d}-i-{int(time.time() * 1e6):016d}", skips, [])
+            self.ledger.commit(part_name(self.run, "i"), skips, [])
         self.flush_failures()
         return entries, n_done
 
@@ -146,7 +146,7 @@ class Build:
 
     def flush_failures(self) -> None:
         if self._failures:
-            self.ledger.record_failures(f"{self.run:06d}-d-{int(time.time() * 1e6):016d}", self._failures)
+            self.ledger.record_failures(part_name(self.run, "d"), self._failures)
             self._failures = []
 
     # --- after the run -------------------------------------------------------------------------

@@ -6,20 +6,22 @@
   config itself and one line per run. A resume with a different fingerprint is refused unless asked.
 - ``lock`` (+ ``lock.json``): an ``flock`` held by the one run (or refilter) using the build; the kernel
   drops it when that process dies, so a killed run never leaves it stuck.
-- ``ledger/``: Parquet parts, each written whole to a temporary name and renamed into place:
-  ``plan-<run>.parquet`` (every input's place: index, path, size, mtime), and per commit of a writer
-  ``clips-<part>.parquet`` then ``sources-<part>.parquet``. A clips part counts only once its sources
-  part exists (the sources part is the commit marker), so a kill between the two loses nothing: the
-  sources are simply not done and are redone on resume. ``failures-<part>.parquet`` records files
-  that failed, per run. Rows are deduplicated by index on read, so a source committed twice (a redo
-  after a crash, a compaction interrupted halfway) counts once.
+- ``ledger/``: Parquet parts, each written whole to a temporary name and linked into place under a name
+  no other part has (a part is never replaced): ``plan-<run>.parquet`` (every input's place: index, path,
+  size, mtime), and per commit of a writer ``clips-<part>.parquet`` then ``sources-<part>.parquet``. A
+  writer's part names hold its run, its slot and a random id drawn when the writer process starts (its
+  incarnation), so a restarted writer never takes the name of a part its previous life committed. A
+  clips part counts only once its sources part exists (the sources part is the commit marker), so a kill
+  between the two loses nothing: the sources are simply not done and are redone on resume.
+  ``failures-<part>.parquet`` records files that failed, per run. Rows are deduplicated by index on
+  read, so a source committed twice (a redo after a crash, a compaction interrupted halfway) counts once.
 - ``tmp/``: temporary files on the same filesystem as the output; emptied when a run starts.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
+import secrets
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -87,6 +89,12 @@ def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=schema)
 
 
+def part_name(run: int, kind: str) -> str:
+    """A new part name, ``<run>-<kind>-<random>``: the run first, so parts sort by run; the random id so
+    that no two processes (or lives of one) ever pick the same name."""
+    return f"{run:06d}-{kind}-{secrets.token_hex(6)}"
+
+
 # --- the ledger ----------------------------------------------------------------------------------
 
 class Ledger:
@@ -108,17 +116,21 @@ class Ledger:
         from emilia_pipe.runtime import failpoints
 
         if clips:
-            write_table_atomic(self.dir / f"clips-{part}.parquet", table_from_rows(clips, clip_schema()), self.tmp)
+            write_table_atomic(self.dir / f"clips-{part}.parquet", table_from_rows(clips, clip_schema()), self.tmp,
+                               exclusive=True)
         failpoints.hit("commit")
-        write_table_atomic(self.dir / f"sources-{part}.parquet", table_from_rows(sources, SOURCE_SCHEMA), self.tmp)
+        write_table_atomic(self.dir / f"sources-{part}.parquet", table_from_rows(sources, SOURCE_SCHEMA), self.tmp,
+                           exclusive=True)
 
     def record_failures(self, part: str, failures: list[dict]) -> None:
         if failures:
-            write_table_atomic(self.dir / f"failures-{part}.parquet", table_from_rows(failures, FAILURE_SCHEMA), self.tmp)
+            write_table_atomic(self.dir / f"failures-{part}.parquet", table_from_rows(failures, FAILURE_SCHEMA), self.tmp,
+                               exclusive=True)
 
     def append_plan(self, run: int, rows: list[dict]) -> None:
         if rows:
-            write_table_atomic(self.dir / f"plan-{run:06d}.parquet", table_from_rows(rows, PLAN_SCHEMA), self.tmp)
+            write_table_atomic(self.dir / f"plan-{part_name(run, 'p')}.parquet", table_from_rows(rows, PLAN_SCHEMA),
+                               self.tmp, exclusive=True)
 
     # reading
     def _parts(self, kind: str) -> list[Path]:
@@ -176,6 +188,11 @@ class Ledger:
     def done_indices(self) -> set[int]:
         return set(self.sources(["index"])["index"].tolist())
 
+    def committed_by(self, prefix: str) -> set[int]:
+        """Indices in the sources parts whose names start with ``prefix`` (one writer life's commits)."""
+        parts = [p for p in self._parts("sources") if self._part_id(p).startswith(prefix)]
+        return set(self._read(parts, SOURCE_SCHEMA, ["index"]).column("index").to_pylist())
+
     def orphan_parts(self) -> list[Path]:
         """Clips parts whose sources part never landed (a crash between the two writes)."""
         committed = {self._part_id(p) for p in self._parts("sources")}
@@ -188,20 +205,21 @@ class Ledger:
             p.unlink(missing_ok=True)
         old_sources = self._parts("sources")
         if len(old_sources) >= min_parts:
-            part = f"{run:06d}-c-{int(time.time() * 1000):015d}"
+            part = part_name(run, "c")
             clips, sources = self.clips(), self.sources()
             old_clips = self._parts("clips")
             write_table_atomic(self.dir / f"clips-{part}.parquet",
-                               pa.Table.from_pandas(clips, schema=clip_schema(), preserve_index=False), self.tmp)
+                               pa.Table.from_pandas(clips, schema=clip_schema(), preserve_index=False), self.tmp,
+                               exclusive=True)
             write_table_atomic(self.dir / f"sources-{part}.parquet",
-                               pa.Table.from_pandas(sources, schema=SOURCE_SCHEMA, preserve_index=False), self.tmp)
+                               pa.Table.from_pandas(sources, schema=SOURCE_SCHEMA, preserve_index=False), self.tmp,
+                               exclusive=True)
             for p in old_sources + old_clips:  # sources parts first: their clips stop counting with them
                 p.unlink(missing_ok=True)
         old_failures = self._parts("failures")
         if len(old_failures) >= min_parts:
-            part = f"{run:06d}-c-{int(time.time() * 1000):015d}"
             table = self._read(old_failures, FAILURE_SCHEMA, None)
-            write_table_atomic(self.dir / f"failures-{part}.parquet", table, self.tmp)
+            write_table_atomic(self.dir / f"failures-{part_name(run, 'c')}.parquet", table, self.tmp, exclusive=True)
             for p in old_failures:
                 p.unlink(missing_ok=True)
 

@@ -20,7 +20,7 @@ from emilia_pipe.dataset.summary import format_summary
 from emilia_pipe.media.inputs import InputError, expand_inputs
 from emilia_pipe.records import Failure
 from emilia_pipe.runners.choice import active_stages, check_output, choose_runner, preflight, size_local
-from emilia_pipe.runners.scheduler import Scheduler
+from emilia_pipe.runners.scheduler import WRITER_LOST, Scheduler
 from emilia_pipe.runtime.heap import setup_heap
 
 
@@ -72,18 +72,17 @@ def run_pipeline(
                         f"{sized.run.torch_threads} thread(s) per lane")
                     executor = LocalExecutor(sized, stages, out_dir, build.run)
                 scheduler = Scheduler(build, executor, run_config, entries, build.shas_done(), log)
-                scheduler.run()
-                executor.commit_writers()
+                scheduler.run()  # ends with every writer's commit; sources a writer lost are redone
         finally:
             if executor is not None:
                 executor.shutdown()
             build.flush_failures()
         if scheduler is not None:
-            # a writer that died after acknowledging but before committing lost those rows: say so
+            # the last check: a source a writer acknowledged that no committed part holds is a failure
             lost = scheduler.acked - build.ledger.done_indices()
             for index in sorted(lost):
-                build.record_failure(Failure(build.path_of(index), "write",
-                                             "writer died before committing; run again to redo", "WriterLost"), index)
+                build.record_failure(Failure(build.path_of(index), "write", WRITER_LOST, "WriterLost"), index)
+            scheduler.failures_this_run += len(lost)
             build.flush_failures()
         wall = time.perf_counter() - t_start
         audio_s = scheduler.progress.audio_s if scheduler else 0.0

@@ -20,13 +20,13 @@ from emilia_pipe.stages import batch_chain, build_stage, file_chain
 
 
 class LocalExecutor:
-    def __init__(self, config, stage_names: list[str], out_dir, run: int):
+    def __init__(self, config, stage_names: list[str], out_dir, run: int, stage_builder=build_stage):
         self.timeout = config.run.task_timeout_s
         self.threads = config.run.torch_threads
-        self.stages = {name: build_stage(name, config) for name in stage_names}
+        self.stages = {name: stage_builder(name, config) for name in stage_names}
         self.file_chain = file_chain(stage_names)
         self.batch_chain = batch_chain(stage_names)
-        self.writer = SourceWriter(out_dir, config, part=f"{run:06d}-w0")
+        self.writer = SourceWriter(out_dir, config, slot=f"{run:06d}-w0")
         # background workers for the batched stages (none: everything in this thread); the writer has its
         # own single thread, since a SourceWriter is not meant to be shared between threads
         overlap = config.run.local_overlap
@@ -70,11 +70,16 @@ class LocalExecutor:
         except Exception as exc:  # noqa: BLE001 - e.g. disk full: that source fails, as on a Ray writer
             return _Done(exc, failed=True)
 
-    def commit_writers(self) -> None:
-        if self.write_lane is not None:
-            self.write_lane.submit(self.writer.commit).result()
-        else:
-            self.writer.commit()
+    def commit_writers(self) -> list[tuple[str, object]]:
+        """(writer slot, its commit's result or the error it raised)."""
+        try:
+            if self.write_lane is not None:
+                result = self.write_lane.submit(self.writer.commit).result()
+            else:
+                result = self.writer.commit()
+        except Exception as exc:  # noqa: BLE001 - e.g. disk full: the driver counts what it held as lost
+            result = exc
+        return [(self.writer.slot, result)]
 
     def wait(self, handles, timeout=None):
         done = [h for h in handles if isinstance(h, _Done) or h.done()]

@@ -12,19 +12,32 @@ from typing import Callable, Optional
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.dataset.build import Build
 from emilia_pipe.records import Clip, Failure, FileTask, Source
-from emilia_pipe.runners.calls import BatchFailure
+from emilia_pipe.runners.calls import BatchFailure, worker_lost
 from emilia_pipe.runtime.progress import Progress
+
+WRITER_LOST = ("its writer process was lost before committing it (the writer died or hung after acknowledging "
+               "it); run again to redo it")
 
 
 @dataclass
 class _Open:
     """A decoded source whose clips are still in the batched stages."""
 
+    task: FileTask
     source: Source
     audio: object  # handle to its ClipAudio (never fetched here)
     audio_bytes: int
     waiting: int
     done: dict[int, Clip] = field(default_factory=dict)
+
+
+@dataclass
+class _Acked:
+    """A source a writer acknowledged and holds in its buffer until its next commit."""
+
+    task: FileTask
+    writer: str
+    incarnation: str
 
 
 @dataclass
@@ -45,9 +58,14 @@ class Scheduler:
         self.open: dict[int, _Open] = {}
         self.queue: deque[Clip] = deque()
         self.acked: set[int] = set()
+        self.unconfirmed: dict[int, _Acked] = {}  # acknowledged by a writer, not yet known committed
+        self.incarnations: dict[str, str] = {}  # writer slot -> its latest life seen
+        self.attempts: dict[int, int] = {}  # index -> tries of its file so far (redone after a lost write)
+        self.writes: deque[tuple[_Open, dict]] = deque()  # waiting for a write slot (run.max_writes_in_flight)
         self.batched_seconds: dict[str, float] = {}
         self.progress = Progress("run", len(entries), "files")
         self.failures_this_run = 0
+        self.redone = 0
         self.open_bytes = 0
 
     # --- counters ---------------------------------------------------------------------------
@@ -67,6 +85,8 @@ class Scheduler:
             self._start_file(task, attempt=1)
 
     def _start_file(self, task: FileTask, attempt: int) -> None:
+        attempt = max(attempt, self.attempts.get(task.index, 0) + 1)
+        self.attempts[task.index] = attempt
         meta, audio = self.ex.submit_file(task)
         self.tasks[meta] = _Task("file", time.monotonic(), (task, audio), attempt)
 
@@ -84,18 +104,27 @@ class Scheduler:
             batch = [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
             self._start_batch(batch, single=False)
 
-    def _start_batch(self, clips: list[Clip], single: bool) -> None:
+    def _start_batch(self, clips: list[Clip], single: bool, attempt: int = 1) -> None:
         audio = list({c.source_index: self.open[c.source_index].audio for c in clips}.values())
         handle = self.ex.submit_batch(clips, audio)
-        self.tasks[handle] = _Task("batch", time.monotonic(), (clips, single))
+        self.tasks[handle] = _Task("batch", time.monotonic(), (clips, single), attempt)
 
     def _start_write(self, state: _Open, status: str = "done", duplicate_of: Optional[int] = None) -> None:
         src = state.source
         clips = [] if status != "done" else [state.done[i] for i in sorted(state.done)]
         job = {"index": src.index, "run": self.build.run, "status": status, "duplicate_of": duplicate_of,
                "source": src.metadata(), "clips": [c.to_record() for c in clips]}
-        handle = self.ex.submit_write(job, state.audio if clips else None)
-        self.tasks[handle] = _Task("write", time.monotonic(), state)
+        self.writes.append((state, job))
+        self._submit_writes()
+
+    def _submit_writes(self) -> None:
+        while self.writes and self._count("write") < self.cfg.run.max_writes_in_flight:
+            state, job = self.writes.popleft()
+            self._send_write(state, job, 1)
+
+    def _send_write(self, state: _Open, job: dict, attempt: int) -> None:
+        handle = self.ex.submit_write(job, state.audio if job["clips"] else None)
+        self.tasks[handle] = _Task("write", time.monotonic(), (state, job), attempt)
 
     # --- results ----------------------------------------------------------------------------
     def _fail(self, index: int, path: str, stage: str, error: str, error_type: str) -> None:
@@ -133,7 +162,7 @@ class Scheduler:
             return
         source: Source = result
         nbytes = sum(int((c.end - c.start) * (source.sample_rate + 16000) * 4) for c in source.clips)
-        state = _Open(source, audio, nbytes, waiting=len(source.clips))
+        state = _Open(entry, source, audio, nbytes, waiting=len(source.clips))
         self.open[source.index] = state
         self.open_bytes += nbytes
         first = self.shas_done.get(source.sha256)
@@ -150,6 +179,11 @@ class Scheduler:
         try:
             result = self.ex.get(handle)
         except Exception as exc:  # worker death or timeout
+            live = [c for c in clips if c.source_index in self.open]
+            if worker_lost(exc) and task.attempt < self.cfg.run.max_attempts and live:
+                self.log(f"worker lost while processing a batch of {len(live)} clips ({type(exc).__name__}); retrying")
+                self._start_batch(live, single, task.attempt + 1)
+                return
             result = BatchFailure("timeout" if isinstance(exc, TimeoutError) else "worker", f"{type(exc).__name__}: {exc}"[:2000])
         if isinstance(result, BatchFailure):
             live = [c for c in clips if c.source_index in self.open]
@@ -173,19 +207,83 @@ class Scheduler:
                 self._start_write(state)
 
     def _on_write(self, handle, task: _Task) -> None:
-        state: _Open = task.payload
+        state, job = task.payload
         index = state.source.index
-        self._close(index)
         try:
-            self.ex.get(handle)
-        except Exception as exc:  # disk full, writer died...: the source is not done, a rerun redoes it
+            result = self.ex.get(handle)
+        except Exception as exc:  # disk full, writer died...
+            if worker_lost(exc) and index in self.build.ledger.committed_by(f"{self.build.run:06d}-w"):
+                self._done(state)  # it died after committing this source, before answering
+                return
+            if worker_lost(exc) and task.attempt < self.cfg.run.max_attempts:
+                # the writer died with the write: write it again (a restarted writer) from the same audio
+                self.log(f"writer lost while writing {state.source.path} ({type(exc).__name__}); writing it again")
+                self._send_write(state, job, task.attempt + 1)
+                return
+            self._close(index)
             self._fail(index, state.source.path, "write", f"{type(exc).__name__}: {exc}"[:2000], type(exc).__name__)
             return
+        self._done(state)
+        if index not in result["committed"]:
+            self.unconfirmed[index] = _Acked(state.task, result["writer"], result["incarnation"])
+        self._confirmed(result)
+        self._heard_from(result["writer"], result["incarnation"])
+
+    def _done(self, state: _Open) -> None:
+        index = state.source.index
+        self._close(index)
         self.acked.add(index)
         sha = state.source.sha256
         if sha not in self.shas_done or index < self.shas_done[sha]:
             self.shas_done[sha] = index
         self.progress.step(audio_s=state.source.duration)
+
+    # --- writers' lives ---------------------------------------------------------------------
+    def _heard_from(self, writer: str, incarnation: str) -> None:
+        """A result from ``writer``'s life ``incarnation``: every earlier life of that writer is gone, and
+        with it what it acknowledged but had not committed. Lives are numbered in the order they start,
+        and answers may arrive out of order, so the newest life seen decides."""
+        if incarnation > self.incarnations.get(writer, ""):
+            self.incarnations[writer] = incarnation
+        newest = self.incarnations[writer]
+        self._lost(lambda a: a.writer == writer and a.incarnation < newest)
+
+    def _confirmed(self, result: dict) -> None:
+        for index in result["committed"]:
+            self.unconfirmed.pop(index, None)
+
+    def _lost(self, which) -> None:
+        """Acknowledged sources that no commit made durable: redo them from their file (the same run),
+        unless their writer committed them after all before it died."""
+        lost = {i: a for i, a in self.unconfirmed.items() if which(a)}
+        if not lost:
+            return
+        durable: set[int] = set()
+        for prefix in {f"{a.writer}-{a.incarnation}" for a in lost.values()}:
+            durable |= self.build.ledger.committed_by(prefix)
+        for index, acked in sorted(lost.items()):
+            del self.unconfirmed[index]
+            if index in durable:
+                continue
+            self.acked.discard(index)
+            if self.attempts.get(index, 1) < self.cfg.run.max_attempts:
+                self.log(f"writer {acked.writer} lost {acked.task.path} before committing it; redoing it")
+                self.redone += 1
+                self.progress.total += 1
+                self.pending.append(acked.task)
+            else:
+                self._fail(index, acked.task.path, "write", WRITER_LOST, "WriterLost")
+
+    def _commit_writers(self) -> None:
+        """Every writer commits what it holds; a writer that cannot answer lost it."""
+        for writer, result in self.ex.commit_writers():
+            if isinstance(result, BaseException):
+                self.log(f"writer {writer} did not commit ({type(result).__name__}: {str(result)[:200]})")
+                self._lost(lambda a: a.writer == writer)
+                continue
+            self._confirmed(result)
+            self._heard_from(result["writer"], result["incarnation"])
+        self._lost(lambda a: True)  # acknowledged, yet no commit holds it: its writer's life ended
 
     def _expire(self) -> Optional[float]:
         """Cancel tasks past their deadline; return seconds until the next deadline."""
@@ -205,7 +303,7 @@ class Scheduler:
                 elif task.kind == "batch":
                     self._on_batch_failure(task, BatchFailure("timeout", err))
                 else:
-                    state = task.payload
+                    state = task.payload[0]
                     self._close(state.source.index)
                     self._fail(state.source.index, state.source.path, "timeout", err, "TimeoutError")
             else:
@@ -218,10 +316,20 @@ class Scheduler:
             self._fail_source(c.source_index, failure.stage, failure.error)
 
     def run(self) -> None:
+        """Until every planned file is written and committed (or failed): sources a writer lost are redone."""
+        while True:
+            self._run_once()
+            self._commit_writers()
+            if not self.pending:
+                break
+        self.progress.finish()
+
+    def _run_once(self) -> None:
         handlers = {"file": self._on_file, "batch": self._on_batch, "write": self._on_write}
-        while self.pending or self.tasks or self.queue:
+        while self.pending or self.tasks or self.queue or self.writes:
             self._submit_files()
             self._submit_batches()
+            self._submit_writes()
             if not self.tasks:
                 if self.queue:  # nothing in flight: send what is queued
                     self._start_batch([self.queue.popleft() for _ in range(min(len(self.queue), self.cfg.transcribe.batch_size))], single=False)
@@ -234,4 +342,3 @@ class Scheduler:
                 if task is not None:
                     handlers[task.kind](handle, task)
             self.progress.update()
-        self.progress.finish()
