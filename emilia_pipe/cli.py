@@ -1,19 +1,22 @@
-"""Command line: ``emilia-pipe run | status | refilter | eval | export | models | config``.
+"""Command line: ``emilia-pipe run | status | refilter | repair | eval | export | models | config``.
 
 Exit status: 0 = every file went through; 1 = the run finished but some files of this run failed (their
 count is printed and in summary.json, their reasons in failures.jsonl); 2 = bad usage or configuration
 (also: resuming a build with other settings; an input that names nothing; an output that is a file or
 read-only); 3 = a needed model is missing; 4 = the build folder is in use by another run; 5 = the output
-could not be written (disk full): the same command resumes the build."""
+could not be written (disk full): the same command resumes the build; 6 = the build folder's own state is
+damaged (the message names the file and the fix, most often `emilia-pipe repair OUT`)."""
 from __future__ import annotations
 
 import argparse
 import errno
 import json
 import sys
+import time
 from pathlib import Path
 
 from emilia_pipe.config import ConfigError, PipelineConfig, apply_overrides, build_config, load_config
+from emilia_pipe.dataset.errors import DamagedStateError
 from emilia_pipe.dataset.fingerprint import BuildMismatchError
 from emilia_pipe.dataset.lock import BuildLockedError
 from emilia_pipe.media.inputs import InputError, OutputError
@@ -48,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                           "CPU machine, ray with a GPU or --ray-address")
     run.add_argument("--allow-config-change", action="store_true",
                      help="resume a build whose settings or model versions differ from this run's")
+    run.add_argument("--drop-missing", action="store_true",
+                     help="withdraw from the published tree the clips of inputs that are no longer on disk "
+                          "(by default they stay published, and status reports the inputs as missing)")
     _config_args(run)
 
     st = sub.add_parser("status", help="done / failed / pending sources and hours of a build")
@@ -62,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     refilter.add_argument("out", help="dataset folder written by 'emilia-pipe run'")
     refilter.add_argument("-c", "--config", action="append", default=[], metavar="FILE")
     refilter.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    refilter.add_argument("--drop-missing", action="store_true",
+                          help="also withdraw the clips of inputs that are no longer on disk")
+
+    rep = sub.add_parser("repair", help="set aside damaged build state (unreadable ledger parts, build.json, "
+                         "publish.json) so that the next run redoes what it held")
+    rep.add_argument("out", help="dataset folder written by 'emilia-pipe run'")
+    _config_args(rep)
 
     ev = sub.add_parser("eval", help="WER/CER per language and DER of a build against your labelled references")
     ev.add_argument("out", help="dataset folder written by 'emilia-pipe run'")
@@ -100,11 +113,23 @@ def cmd_run(args, restart_argv: list[str] | None = None) -> int:
     config = _load(args)
     if restart_argv is not None:  # the models' threads must find malloc tuned from the first allocation
         restart_tuned_if_local(config, ["-m", "emilia_pipe.cli", *restart_argv])
-    summary = run_pipeline(inputs, args.out, config, allow_config_change=args.allow_config_change)
+    summary = run_pipeline(inputs, args.out, config, allow_config_change=args.allow_config_change,
+                           filter_given=_filter_given(args), drop_missing=args.drop_missing)
     failed = summary["this_run"]["failed"]
     print(f"dataset written to {args.out} ({summary['clips']['kept']} clips kept, {failed} file(s) failed in this run, "
           f"{summary['files']['failed']} failed in the build)")
     return 1 if failed else 0
+
+
+def _filter_given(args) -> bool:
+    """Whether this command was given filter settings (``--set filter.*`` or a ``filter:`` section of a
+    config file): only then does a run replace the filter settings in force in its build."""
+    from emilia_pipe.config import _deep_merge, _read_yaml
+
+    user: dict = {}
+    for f in args.config:
+        user = _deep_merge(user, _read_yaml(Path(f)))
+    return "filter" in apply_overrides(user, args.overrides)
 
 
 def cmd_status(args) -> int:
@@ -119,10 +144,16 @@ def cmd_status(args) -> int:
         return 0
     s = st["sources"]
     print(f"{args.out}: {s['planned']} planned, {s['done']} done ({st['hours_done']:.3f} h), {s['failed']} failed, "
-          f"{s['pending']} pending ({st['pending_bytes'] / 2**30:.2f} GiB), {s['skipped']} skipped (duplicates); "
+          f"{s['pending']} pending ({st['pending_bytes'] / 2**30:.2f} GiB), {s['skipped']} skipped (duplicates), "
+          f"{s['missing']} missing (input gone), {s['withdrawn']} withdrawn (input changed or dropped); "
           f"{st['runs']} run(s)")
+    if st["incomplete"]:
+        print(f"  {st['incomplete']} source(s) lost their clips part: pending, the next run redoes them")
     for stage, n in st["failed_by_stage"].items():
         print(f"  failed at {stage}: {n}")
+    if st["publish"]["unfinished"]:
+        print(f"  the last publish (generation {st['publish']['generation']}) did not finish: the next run, refilter "
+              "or export completes it first")
     return 0
 
 
@@ -156,16 +187,16 @@ def cmd_export(args) -> int:
 
 def cmd_refilter(args) -> int:
     from emilia_pipe.config import _deep_merge, _read_yaml
-    from emilia_pipe.dataset.ledger import read_build_info
+    from emilia_pipe.dataset.build import status
+    from emilia_pipe.dataset.ledger import Ledger, read_build_info, write_build_info
     from emilia_pipe.dataset.lock import BuildLock
+    from emilia_pipe.dataset.planning import drop_missing
     from emilia_pipe.dataset.publish import finalize
     from emilia_pipe.dataset.summary import format_summary
     from emilia_pipe.records import STATE_DIR
-    from emilia_pipe.runtime.files import write_atomic
 
     out = Path(args.out)
-    info = read_build_info(out)
-    if info is None:
+    if read_build_info(out) is None:
         raise ConfigError(f"{out} is not a dataset written by emilia-pipe (no {out / STATE_DIR / 'build.json'})")
     change: dict = {}
     for f in args.config:
@@ -175,14 +206,34 @@ def cmd_refilter(args) -> int:
     if other:
         raise ConfigError(f"refilter changes only filter.* settings (got {', '.join(other)}); "
                           "other settings shape the clips and need a new run")
-    config = build_config(_deep_merge(info["config"], change))
     with BuildLock(out, "refilter"):
+        info = read_build_info(out)  # under the lock: a run may have changed it since
+        config = build_config(_deep_merge(info["config"], change))
         previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
         keep = {k: previous[k] for k in ("wall_seconds", "audio_hours_per_hour", "runner", "this_run") if k in previous}
-        summary = finalize(out, config, keep)
+        # the settings first: a kill before the publish below is done leaves them to the next run's publish
         info["config"] = config.model_dump(mode="json")
-        write_atomic(out / STATE_DIR / "build.json", json.dumps(info, indent=2, ensure_ascii=False))
+        info["filter"] = {"settings": info["config"]["filter"], "set_by": f"refilter {time.strftime('%Y-%m-%d %H:%M:%S')}"}
+        write_build_info(out, info)
+        if args.drop_missing:
+            drop_missing(Ledger(out), len(info["runs"]), lambda m: print(m, file=sys.stderr))
+        summary = finalize(out, config, keep)
+        st = status(out)
     print(format_summary(summary))
+    open_work = st["sources"]["pending"] + st["sources"]["missing"]
+    if open_work:  # never a silent "done": say what the published clips leave out
+        print(f"emilia-pipe: {open_work} planned source(s) are not done ({st['sources']['pending']} pending, "
+              f"{st['sources']['missing']} missing; {st['incomplete']} lost their clips part): the published clips "
+              "leave them out; run the build again to process them", file=sys.stderr)
+    return 0
+
+
+def cmd_repair(args) -> int:
+    from emilia_pipe.dataset.repair import repair
+
+    given = args.config or args.overrides or args.profile
+    done = repair(args.out, _load(args) if given else None)
+    print("\n".join(done) if done else f"{args.out}: nothing to repair")
     return 0
 
 
@@ -205,6 +256,7 @@ _EXIT_CODES = (
     ((ConfigError, BuildMismatchError, ResourcePlanError, FileNotFoundError, InputError, OutputError), 2),
     ((ModelUnavailableError,), 3),
     ((BuildLockedError,), 4),
+    ((DamagedStateError,), 6),
 )
 EXIT_CODES = tuple(t for types, _ in _EXIT_CODES for t in types)
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # exit 5: the output could not be written
@@ -228,6 +280,8 @@ def main(argv: list[str] | None = None, may_restart: bool = False) -> int:
             return cmd_status(args)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "repair":
+            return cmd_repair(args)
         if args.command == "export":
             return cmd_export(args)
         if args.command == "config":

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
 
 from emilia_pipe.config import PipelineConfig
-from emilia_pipe.dataset.layout import lang_folder, place, primary_language, source_dirs
+from emilia_pipe.dataset.layout import held_root, lang_folder, place, primary_language, remove_source_audio
 from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger
 from emilia_pipe.media.disk import remove_spilled
 from emilia_pipe.media.mp3 import encode_mp3
@@ -38,6 +37,7 @@ class SourceWriter:
         self.cfg = config
         self.ledger = Ledger(self.out)
         self.ledger.ensure()
+        self.held = held_root(self.out)  # MP3s are published (moved to OUT/<LANG>/...) by finalize
         self.slot = slot
         self.incarnation = self._claim_life()
         self.part = f"{slot}-{self.incarnation}"
@@ -65,12 +65,12 @@ class SourceWriter:
         """``job``: index, run, status, duplicate_of, source (metadata dict), clips (record dicts)."""
         index, clips = job["index"], [dict(c) for c in job["clips"]]
         b, s = place(index, self.cfg.output.sources_per_shard)
-        for d in source_dirs(self.out, b, s):  # a redo after a crash: drop what the killed attempt wrote
-            shutil.rmtree(d, ignore_errors=True)
+        remove_source_audio(self.held, b, s)  # a redo after a crash: drop what the killed attempt wrote
         keep = self._provisional_keep(clips)
         main = primary_language(clips)
         speakers = sorted({c["speaker"] for c in clips})
         written = 0
+        folders: set[Path] = set()  # this source's folders, to be fsynced (new ones into their parents)
         try:
             for c in clips:
                 lang = lang_folder(c["language"])
@@ -79,17 +79,17 @@ class SourceWriter:
                 c["speaker_id"] = f"{ClipId(main, b, s).source_name}_P{speakers.index(c['speaker']):02d}"
                 c["wav"] = f"{cid.shard_name}/{cid.source_name}/mp3/{c['id']}.mp3" if keep[c["index"]] else None
                 if c["wav"] and audio is not None:
-                    path = self.out / lang / c["wav"]
+                    path = self.held / lang / c["wav"]
                     mp3 = encode_mp3(audio.working[c["index"]], audio.sample_rate, self.cfg.output.mp3_bitrate_kbps)
                     write_atomic(path, mp3, tmp_dir=self.ledger.tmp, sync_dir=False)
-                    self.dirty_dirs.add(path.parent)
+                    folders.update(p for p in path.parents if self.out in p.parents)
                     written += 1
                     failpoints.hit("mp3")
                 c["source_index"], c["clip_index"] = index, c.pop("index")
-        except BaseException:  # e.g. disk full: no half-written source stays in the published tree
-            for d in source_dirs(self.out, b, s):
-                shutil.rmtree(d, ignore_errors=True)
+        except BaseException:  # e.g. disk full: no half-written source stays behind
+            remove_source_audio(self.held, b, s)
             raise
+        self.dirty_dirs |= folders
         remove_spilled(self.ledger.tmp, index)  # a long source's audio on disk: every MP3 is written
         meta = job["source"]
         row = {**meta, "index": index, "status": job.get("status", "done"), "duplicate_of": job.get("duplicate_of"),
@@ -119,13 +119,15 @@ class SourceWriter:
         return {c["index"]: j["kept"] or set(j["reasons"]) <= cross_source for c, j in zip(clips, judged)}
 
     def commit(self) -> dict:
-        """Make the MP3s' folder entries durable, then commit the buffered records (clips, then
-        sources). Returns this writer's identity and the indices committed."""
+        """Make the MP3s' folder entries durable (each MP3 in its folder, each new folder in its parent, up
+        to OUT), then commit the buffered records (clips, then sources). Returns this writer's identity and
+        the indices committed."""
         if self.retired:
             raise WriterRetiredError(f"writer {self.part} was given up on; its buffered sources are redone")
         committed = [int(r["index"]) for r in self.sources]
         if committed:
-            for d in self.dirty_dirs:
+            # deepest first: a folder made for this commit is durable in its parent before the ledger names it
+            for d in sorted(self.dirty_dirs, key=lambda p: -len(p.parts)):
                 fsync_dir(d)
             self.ledger.commit(f"{self.part}-{self.seq:06d}", self.sources, self.clips)
             self.seq += 1

@@ -25,10 +25,13 @@ def export(out: str | Path, fmt: str, dest: str | Path, clips_per_shard: int = 2
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(BY_NAME)}")
     if clips_per_shard < 1:
         raise ExportError(f"--clips-per-shard must be at least 1, got {clips_per_shard}")
-    build = PublishedBuild(out)
-    # the lock keeps a run or refilter from rewriting the manifests while they are read
-    with BuildLock(build.out, "export"), staging(Path(dest)) as tmp:
-        progress = Progress(f"export {fmt}", build.kept, "clips", every_s=5.0)
-        stats = module.export(build, tmp, {"clips_per_shard": clips_per_shard, "dest": Path(dest).resolve()}, progress)
-        progress.finish()
+    # the lock keeps a run or refilter from rewriting the manifests while they are read; a publish that a
+    # kill interrupted is completed first, so the export reads one generation
+    with BuildLock(Path(out).resolve(), "export"):
+        build = PublishedBuild(out)
+        with staging(Path(dest)) as tmp:
+            progress = Progress(f"export {fmt}", build.kept, "clips", every_s=5.0)
+            stats = module.export(build, tmp, {"clips_per_shard": clips_per_shard, "dest": Path(dest).resolve()},
+                                  progress)
+            progress.finish()
     return stats

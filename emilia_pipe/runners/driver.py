@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.dataset.build import Build
+from emilia_pipe.dataset.planning import drop_missing as drop_missing_inputs
 from emilia_pipe.dataset.publish import finalize
 from emilia_pipe.dataset.summary import format_summary
 from emilia_pipe.media.inputs import InputError, expand_inputs
@@ -31,9 +32,13 @@ def run_pipeline(
     executor_factory: Optional[Callable] = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
     allow_config_change: bool = False,
+    filter_given: bool = False,
+    drop_missing: bool = False,
 ) -> dict:
     """Process ``inputs`` into an Emilia-format dataset in ``out_dir``; returns the summary. A build
-    folder that already holds work is resumed: sources already done are not read again."""
+    folder that already holds work is resumed: sources already done are not read again. A resumed build
+    keeps its filter settings (those its last ``refilter`` set) unless ``filter_given``: the caller was
+    given filter settings for this run. ``drop_missing``: withdraw the clips of inputs no longer on disk."""
     t_start = time.perf_counter()
     run = config.run
     setup_heap(run.tune_malloc, run.malloc_keep_free_mb, run.malloc_trim_threshold_mb)  # before stages start threads
@@ -46,7 +51,8 @@ def run_pipeline(
     runner = choose_runner(config)
     if not config.separation_enabled:
         log("separation: off (profile has no separation model) - clips are cut from the original mix")
-    with Build(out_dir, config, allow_config_change=allow_config_change, log=log) as build:
+    with Build(out_dir, config, allow_config_change=allow_config_change, log=log, filter_given=filter_given) as build:
+        config = build.cfg  # with the filter settings in force in the build
         entries, n_done = build.plan(found.files, found.problems)
         if n_done:
             log(f"{n_done} file(s) already done in {out_dir}: not read again")
@@ -84,6 +90,8 @@ def run_pipeline(
                 build.record_failure(Failure(build.path_of(index), "write", WRITER_LOST, "WriterLost"), index)
             scheduler.failures_this_run += len(lost)
             build.flush_failures()
+        if drop_missing:
+            drop_missing_inputs(build.ledger, build.run, log)
         wall = time.perf_counter() - t_start
         audio_s = scheduler.progress.audio_s if scheduler else 0.0
         summary = finalize(out_dir, config, {
