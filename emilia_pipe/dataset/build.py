@@ -30,12 +30,17 @@ FROZEN = ("output.sources_per_shard",)
 class Build:
     """``filter_given``: the run was given filter settings (on the command line or in a config file); else
     it keeps the filter settings in force in the build (set by its last ``refilter``, or by the last run
-    given filter settings), so a run never undoes a refilter. ``cfg`` is the config the run uses."""
+    given filter settings), so a run never undoes a refilter. ``cfg`` is the config the run publishes with;
+    ``stage_cfg`` the one its stages and writers run with: the same, but with the filter settings the score
+    stage reads fixed by the build's first run (so every clip of a build is scored by one rule).
+    ``resolved``: what the device settings resolve to where the stages run (runners.choice.resolve_numerics)."""
 
     def __init__(self, out_dir: str | Path, config, allow_config_change: bool = False,
-                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), filter_given: bool = False):
+                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), filter_given: bool = False,
+                 resolved: Optional[dict] = None):
         self.out = Path(out_dir)
-        self.cfg = config
+        self.cfg = self.stage_cfg = config
+        self.resolved = resolved or {}
         self.allow = allow_config_change
         self.filter_given = filter_given
         self.log = log
@@ -67,7 +72,8 @@ class Build:
         apply_publish(self.out)  # a publish a kill interrupted is completed before anything else
         info = read_build_info(self.out)
         filter_record = self._filter_in_force(info)
-        fp = fingerprint(self.cfg)
+        scoring = self._scoring_filter(info)
+        fp = fingerprint(self.stage_cfg, self.resolved)
         changed: list[str] = []
         if info is not None:
             changed = fingerprint_diff(info["fingerprint"], fp)
@@ -83,7 +89,7 @@ class Build:
         runs.append({"run": self.run, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
                      "argv": sys.argv, "fingerprint": fingerprint_hash(fp), "changed": changed})
         info = {"format": FORMAT_VERSION, "fingerprint": fp, "config": self.cfg.model_dump(mode="json"), "runs": runs,
-                "filter": filter_record}
+                "filter": filter_record, "scoring_filter": scoring}
         write_build_info(self.out, info, tmp_dir=self.ledger.tmp)
         if changed:
             self.log("continuing with changed settings (--allow-config-change):\n  " + "\n  ".join(changed))
@@ -105,6 +111,21 @@ class Build:
                  + "\n  give filter settings (--set filter.KEY=VALUE, or a filter: section in -c FILE) to change them")
         self.cfg = self.cfg.model_copy(update={"filter": FilterConfig.model_validate(stored)})
         return {**record, "settings": stored}
+
+    def _scoring_filter(self, info: Optional[dict]) -> dict:
+        """The filter settings the score stage reads (``stage_cfg.filter``): the build's first run's. Filter
+        settings given to a later run replace them only with --allow-config-change (the fingerprint names it)."""
+        mine = self.cfg.filter.model_dump(mode="json")
+        pinned = (info or {}).get("scoring_filter") or ((info or {}).get("config") or {}).get("filter") or mine
+        if pinned != mine and self.filter_given:
+            if self.allow:
+                pinned = mine
+            else:
+                self.log("scoring keeps the filter settings of the build's first run (which clips score.skip_rejected "
+                         "leaves unscored, where short clips are refined); these apply to what is published. "
+                         "--allow-config-change scores new clips with them too")
+        self.stage_cfg = self.cfg.model_copy(update={"filter": FilterConfig.model_validate(pinned)})
+        return pinned
 
     @staticmethod
     def _next_run(info: Optional[dict]) -> int:

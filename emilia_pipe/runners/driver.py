@@ -20,7 +20,14 @@ from emilia_pipe.dataset.publish import finalize
 from emilia_pipe.dataset.summary import format_summary
 from emilia_pipe.media.inputs import InputError, expand_inputs
 from emilia_pipe.records import Failure
-from emilia_pipe.runners.choice import active_stages, check_output, choose_runner, preflight, size_local
+from emilia_pipe.runners.choice import (
+    active_stages,
+    check_output,
+    choose_runner,
+    preflight,
+    resolve_numerics,
+    size_local,
+)
 from emilia_pipe.runners.scheduler import WRITER_LOST, Scheduler
 from emilia_pipe.runtime.heap import setup_heap
 
@@ -51,29 +58,36 @@ def run_pipeline(
     runner = choose_runner(config)
     if not config.separation_enabled:
         log("separation: off (profile has no separation model) - clips are cut from the original mix")
-    with Build(out_dir, config, allow_config_change=allow_config_change, log=log, filter_given=filter_given) as build:
-        config = build.cfg  # with the filter settings in force in the build
+    planned, cluster_gpus = config, None
+    if executor_factory is None and runner == "ray":  # the cluster decides the devices, so the fingerprint
+        from emilia_pipe.runners.ray_executor import auto_plan, cluster_resources
+
+        cluster_gpus = int(cluster_resources(config).get("GPU", 0))
+        if config.run.resource_plan == "auto":  # bounds too: the scheduler runs with this copy
+            planned = auto_plan(config, stages, log)
+    resolved = resolve_numerics(planned, stages, cluster_gpus)
+    with Build(out_dir, config, allow_config_change=allow_config_change, log=log, filter_given=filter_given,
+               resolved=resolved) as build:
+        config = build.cfg  # with the filter settings in force in the build: what is published
+        run_config = planned.model_copy(update={"filter": build.stage_cfg.filter})  # what the stages run with
         entries, n_done = build.plan(found.files, found.problems)
         if n_done:
             log(f"{n_done} file(s) already done in {out_dir}: not read again")
         executor = None
         scheduler = None
-        run_config = config
         try:
             if entries:
                 if executor_factory is not None:
-                    executor = executor_factory(config, stages, out_dir, build.run)
+                    executor = executor_factory(run_config, stages, out_dir, build.run)
                 elif runner == "ray":
-                    from emilia_pipe.runners.ray_executor import RayExecutor, auto_plan
+                    from emilia_pipe.runners.ray_executor import RayExecutor
 
-                    if config.run.resource_plan == "auto":  # bounds too: the scheduler runs with this copy
-                        run_config = auto_plan(config, stages, log)
                     executor = RayExecutor(run_config, stages, out_dir, build.run, address=config.run.ray_address,
                                            log=log)
                 else:
                     from emilia_pipe.runners.local import LocalExecutor
 
-                    sized = size_local(config)
+                    sized = size_local(run_config)
                     log(f"local runner: {'two lanes' if sized.run.local_overlap else 'one lane'}, "
                         f"{sized.run.torch_threads} thread(s) per lane")
                     executor = LocalExecutor(sized, stages, out_dir, build.run)

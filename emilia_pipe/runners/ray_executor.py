@@ -124,6 +124,11 @@ def init_ray(address: str | None, env_vars: dict[str, str]):
     return ray
 
 
+def cluster_resources(config) -> dict:
+    """The Ray cluster's resources (starting a local Ray, or joining run.ray_address)."""
+    return init_ray(config.run.ray_address, worker_env(config)).cluster_resources()
+
+
 def auto_plan(config, stage_names: list[str], log=print):
     """``run.resource_plan: auto``: the config with pools sized for the cluster's GPUs and cores."""
     from emilia_pipe.runners.resources import describe, planned_config
