@@ -13,8 +13,12 @@ from emilia_pipe.runners.calls import BatchFailure
 from emilia_pipe.runners.driver import run_pipeline
 
 
+SAME_CONTENT: dict[str, str] = {}  # input name -> the name whose content it has (a duplicate)
+
+
 def _source(task, n_clips: int) -> Source:
-    sid = f"{abs(hash(task.path)) % 16**16:016x}"
+    name = task.path.rsplit("/", 1)[-1]
+    sid = f"{abs(hash(task.path.replace(name, SAME_CONTENT.get(name, name)))) % 16**16:016x}"
     src = Source(source_id=sid, path=task.path, sha256=sid * 4, duration=10.0, orig_sample_rate=24000,
                  orig_channels=1, codec="pcm", container="wav", index=task.index)
     src.clips = [Clip(source_id=sid, index=i, start=3.0 * i, end=3.0 * i + 3.0, speaker="SPEAKER_00",
@@ -304,3 +308,68 @@ def test_writes_in_flight_are_bounded(tmp_path):
                                  overrides=["run.max_writes_in_flight=2", "transcribe.batch_size=16"])
     assert not failures and summary["files"]["ok"] == 20
     assert 1 <= ex.max_writes <= 2  # before: up to max_open_sources writes at once
+
+
+def test_published_files_do_not_depend_on_completion_order(tmp_path, monkeypatch):
+    """Two pairs of inputs with the same content: which copy finishes first changes how the second is
+    found (written as a duplicate, or found one at publish), never a published byte."""
+    monkeypatch.setattr("test_driver.SAME_CONTENT", {"b.wav": "a.wav", "z.wav": "c.wav"})
+    names = ["a.wav", "b.wav", "c.wav", *[f"f{i}.wav" for i in range(8)], "z.wav"]
+    inputs = _inputs(tmp_path, names)
+    cfg = load_config(overrides=["run.runner=local", "run.max_files_in_flight=2"])
+    views, statuses = set(), set()
+    for seed in range(4):
+        out = tmp_path / f"out{seed}"
+        run_pipeline(inputs, out, cfg, log=lambda m: None,
+                     executor_factory=lambda c, stages, o, run, seed=seed: ScriptedExecutor(c, o, run, seed=seed))
+        from conftest import published
+
+        views.add(json.dumps({k: v for k, v in published(out).items() if k != "summary.json"}, sort_keys=True))
+        from emilia_pipe.dataset.ledger import Ledger
+
+        statuses.add(tuple(Ledger(out).sources(["status"])["status"]))
+    assert len(statuses) > 1  # the copies did finish in different orders (seeds 0-3: z first twice, b first twice)
+    assert len(views) == 1  # before: skipped.jsonl listed the two copies in either order
+
+
+def test_new_folders_are_fsynced_into_their_parents_before_the_commit(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from emilia_pipe.dataset.ledger import Ledger
+
+    events = []
+    monkeypatch.setattr("emilia_pipe.dataset.writer.fsync_dir", lambda d: events.append(("fsync", Path(d))))
+    real = Ledger.commit
+    monkeypatch.setattr(Ledger, "commit", lambda self, *a: (events.append(("commit", None)), real(self, *a))[1])
+    cfg = load_config(overrides=["run.commit_every_sources=1"])
+    writer = SourceWriter(tmp_path, cfg, "000000-w0")
+    src = _source(_Task(0, "/x/a.wav"), 2)
+    job = {"index": 0, "run": 0, "status": "done", "duplicate_of": None, "source": src.metadata(),
+           "clips": [c.to_record() for c in src.clips]}
+    writer.write(job, split_audio(src)[1])
+    synced = {p for kind, p in events[:events.index(("commit", None))] if kind == "fsync"}
+    mp3s = list(tmp_path.rglob("*.mp3"))
+    on_the_way = {p for m in mp3s for p in m.parents if tmp_path in p.parents}  # every folder below OUT
+    assert mp3s and on_the_way <= synced, sorted(on_the_way - synced)  # before: only the mp3/ folders
+
+
+def test_status_reads_a_consistent_ledger_while_a_compaction_removes_parts(tmp_path, monkeypatch):
+    from emilia_pipe.dataset.build import status
+    from emilia_pipe.dataset.ledger import Ledger
+
+    summary, _, _ = _run(tmp_path, [f"f{i}.wav" for i in range(10)], overrides=["run.commit_every_sources=1"])
+    out = tmp_path / "out"
+    for i in range(10, 19):  # more committed parts, not yet compacted
+        SourceWriter(out, load_config(overrides=["run.commit_every_sources=1"]), "000001-w0").write(
+            _job(i, f"/x/g{i}.wav"), None)
+    real, state = Ledger._read_part, {"compacted": False}
+
+    def compacting_meanwhile(self, path, schema, columns):
+        if not state["compacted"] and "sources-" in path.name:
+            state["compacted"] = True
+            Ledger(out).compact(2)  # writes the merged part, then removes the old ones
+        return real(self, path, schema, columns)
+
+    monkeypatch.setattr(Ledger, "_read_part", compacting_meanwhile)
+    st = status(out)
+    assert state["compacted"] and st["sources"]["done"] == 19  # before: FileNotFoundError
