@@ -131,14 +131,35 @@ def local_factory(config, stages, out, run):
     return LocalExecutor(size_local(config), stages, out, run, stage_builder=build_stage)
 
 
+def ray_factory(address: str, executor_class=None):
+    """Executors on the Ray cluster at ``address`` running the stand-in stages (pickled by value: the
+    workers need not import this file)."""
+    import ray.cloudpickle
+
+    from emilia_pipe.runners.ray_executor import RayExecutor
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cls = executor_class or RayExecutor
+
+    def factory(config, stages, out, run):
+        return cls(config, stages, out, run, address=address, log=lambda m: None, stage_builder=build_stage)
+    return factory
+
+
 def run(inputs, out, overrides=(), **kw) -> dict:
-    """A build of ``inputs`` with the stand-in stages on the local runner; returns the summary."""
+    """A build of ``inputs`` with the stand-in stages (local runner unless ``executor_factory``); returns
+    the summary."""
     from emilia_pipe.config import load_config
     from emilia_pipe.runners.driver import run_pipeline
 
     config = load_config(overrides=["run.runner=local", "run.tune_malloc=false", *overrides])
     log = kw.pop("log", lambda m: None)
-    return run_pipeline(list(inputs), out, config, executor_factory=local_factory, log=log, **kw)
+    factory = kw.pop("executor_factory", local_factory)
+    return run_pipeline(list(inputs), out, config, executor_factory=factory, log=log, **kw)
+
+
+def print_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -149,12 +170,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("inputs", nargs="+")
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--set", action="append", default=[], dest="overrides")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the stages on this Ray cluster (default: local runner)")
+    p.add_argument("--verbose", action="store_true", help="print the run's log")
     args = p.parse_args(argv)
     from emilia_pipe.cli import _EXIT_CODES, EXIT_CODES
 
     try:
+        extra = {"executor_factory": ray_factory(args.ray)} if args.ray else {}
         summary = run(args.inputs, args.out, args.overrides,
-                      filter_given=any(o.startswith("filter") for o in args.overrides))
+                      filter_given=any(o.startswith("filter") for o in args.overrides),
+                      log=print_log if args.verbose else (lambda m: None), **extra)
     except EXIT_CODES as exc:  # one line and the command's exit status, as `emilia-pipe run` does
         print(f"emilia-pipe: {exc}", file=sys.stderr)
         return next(code for types, code in _EXIT_CODES if isinstance(exc, types))

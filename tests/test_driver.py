@@ -35,6 +35,10 @@ class ActorDiedError(Exception):
     """Named as Ray's: the driver takes it for work lost with its worker."""
 
 
+class ActorUnavailableError(Exception):
+    """Named as Ray's: the actor is restarting."""
+
+
 class ScriptedExecutor:
     """Per-file results from a table, completed in a random (seeded) order. A path in `die` raises on get
     (as a dead Ray actor does); a batch holding a clip of a path in `bad_clip` fails; a path in `hang`
@@ -44,7 +48,7 @@ class ScriptedExecutor:
     (and its commit) but before it answers."""
 
     def __init__(self, config, out_dir, run, die=(), bad_clip=(), hang=(), fail_batches=False, seed=0,
-                 restart_writer_at=(), die_in_write=(), die_after_write=()):
+                 restart_writer_at=(), die_in_write=(), die_after_write=(), unavailable_writes=()):
         import random
 
         self.die, self.bad, self.hang, self.fail_batches = set(die), set(bad_clip), set(hang), fail_batches
@@ -52,6 +56,7 @@ class ScriptedExecutor:
         self.writer = SourceWriter(out_dir, config, self.slot)
         self.rng = random.Random(seed)
         self.restart_at, self.die_in, self.die_after = set(restart_writer_at), set(die_in_write), set(die_after_write)
+        self.unavailable = set(unavailable_writes)
         self.writes = 0
         self.batch_sizes, self.cancelled, self.max_writes = [], [], 0
         self.max_in_flight = 0
@@ -102,6 +107,8 @@ class ScriptedExecutor:
             if self.writes in self.die_in:
                 self._restart_writer()
                 raise ActorDiedError("the writer died while writing")
+            if self.writes in self.unavailable:
+                raise ActorUnavailableError("the actor is restarting; the task may or may not have run")
             job, audio = value
             src = _source(_Task(job["index"], job["source"]["path"]), 2)
             result = self.writer.write(job, split_audio(src)[1] if audio is not None else None)
@@ -373,3 +380,9 @@ def test_status_reads_a_consistent_ledger_while_a_compaction_removes_parts(tmp_p
     monkeypatch.setattr(Ledger, "_read_part", compacting_meanwhile)
     st = status(out)
     assert state["compacted"] and st["sources"]["done"] == 19  # before: FileNotFoundError
+
+
+def test_a_write_to_a_restarting_writer_is_sent_again_without_using_a_try(tmp_path):
+    # max_attempts=1: a lost worker is never retried, yet an actor that is restarting is waited for
+    summary, failures, ex = _run(tmp_path, NAMES, overrides=["run.max_attempts=1"], unavailable_writes=[2, 3, 4])
+    assert failures == [] and summary["files"]["ok"] == 7  # before: 3 "write" failures (ActorUnavailableError)

@@ -36,6 +36,11 @@ def worker_lost(exc: BaseException) -> bool:
     return any(t.__name__ in _LOST for t in type(exc).__mro__)
 
 
+def restarting_error(exc: Optional[BaseException]) -> bool:
+    """Ray says the actor is restarting (the task may not have run): worth sending again shortly."""
+    return exc is not None and any(t.__name__ == "ActorUnavailableError" for t in type(exc).__mro__)
+
+
 def release_memory() -> None:
     """Hand freed heap back to the OS after a stage once the process has grown by ``run.malloc_keep_free_mb``
     since the last trim: glibc keeps it otherwise, and a worker holding every model grew from 1.6 to 3.5 GiB

@@ -15,8 +15,10 @@ import os
 from emilia_pipe.runners.calls import finish_file, run_batch_stage, run_file_stage
 from emilia_pipe.stages import batch_chain, file_chain
 
-# set by emilia_pipe/__init__ in the driver; workers must start with the same values
-_WORKER_ENV = ("PYANNOTE_METRICS_ENABLED", "TOKENIZERS_PARALLELISM", "OMP_WAIT_POLICY")
+# set by emilia_pipe/__init__ in the driver; workers must start with the same values (and the crash
+# injection of the exactly-once tests, runtime/failpoints.py, when it is set)
+_WORKER_ENV = ("PYANNOTE_METRICS_ENABLED", "TOKENIZERS_PARALLELISM", "OMP_WAIT_POLICY", "EMILIA_PIPE_CRASH_AT",
+               "EMILIA_PIPE_CRASH_ONCE")
 
 
 class StageActor:
@@ -181,6 +183,7 @@ class RayExecutor:
                 f"{_fmt(cluster)}). Lower run.resources.<pool>.actors / num_cpus / num_gpus, or add nodes.")
         self.file_chain = file_chain(stage_names)
         self.batch_chain = batch_chain(stage_names)
+        self.actors = actors + self.writers
         self.running: dict = {}  # final ref -> [(ref, actor)] of its chain, to find a hung actor
 
     def submit_file(self, task):
@@ -247,5 +250,10 @@ class RayExecutor:
                 break
 
     def shutdown(self):
+        for actor in self.actors:  # this run's pools; a cluster joined by address outlives the run
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone with its node
+                pass
         if self._owns_ray and os.environ.get("EMILIA_PIPE_KEEP_RAY") != "1":
             self.ray.shutdown()

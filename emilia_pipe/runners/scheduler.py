@@ -12,9 +12,10 @@ from typing import Callable, Optional
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.dataset.build import Build
 from emilia_pipe.records import Clip, Failure, FileTask, Source
-from emilia_pipe.runners.calls import BatchFailure, worker_lost
+from emilia_pipe.runners.calls import BatchFailure, restarting_error, worker_lost
 from emilia_pipe.runtime.progress import Progress
 
+MAX_WAITS = 10  # sends of a task whose actor is restarting, before it counts as a lost worker
 WRITER_LOST = ("its writer process was lost before committing it (the writer died or hung after acknowledging "
                "it); run again to redo it")
 
@@ -46,6 +47,8 @@ class _Task:
     started: float
     payload: object
     attempt: int = 1
+    waits: int = 0  # times it found its actor restarting (not counted as attempts)
+    error: Optional[BaseException] = None
 
 
 class Scheduler:
@@ -62,6 +65,7 @@ class Scheduler:
         self.incarnations: dict[str, str] = {}  # writer slot -> its latest life seen
         self.attempts: dict[int, int] = {}  # index -> tries of its file so far (redone after a lost write)
         self.writes: deque[tuple[_Open, dict]] = deque()  # waiting for a write slot (run.max_writes_in_flight)
+        self.delayed: list[tuple[float, object]] = []  # (when, resend): tasks whose actor was restarting
         self.batched_seconds: dict[str, float] = {}
         self.progress = Progress("run", len(entries), "files")
         self.failures_this_run = 0
@@ -84,11 +88,12 @@ class Scheduler:
             task = self.pending.popleft()
             self._start_file(task, attempt=1)
 
-    def _start_file(self, task: FileTask, attempt: int) -> None:
-        attempt = max(attempt, self.attempts.get(task.index, 0) + 1)
+    def _start_file(self, task: FileTask, attempt: int, waits: int = 0) -> None:
+        if not waits:
+            attempt = max(attempt, self.attempts.get(task.index, 0) + 1)
         self.attempts[task.index] = attempt
         meta, audio = self.ex.submit_file(task)
-        self.tasks[meta] = _Task("file", time.monotonic(), (task, audio), attempt)
+        self.tasks[meta] = _Task("file", time.monotonic(), (task, audio), attempt, waits)
 
     def _submit_batches(self) -> None:
         r = self.cfg.run
@@ -104,10 +109,13 @@ class Scheduler:
             batch = [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
             self._start_batch(batch, single=False)
 
-    def _start_batch(self, clips: list[Clip], single: bool, attempt: int = 1) -> None:
+    def _start_batch(self, clips: list[Clip], single: bool, attempt: int = 1, waits: int = 0) -> None:
+        clips = [c for c in clips if c.source_index in self.open]  # (a later try: its source may have failed)
+        if not clips:
+            return
         audio = list({c.source_index: self.open[c.source_index].audio for c in clips}.values())
         handle = self.ex.submit_batch(clips, audio)
-        self.tasks[handle] = _Task("batch", time.monotonic(), (clips, single), attempt)
+        self.tasks[handle] = _Task("batch", time.monotonic(), (clips, single), attempt, waits)
 
     def _start_write(self, state: _Open, status: str = "done", duplicate_of: Optional[int] = None) -> None:
         src = state.source
@@ -122,9 +130,27 @@ class Scheduler:
             state, job = self.writes.popleft()
             self._send_write(state, job, 1)
 
-    def _send_write(self, state: _Open, job: dict, attempt: int) -> None:
+    def _send_write(self, state: _Open, job: dict, attempt: int, waits: int = 0) -> None:
         handle = self.ex.submit_write(job, state.audio if job["clips"] else None)
-        self.tasks[handle] = _Task("write", time.monotonic(), (state, job), attempt)
+        self.tasks[handle] = _Task("write", time.monotonic(), (state, job), attempt, waits)
+
+    def _later(self, task: _Task, resend) -> bool:
+        """The task's actor is restarting (the task may not have run): send it again after a pause that
+        doubles each time (0.5 s to 8 s, about a minute in all), without counting a try. False when it has
+        waited enough: then it counts as a lost worker."""
+        if not restarting_error(task.error) or task.waits >= MAX_WAITS:
+            return False
+        self.delayed.append((time.monotonic() + min(8.0, 0.5 * 2 ** task.waits), resend))
+        return True
+
+    def _send_due(self) -> Optional[float]:
+        """Send the delayed tasks that are due; seconds until the next one (None: none waits)."""
+        now = time.monotonic()
+        due = [d for d in self.delayed if d[0] <= now]
+        self.delayed = [d for d in self.delayed if d[0] > now]
+        for _, resend in due:
+            resend()
+        return min((d[0] for d in self.delayed), default=now + 1e9) - now if self.delayed else None
 
     # --- results ----------------------------------------------------------------------------
     def _fail(self, index: int, path: str, stage: str, error: str, error_type: str) -> None:
@@ -151,6 +177,9 @@ class Scheduler:
         try:
             result = self.ex.get(handle)
         except Exception as exc:  # the worker died (out of memory, killed): retry, then record
+            task.error = exc
+            if self._later(task, lambda: self._start_file(entry, task.attempt, task.waits + 1)):
+                return
             if task.attempt < self.cfg.run.max_attempts and not isinstance(exc, TimeoutError):
                 self.log(f"worker lost while processing {entry.path} ({type(exc).__name__}); retrying")
                 self._start_file(entry, task.attempt + 1)
@@ -180,6 +209,9 @@ class Scheduler:
             result = self.ex.get(handle)
         except Exception as exc:  # worker death or timeout
             live = [c for c in clips if c.source_index in self.open]
+            task.error = exc
+            if live and self._later(task, lambda: self._start_batch(live, single, task.attempt, task.waits + 1)):
+                return
             if worker_lost(exc) and task.attempt < self.cfg.run.max_attempts and live:
                 self.log(f"worker lost while processing a batch of {len(live)} clips ({type(exc).__name__}); retrying")
                 self._start_batch(live, single, task.attempt + 1)
@@ -214,6 +246,9 @@ class Scheduler:
         except Exception as exc:  # disk full, writer died...
             if worker_lost(exc) and index in self.build.ledger.committed_by(f"{self.build.run:06d}-w"):
                 self._done(state)  # it died after committing this source, before answering
+                return
+            task.error = exc
+            if self._later(task, lambda: self._send_write(state, job, task.attempt, task.waits + 1)):
                 return
             if worker_lost(exc) and task.attempt < self.cfg.run.max_attempts:
                 # the writer died with the write: write it again (a restarted writer) from the same audio
@@ -326,17 +361,22 @@ class Scheduler:
 
     def _run_once(self) -> None:
         handlers = {"file": self._on_file, "batch": self._on_batch, "write": self._on_write}
-        while self.pending or self.tasks or self.queue or self.writes:
+        while self.pending or self.tasks or self.queue or self.writes or self.delayed:
+            next_due = self._send_due()
             self._submit_files()
             self._submit_batches()
             self._submit_writes()
             if not self.tasks:
                 if self.queue:  # nothing in flight: send what is queued
                     self._start_batch([self.queue.popleft() for _ in range(min(len(self.queue), self.cfg.transcribe.batch_size))], single=False)
+                elif next_due is not None:
+                    time.sleep(max(0.0, next_due))
                 continue
             timeout = self._expire()
             if not self.tasks:
                 continue
+            if next_due is not None:
+                timeout = next_due if timeout is None else min(timeout, next_due)
             for handle in self.ex.wait(list(self.tasks), timeout=timeout):
                 task = self.tasks.pop(handle, None)
                 if task is not None:
