@@ -1,4 +1,4 @@
-"""Command line: ``emilia-pipe run | status | refilter | eval | export | models | config``.
+"""Command line: ``emilia-pipe run | status | refilter | repair | eval | export | models | config``.
 
 Exit status: 0 = every file went through; 1 = the run finished but some files of this run failed (their
 count is printed and in summary.json, their reasons in failures.jsonl); 2 = bad usage or configuration
@@ -6,8 +6,9 @@ count is printed and in summary.json, their reasons in failures.jsonl); 2 = bad 
 regular UTF-8 / UTF-16 file or is too large; an output that is empty, a file, read-only, or a folder of
 other files without --force); 3 = a needed model is missing; 4 = the build folder is in use by another
 run; 5 = the output could not be written (disk full, a folder made read-only, any other write error): the
-same command resumes the build; 130 / 143 = stopped by Ctrl-C / SIGTERM: what was committed is kept and
-the same command resumes. Every error is one line on stderr, never a traceback."""
+same command resumes the build; 6 = the build folder's own state is damaged (the message names the file and
+the fix, most often `emilia-pipe repair OUT`); 130 / 143 = stopped by Ctrl-C / SIGTERM: what was committed
+is kept and the same command resumes. Every error is one line on stderr, never a traceback."""
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,11 @@ import os
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 
 from emilia_pipe.config import ConfigError, PipelineConfig, apply_overrides, build_config, load_config
+from emilia_pipe.dataset.errors import DamagedStateError
 from emilia_pipe.dataset.fingerprint import BuildMismatchError
 from emilia_pipe.dataset.lock import BuildLockedError
 from emilia_pipe.media.inputs import InputError, OutputError
@@ -59,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true",
                      help="write the build into an existing folder of other files (refused otherwise; files of the "
                           "build's names there, e.g. summary.json, are replaced)")
+    run.add_argument("--drop-missing", action="store_true",
+                     help="withdraw from the published tree the clips of inputs that are no longer on disk "
+                          "(by default they stay published, and status reports the inputs as missing)")
     _config_args(run)
 
     st = sub.add_parser("status", help="done / failed / pending sources and hours of a build")
@@ -73,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     refilter.add_argument("out", help="dataset folder written by 'emilia-pipe run'")
     refilter.add_argument("-c", "--config", action="append", default=[], metavar="FILE")
     refilter.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    refilter.add_argument("--drop-missing", action="store_true",
+                          help="also withdraw the clips of inputs that are no longer on disk")
+
+    rep = sub.add_parser("repair", help="set aside damaged build state (unreadable ledger parts, build.json, "
+                         "publish.json) so that the next run redoes what it held")
+    rep.add_argument("out", help="dataset folder written by 'emilia-pipe run'")
+    _config_args(rep)
 
     ev = sub.add_parser("eval", help="WER/CER per language and DER of a build against your labelled references")
     ev.add_argument("out", help="dataset folder written by 'emilia-pipe run'")
@@ -112,11 +125,23 @@ def cmd_run(args, restart_argv: list[str] | None = None) -> int:
     if restart_argv is not None:  # the models' threads must find malloc tuned from the first allocation
         restart_tuned_if_local(config, ["-c", RESTART_CODE, *restart_argv])
     summary = run_pipeline(inputs, args.out, config, allow_config_change=args.allow_config_change,
-                           force_output=args.force)
+                           force_output=args.force, filter_given=_filter_given(args),
+                           drop_missing=args.drop_missing)
     failed = summary["this_run"]["failed"]
     print(f"dataset written to {shown(args.out)} ({summary['clips']['kept']} clips kept, {failed} file(s) failed in "
           f"this run, {summary['files']['failed']} failed in the build)")
     return 1 if failed else 0
+
+
+def _filter_given(args) -> bool:
+    """Whether this command was given filter settings (``--set filter.*`` or a ``filter:`` section of a
+    config file): only then does a run replace the filter settings in force in its build."""
+    from emilia_pipe.config import _deep_merge, _read_yaml
+
+    user: dict = {}
+    for f in args.config:
+        user = _deep_merge(user, _read_yaml(Path(f)))
+    return "filter" in apply_overrides(user, args.overrides)
 
 
 def cmd_status(args) -> int:
@@ -131,10 +156,16 @@ def cmd_status(args) -> int:
         return 0
     s = st["sources"]
     print(f"{args.out}: {s['planned']} planned, {s['done']} done ({st['hours_done']:.3f} h), {s['failed']} failed, "
-          f"{s['pending']} pending ({st['pending_bytes'] / 2**30:.2f} GiB), {s['skipped']} skipped (duplicates); "
+          f"{s['pending']} pending ({st['pending_bytes'] / 2**30:.2f} GiB), {s['skipped']} skipped (duplicates), "
+          f"{s['missing']} missing (input gone), {s['withdrawn']} withdrawn (input changed or dropped); "
           f"{st['runs']} run(s)")
+    if st["incomplete"]:
+        print(f"  {st['incomplete']} source(s) lost their clips part: pending, the next run redoes them")
     for stage, n in st["failed_by_stage"].items():
         print(f"  failed at {stage}: {n}")
+    if st["publish"]["unfinished"]:
+        print(f"  the last publish (generation {st['publish']['generation']}) did not finish: the next run, refilter "
+              "or export completes it first")
     return 0
 
 
@@ -168,16 +199,16 @@ def cmd_export(args) -> int:
 
 def cmd_refilter(args) -> int:
     from emilia_pipe.config import _deep_merge, _read_yaml
-    from emilia_pipe.dataset.ledger import read_build_info
+    from emilia_pipe.dataset.build import status
+    from emilia_pipe.dataset.ledger import Ledger, read_build_info, write_build_info
     from emilia_pipe.dataset.lock import BuildLock
+    from emilia_pipe.dataset.planning import drop_missing
     from emilia_pipe.dataset.publish import finalize
     from emilia_pipe.dataset.summary import format_summary
     from emilia_pipe.records import STATE_DIR
-    from emilia_pipe.runtime.files import write_atomic
 
     out = Path(args.out)
-    info = read_build_info(out)
-    if info is None:
+    if read_build_info(out) is None:
         raise ConfigError(f"{out} is not a dataset written by emilia-pipe (no {out / STATE_DIR / 'build.json'})")
     change: dict = {}
     for f in args.config:
@@ -187,14 +218,34 @@ def cmd_refilter(args) -> int:
     if other:
         raise ConfigError(f"refilter changes only filter.* settings (got {', '.join(other)}); "
                           "other settings shape the clips and need a new run")
-    config = build_config(_deep_merge(info["config"], change))
     with BuildLock(out, "refilter"):
+        info = read_build_info(out)  # under the lock: a run may have changed it since
+        config = build_config(_deep_merge(info["config"], change))
         previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
         keep = {k: previous[k] for k in ("wall_seconds", "audio_hours_per_hour", "runner", "this_run") if k in previous}
-        summary = finalize(out, config, keep)
+        # the settings first: a kill before the publish below is done leaves them to the next run's publish
         info["config"] = config.model_dump(mode="json")
-        write_atomic(out / STATE_DIR / "build.json", json.dumps(info, indent=2, ensure_ascii=False))
+        info["filter"] = {"settings": info["config"]["filter"], "set_by": f"refilter {time.strftime('%Y-%m-%d %H:%M:%S')}"}
+        write_build_info(out, info)
+        if args.drop_missing:
+            drop_missing(Ledger(out), len(info["runs"]), lambda m: print(m, file=sys.stderr))
+        summary = finalize(out, config, keep)
+        st = status(out)
     print(format_summary(summary))
+    open_work = st["sources"]["pending"] + st["sources"]["missing"]
+    if open_work:  # never a silent "done": say what the published clips leave out
+        print(f"emilia-pipe: {open_work} planned source(s) are not done ({st['sources']['pending']} pending, "
+              f"{st['sources']['missing']} missing; {st['incomplete']} lost their clips part): the published clips "
+              "leave them out; run the build again to process them", file=sys.stderr)
+    return 0
+
+
+def cmd_repair(args) -> int:
+    from emilia_pipe.dataset.repair import repair
+
+    given = args.config or args.overrides or args.profile
+    done = repair(args.out, _load(args) if given else None)
+    print("\n".join(done) if done else f"{args.out}: nothing to repair")
     return 0
 
 
@@ -217,6 +268,7 @@ _EXIT_CODES = (
     ((ConfigError, BuildMismatchError, ResourcePlanError, FileNotFoundError, InputError, OutputError), 2),
     ((ModelUnavailableError,), 3),
     ((BuildLockedError,), 4),
+    ((DamagedStateError,), 6),
 )
 EXIT_CODES = tuple(t for types, _ in _EXIT_CODES for t in types)
 STOPPED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as a shell reports it
@@ -251,7 +303,7 @@ def _dispatch(args, argv: list[str] | None, may_restart: bool) -> int:
         print(yaml.safe_dump(_load(args).model_dump(mode="json"), sort_keys=False))
         return 0
     return {"models": cmd_models, "refilter": cmd_refilter, "status": cmd_status, "eval": cmd_eval,
-            "export": cmd_export}[args.command](args)
+            "repair": cmd_repair, "export": cmd_export}[args.command](args)
 
 
 def main(argv: list[str] | None = None, may_restart: bool = False) -> int:

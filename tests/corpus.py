@@ -281,7 +281,7 @@ class StandardizeOnlyExecutor:
             return _Done(exc, failed=True)
 
     def commit_writers(self):
-        self.writer.commit()
+        return [(self.writer.slot, self.writer.commit())]
 
     def wait(self, handles, timeout=None):
         return list(handles)

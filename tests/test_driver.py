@@ -13,8 +13,12 @@ from emilia_pipe.runners.calls import BatchFailure
 from emilia_pipe.runners.driver import run_pipeline
 
 
+SAME_CONTENT: dict[str, str] = {}  # input name -> the name whose content it has (a duplicate)
+
+
 def _source(task, n_clips: int) -> Source:
-    sid = f"{abs(hash(task.path)) % 16**16:016x}"
+    name = task.path.rsplit("/", 1)[-1]
+    sid = f"{abs(hash(task.path.replace(name, SAME_CONTENT.get(name, name)))) % 16**16:016x}"
     src = Source(source_id=sid, path=task.path, sha256=sid * 4, duration=10.0, orig_sample_rate=24000,
                  orig_channels=1, codec="pcm", container="wav", index=task.index)
     src.clips = [Clip(source_id=sid, index=i, start=3.0 * i, end=3.0 * i + 3.0, speaker="SPEAKER_00",
@@ -27,16 +31,37 @@ class _Handle:  # hashable like a Ray ObjectRef
         self.kind, self.value = kind, value
 
 
-class ScriptedExecutor:
-    """Per-file results from a table. A path in `die` raises on get (as a dead Ray actor does); a batch
-    holding a clip of a path in `bad_clip` fails; a path in `hang` never finishes."""
+class ActorDiedError(Exception):
+    """Named as Ray's: the driver takes it for work lost with its worker."""
 
-    def __init__(self, config, out_dir, run, die=(), bad_clip=(), hang=(), fail_batches=False):
+
+class ActorUnavailableError(Exception):
+    """Named as Ray's: the actor is restarting."""
+
+
+class ScriptedExecutor:
+    """Per-file results from a table, completed in a random (seeded) order. A path in `die` raises on get
+    (as a dead Ray actor does); a batch holding a clip of a path in `bad_clip` fails; a path in `hang`
+    never finishes. Writer lives (counted in writes answered, from 1): `restart_writer_at` restarts the
+    writer after that write (what it buffered is lost, as with a Ray actor restart); `die_in_write`
+    loses the writer during that write, before it writes; `die_after_write` loses it after the write
+    (and its commit) but before it answers."""
+
+    def __init__(self, config, out_dir, run, die=(), bad_clip=(), hang=(), fail_batches=False, seed=0,
+                 restart_writer_at=(), die_in_write=(), die_after_write=(), unavailable_writes=()):
+        import random
+
         self.die, self.bad, self.hang, self.fail_batches = set(die), set(bad_clip), set(hang), fail_batches
-        self.writer = SourceWriter(out_dir, config, f"{run:06d}-w0")
-        self.batch_sizes, self.cancelled = [], []
+        self.config, self.out, self.slot = config, out_dir, f"{run:06d}-w0"
+        self.writer = SourceWriter(out_dir, config, self.slot)
+        self.rng = random.Random(seed)
+        self.restart_at, self.die_in, self.die_after = set(restart_writer_at), set(die_in_write), set(die_after_write)
+        self.unavailable = set(unavailable_writes)
+        self.writes = 0
+        self.batch_sizes, self.cancelled, self.max_writes = [], [], 0
         self.max_in_flight = 0
         self.live = set()
+        self.live_writes = set()
 
     def submit_file(self, task):
         meta = _Handle("file", task)
@@ -51,16 +76,22 @@ class ScriptedExecutor:
 
     def submit_write(self, job, audio):
         h = _Handle("write", (job, audio))
+        self.live_writes.add(h)
+        self.max_writes = max(self.max_writes, len(self.live_writes))
         return h
 
     def commit_writers(self):
-        self.writer.commit()
+        return [(self.slot, self.writer.commit())]
+
+    def _restart_writer(self):
+        self.writer = SourceWriter(self.out, self.config, self.slot)
 
     def wait(self, handles, timeout=None):
         ready = [h for h in handles if not (h.kind == "file" and h.value.path.endswith(tuple(self.hang)))]
         if not ready:
             time.sleep(timeout or 0)
-        return ready[:1]
+            return []
+        return [self.rng.choice(ready)]
 
     def get(self, handle):
         kind, value = handle.kind, handle.value
@@ -71,9 +102,22 @@ class ScriptedExecutor:
             light, _ = split_audio(_source(value, 2))
             return light
         if kind == "write":
+            self.live_writes.discard(handle)
+            self.writes += 1
+            if self.writes in self.die_in:
+                self._restart_writer()
+                raise ActorDiedError("the writer died while writing")
+            if self.writes in self.unavailable:
+                raise ActorUnavailableError("the actor is restarting; the task may or may not have run")
             job, audio = value
             src = _source(_Task(job["index"], job["source"]["path"]), 2)
-            return self.writer.write(job, split_audio(src)[1] if audio is not None else None)
+            result = self.writer.write(job, split_audio(src)[1] if audio is not None else None)
+            if self.writes in self.die_after:
+                self._restart_writer()
+                raise ActorDiedError("the writer died before it answered")
+            if self.writes in self.restart_at:
+                self._restart_writer()
+            return result
         if self.fail_batches:
             return BatchFailure("transcribe", "CUDA error: out of memory")
         if len(value) > 1 and any(c.source_id in self.bad for c in value):
@@ -192,3 +236,153 @@ def test_a_resource_plan_larger_than_the_cluster_is_refused_at_once():
         check_plan(cfg, pools, {"CPU": 2}, has_gpu=False)
     grow = load_config(overrides=["run.allow_autoscaling=true"])
     check_plan(grow, pools, {"CPU": 0.5}, has_gpu=False)  # an autoscaling cluster may grow into it
+
+
+# --- writer lives: a restarted writer never replaces a committed part; lost writes are redone --------------
+
+def _source_rows(out):
+    """Every committed source row in the ledger's parts, duplicates included."""
+    import pyarrow.parquet as pq
+
+    return sorted(i for p in (out / ".emilia/ledger").glob("sources-*.parquet") for i in pq.read_table(p)["index"].to_pylist())
+
+
+def _job(index, path):
+    src = Source(source_id=f"{index:016x}", path=path, sha256=f"{index:064x}", duration=1.0, orig_sample_rate=16000,
+                 orig_channels=1, codec="pcm", container="wav", index=index)
+    return {"index": index, "run": 0, "status": "done", "duplicate_of": None, "source": src.metadata(), "clips": []}
+
+
+def test_a_restarted_writer_never_replaces_a_committed_part(tmp_path):
+    from emilia_pipe.dataset.ledger import Ledger
+
+    cfg = load_config(overrides=["run.runner=local", "run.commit_every_sources=1"])
+    SourceWriter(tmp_path, cfg, "000000-w0").write(_job(0, "/a.wav"), None)  # committed by the first life
+    SourceWriter(tmp_path, cfg, "000000-w0").write(_job(1, "/b.wav"), None)  # the same writer, restarted
+    assert Ledger(tmp_path).done_indices() == {0, 1}  # before: the second life's part replaced the first's: {1}
+
+
+def test_a_committed_part_is_never_replaced(tmp_path):
+    import pyarrow as pa
+
+    from emilia_pipe.runtime.files import write_table_atomic
+
+    path = tmp_path / "sources-x.parquet"
+    write_table_atomic(path, pa.table({"index": [1]}), tmp_path, exclusive=True)
+    with pytest.raises(FileExistsError):
+        write_table_atomic(path, pa.table({"index": [2]}), tmp_path, exclusive=True)
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(path)["index"].to_pylist() == [1] and not list(tmp_path.glob(".*tmp*"))
+
+
+NAMES = [f"f{i}.wav" for i in range(7)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sources_a_restarted_writer_lost_are_redone_in_the_same_run(tmp_path, seed):
+    # three sources a commit: the writer restarts after its 2nd and 5th answers, losing what it held
+    summary, failures, ex = _run(tmp_path, NAMES, overrides=["run.commit_every_sources=3"], seed=seed,
+                                 restart_writer_at=[2, 5])
+    assert failures == [] and summary["this_run"]["failed"] == 0  # before: 2-4 WriterLost failures, exit 0
+    assert summary["files"]["ok"] == 7 and summary["clips"]["total"] == 14
+    assert _source_rows(tmp_path / "out") == list(range(7))  # each source committed once
+
+
+def test_a_write_lost_with_its_writer_is_written_again(tmp_path):
+    summary, failures, ex = _run(tmp_path, NAMES, overrides=["run.commit_every_sources=2"], die_in_write=[3])
+    assert failures == [] and summary["files"]["ok"] == 7  # before: one "write" failure (ActorDiedError)
+    assert _source_rows(tmp_path / "out") == list(range(7))
+
+
+def test_a_write_committed_before_its_writer_died_is_not_committed_twice(tmp_path):
+    summary, failures, ex = _run(tmp_path, NAMES, overrides=["run.commit_every_sources=1"], die_after_write=[2, 4])
+    assert failures == [] and summary["files"]["ok"] == 7
+    assert _source_rows(tmp_path / "out") == list(range(7))
+
+
+def test_a_source_lost_on_every_try_is_a_failure_with_the_right_reason(tmp_path):
+    # max_attempts=1: a lost source is not redone; it is counted as a failure of this run (exit 1)
+    summary, failures, ex = _run(tmp_path, NAMES, overrides=["run.commit_every_sources=3", "run.max_attempts=1"],
+                                 restart_writer_at=[2])
+    assert summary["this_run"]["failed"] == 2 and len(failures) == 2
+    assert {f["error_type"] for f in failures} == {"WriterLost"}
+    assert all("lost before committing it" in f["error"] for f in failures)
+
+
+def test_writes_in_flight_are_bounded(tmp_path):
+    summary, failures, ex = _run(tmp_path, [f"f{i:02d}.wav" for i in range(20)],
+                                 overrides=["run.max_writes_in_flight=2", "transcribe.batch_size=16"])
+    assert not failures and summary["files"]["ok"] == 20
+    assert 1 <= ex.max_writes <= 2  # before: up to max_open_sources writes at once
+
+
+def test_published_files_do_not_depend_on_completion_order(tmp_path, monkeypatch):
+    """Two pairs of inputs with the same content: which copy finishes first changes how the second is
+    found (written as a duplicate, or found one at publish), never a published byte."""
+    monkeypatch.setattr("test_driver.SAME_CONTENT", {"b.wav": "a.wav", "z.wav": "c.wav"})
+    names = ["a.wav", "b.wav", "c.wav", *[f"f{i}.wav" for i in range(8)], "z.wav"]
+    inputs = _inputs(tmp_path, names)
+    cfg = load_config(overrides=["run.runner=local", "run.max_files_in_flight=2"])
+    views, statuses = set(), set()
+    for seed in range(4):
+        out = tmp_path / f"out{seed}"
+        run_pipeline(inputs, out, cfg, log=lambda m: None,
+                     executor_factory=lambda c, stages, o, run, seed=seed: ScriptedExecutor(c, o, run, seed=seed))
+        from conftest import published
+
+        views.add(json.dumps({k: v for k, v in published(out).items() if k != "summary.json"}, sort_keys=True))
+        from emilia_pipe.dataset.ledger import Ledger
+
+        statuses.add(tuple(Ledger(out).sources(["status"])["status"]))
+    assert len(statuses) > 1  # the copies did finish in different orders (seeds 0-3: z first twice, b first twice)
+    assert len(views) == 1  # before: skipped.jsonl listed the two copies in either order
+
+
+def test_new_folders_are_fsynced_into_their_parents_before_the_commit(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from emilia_pipe.dataset.ledger import Ledger
+
+    events = []
+    monkeypatch.setattr("emilia_pipe.dataset.writer.fsync_dir", lambda d: events.append(("fsync", Path(d))))
+    real = Ledger.commit
+    monkeypatch.setattr(Ledger, "commit", lambda self, *a: (events.append(("commit", None)), real(self, *a))[1])
+    cfg = load_config(overrides=["run.commit_every_sources=1"])
+    writer = SourceWriter(tmp_path, cfg, "000000-w0")
+    src = _source(_Task(0, "/x/a.wav"), 2)
+    job = {"index": 0, "run": 0, "status": "done", "duplicate_of": None, "source": src.metadata(),
+           "clips": [c.to_record() for c in src.clips]}
+    writer.write(job, split_audio(src)[1])
+    synced = {p for kind, p in events[:events.index(("commit", None))] if kind == "fsync"}
+    mp3s = list(tmp_path.rglob("*.mp3"))
+    on_the_way = {p for m in mp3s for p in m.parents if tmp_path in p.parents}  # every folder below OUT
+    assert mp3s and on_the_way <= synced, sorted(on_the_way - synced)  # before: only the mp3/ folders
+
+
+def test_status_reads_a_consistent_ledger_while_a_compaction_removes_parts(tmp_path, monkeypatch):
+    from emilia_pipe.dataset.build import status
+    from emilia_pipe.dataset.ledger import Ledger
+
+    summary, _, _ = _run(tmp_path, [f"f{i}.wav" for i in range(10)], overrides=["run.commit_every_sources=1"])
+    out = tmp_path / "out"
+    for i in range(10, 19):  # more committed parts, not yet compacted
+        SourceWriter(out, load_config(overrides=["run.commit_every_sources=1"]), "000001-w0").write(
+            _job(i, f"/x/g{i}.wav"), None)
+    real, state = Ledger._read_part, {"compacted": False}
+
+    def compacting_meanwhile(self, path, schema, columns):
+        if not state["compacted"] and "sources-" in path.name:
+            state["compacted"] = True
+            Ledger(out).compact(2)  # writes the merged part, then removes the old ones
+        return real(self, path, schema, columns)
+
+    monkeypatch.setattr(Ledger, "_read_part", compacting_meanwhile)
+    st = status(out)
+    assert state["compacted"] and st["sources"]["done"] == 19  # before: FileNotFoundError
+
+
+def test_a_write_to_a_restarting_writer_is_sent_again_without_using_a_try(tmp_path):
+    # max_attempts=1: a lost worker is never retried, yet an actor that is restarting is waited for
+    summary, failures, ex = _run(tmp_path, NAMES, overrides=["run.max_attempts=1"], unavailable_writes=[2, 3, 4])
+    assert failures == [] and summary["files"]["ok"] == 7  # before: 3 "write" failures (ActorUnavailableError)

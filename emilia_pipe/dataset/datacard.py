@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from emilia_pipe.dataset.layout import HELD
 from emilia_pipe.records import ClipId
 
 KEPT, REJECTED = "#2e7d32", "#c62828"
@@ -99,6 +100,7 @@ def _players(rows: pd.DataFrame, with_reasons: bool) -> str:
     cells = []
     for r in rows.itertuples():  # a handful of rows, never the whole table
         src = f"{ClipId.parse(str(r.id)).language}/{r.wav}"
+        src = f"{HELD}/{src}" if with_reasons else src  # rejected clips' audio is not published
         note = ", ".join(r.reasons) if with_reasons else f"OVRL {r.dnsmos_ovrl:.2f}"
         cells.append([r.id, r.language, f"{r.duration:.1f} s", note, r.text[:120] if isinstance(r.text, str) else "", src])
     head = "".join(f"<th>{h}</th>" for h in ("clip", "lang", "duration", "reasons" if with_reasons else "DNSMOS", "text", ""))

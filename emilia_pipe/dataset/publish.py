@@ -6,8 +6,9 @@ Two halves:
   names the source's clips from its planned place, encodes and writes their MP3s, and commits the
   source's records to the ledger in batches (:mod:`emilia_pipe.dataset.ledger`). Audio never travels further.
 - :func:`finalize` (end of a run, and ``emilia-pipe refilter``) reads the ledger with pandas, applies
-  the filter config to every clip at once and rewrites the manifests: ``OUT/<LANG>/<LANG>_B#####.jsonl``
-  (kept clips), ``rejected.jsonl`` (every rejected clip and dropped segment, with reasons),
+  the filter config to every clip at once and publishes, as one generation, the manifests
+  ``OUT/<LANG>/<LANG>_B#####.jsonl`` (kept clips) with their MP3s beside them, ``rejected.jsonl`` (every
+  rejected clip and dropped segment, with reasons; their MP3s stay in ``OUT/.emilia/audio/<LANG>/``),
   ``failures.jsonl``, ``skipped.jsonl``, ``sources.jsonl``, ``summary.json`` and ``datacard.html``.
 
 Ids are fixed by the plan, not by the order in which work finishes: a source's plan index ``i`` gives
@@ -19,7 +20,6 @@ the languages of its source."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,12 +27,12 @@ import numpy as np
 
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.dataset.datacard import render as render_datacard
-from emilia_pipe.dataset.layout import place, source_dirs
+from emilia_pipe.dataset.generation import DROPPED, HELD, PUBLISHED, Stager, apply, current
+from emilia_pipe.dataset.layout import manifest_name
 from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger, json_column_default
+from emilia_pipe.dataset.planning import missing_report
 from emilia_pipe.dataset.summary import build_summary
-from emilia_pipe.records import STATE_DIR, ClipId
-from emilia_pipe.runtime import failpoints
-from emilia_pipe.runtime.files import write_atomic
+from emilia_pipe.records import ClipId
 
 MANIFEST_COLUMNS = [  # (output key, clip-table column)
     ("id", "id"), ("wav", "wav"), ("text", "text"), ("duration", "duration"), ("speaker", "speaker_id"),
@@ -78,31 +78,37 @@ AUDIO_NOT_KEPT = "audio_not_kept"  # kept by the filters, but its audio was not 
 
 
 def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, Any] | None = None) -> dict:
-    """(Re)write every manifest and the summary from the ledger (caller holds the build lock)."""
+    """(Re)write every manifest, report and the summary from the ledger, and move the clips' audio where
+    their verdicts say, all as one generation (:mod:`emilia_pipe.dataset.generation`). The caller holds
+    the build lock."""
     import pandas as pd
 
     from emilia_pipe.dataset.filtering import filter_frame
 
     out = Path(out_dir)
     ledger = Ledger(out)
-    tmp = ledger.tmp
+    apply(out)  # a publish a kill interrupted is completed first
+    previous = current(out)
     sources = ledger.sources()
+    withdrawn = ledger.withdrawn()  # inputs changed or dropped: their clips leave the release
+    gone_sources = sources["index"].isin(list(withdrawn))
+    sources, withdrawn_sources = sources[~gone_sources], sources[gone_sources]
     done = sources[sources["status"] == "done"]
     # the same content under two names: the earliest place in the plan is published, the others skipped;
     # inputs that are not audio files (a folder named x.wav, a second name of one file) are skipped too
     dup = done["sha256"].duplicated(keep="first")
     skipped = pd.concat([sources[sources["status"].isin(["duplicate", "skipped"])], done[dup]])
+    skipped = skipped.sort_values("index", kind="stable")  # whichever copy finished first
     if len(skipped):
         first_by_sha = done[~dup].set_index("sha256")["index"]
         skipped = skipped.assign(duplicate_of=skipped["sha256"].map(first_by_sha).astype("Int64"))
     published = done[~dup]
-    per_shard = config.output.sources_per_shard
-    for idx in skipped["index"].tolist():  # duplicates found only after both were written
-        for d in source_dirs(out, *place(int(idx), per_shard)):
-            shutil.rmtree(d, ignore_errors=True)
 
-    clips = ledger.clips()
-    clips = clips[clips["source_index"].isin(published["index"])]
+    all_clips = ledger.clips()
+    # duplicates found only after both were written, and withdrawn sources: their audio goes
+    dropped = all_clips[all_clips["source_index"].isin([*skipped["index"], *withdrawn_sources["index"]])
+                        & all_clips["id"].notna() & all_clips["wav"].notna()]["id"]
+    clips = all_clips[all_clips["source_index"].isin(published["index"])]
     meta = published.set_index("index")[["path", "sha256", "separated"]]
     clips = clips.join(meta, on="source_index")
     judged = filter_frame(clips, config.filter)
@@ -115,20 +121,17 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
                                                     index=judged.index[no_audio])
     kept = judged[judged["kept"]].copy()
     rejected = judged[~judged["kept"]]
+    stager = Stager(out, previous.number + 1)
 
     # kept clips, one manifest per language and shard, lines in id order
     words = config.transcribe.word_timestamps
-    new_manifests: set[str] = set()
     if len(kept):
         ids = kept["id"].map(ClipId.parse)
         kept["_lang"] = ids.map(lambda i: i.language)
-        kept["_shard"] = ids.map(lambda i: i.shard_name)
+        kept["_shard"] = ids.map(lambda i: i.shard)
         for (lang, shard), rows in kept.sort_values("id").groupby(["_lang", "_shard"], sort=True):
-            rel = f"{lang}/{shard}.jsonl"
-            write_atomic(out / rel, _jsonl(_manifest_rows(rows, words)), tmp_dir=tmp)
-            new_manifests.add(rel)
-            failpoints.hit("manifest")
-    _remove_stale_manifests(out, new_manifests, tmp)
+            stager.manifest(manifest_name(lang, int(shard)), _jsonl(_manifest_rows(rows, words)))
+    stager.audio(kept["id"].tolist(), _audio_moves(previous.kept, judged, dropped.tolist()))
 
     # rejected.jsonl: filtered clips, then segments too short to be clips and files with no speaker turn
     parts = [_jsonl(_manifest_rows(rejected, words), {"stage": ["filter"] * len(rejected), "reasons": rejected["reasons"].tolist()})]
@@ -146,23 +149,42 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
                                      "start": 0.0, "end": src["duration"], "duration": src["duration"],
                                      "speaker": None, "stage": "diarize", "reasons": ["no_speaker_turns"]},
                                     ensure_ascii=False) + "\n")
-    write_atomic(out / "rejected.jsonl", "".join(parts), tmp_dir=tmp)
-    failures = ledger.failures(done=sources["index"].tolist())
+    stager.file("rejected.jsonl", "".join(parts))
+    failures = ledger.failures(done=[*sources["index"].tolist(), *withdrawn_sources["index"].tolist()])
     failure_rows = [{k: rec[k] for k in ("path", "stage", "error", "error_type")} for rec in failures.to_dict("records")]
-    write_atomic(out / "failures.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failure_rows), tmp_dir=tmp)
+    stager.file("failures.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failure_rows))
     path_of = dict(zip(sources["index"].tolist(), sources["path"].tolist()))
     skipped_rows = [{"path": r["path"], "sha256": r["sha256"] if r["status"] != "skipped" else None,
                      "stage": "input" if r["status"] == "skipped" else "standardize",
                      "reason": r["note"] if r["status"] == "skipped" else "duplicate",
                      "duplicate_of": _path_of(path_of, r["duplicate_of"]) if r["status"] != "skipped" else None}
                     for r in skipped.to_dict("records")]
-    write_atomic(out / "skipped.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in skipped_rows), tmp_dir=tmp)
-    write_atomic(out / "sources.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in source_rows), tmp_dir=tmp)
+    stager.file("skipped.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in skipped_rows))
+    stager.file("sources.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in source_rows))
 
     summary = build_summary(published, judged, rejected, source_rows, failures, len(skipped), config, run_info or {})
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False), tmp_dir=tmp)
-    write_atomic(out / "datacard.html", render_datacard(summary, judged, failures), tmp_dir=tmp)
+    away = missing_report(ledger)
+    summary["inputs"] = {"missing": len(away["missing"]), "missing_published": len(away["published"]),
+                         "withdrawn": {r: sum(1 for v in withdrawn.values() if v == r) for r in sorted(set(withdrawn.values()))}}
+    stager.file("datacard.html", render_datacard(summary, judged, failures))
+    stager.file("summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
+    stager.commit(previous)
     return summary
+
+
+def _audio_moves(was_kept: Optional[set[str]], judged, dropped: list[str]) -> dict[str, str]:
+    """Clip id -> where its MP3 goes: published (kept), held (rejected) or dropped (a duplicate source).
+    Only the clips whose verdict changed since the last generation; every clip with audio when that
+    generation's kept list is not known (a build made before generations)."""
+    audible = judged[judged["wav"].notna()]
+    kept = set(audible.loc[audible["kept"], "id"].tolist())
+    if was_kept is None:
+        moves = {i: (PUBLISHED if k else HELD) for i, k in zip(audible["id"].tolist(), audible["kept"].tolist())}
+    else:
+        moves = {i: PUBLISHED for i in kept - was_kept}
+        moves.update({i: HELD for i in was_kept - kept})
+    moves.update({i: DROPPED for i in dropped})
+    return moves
 
 
 def _path_of(path_of: dict, index) -> Optional[str]:
@@ -185,13 +207,3 @@ def _source_record(rec: dict) -> dict:
     out["index"] = int(rec["index"])
     out["primary_language"] = rec["primary_language"]
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in out.items()}
-
-
-def _remove_stale_manifests(out: Path, current: set[str], tmp: Path) -> None:
-    """Delete manifests an earlier finalize wrote that are no longer wanted, and only those: the list
-    of what we wrote is kept, so a user's own ``*_B*.jsonl`` in the output is never touched."""
-    record = out / STATE_DIR / "manifests.json"
-    previous = set(json.loads(record.read_text())) if record.exists() else set()
-    for rel in sorted(previous - current):
-        (out / rel).unlink(missing_ok=True)
-    write_atomic(record, json.dumps(sorted(current)), tmp_dir=tmp)

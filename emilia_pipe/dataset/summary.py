@@ -113,6 +113,12 @@ def format_summary(summary: dict) -> str:
         lines.append("drop reasons: " + ", ".join(f"{k} {v['count']}" for k, v in summary["drop_reasons"].items()))
     if "speech_yield" in summary:
         lines += format_speech_yield(summary["speech_yield"])
+    gone = summary.get("inputs") or {}
+    if gone.get("missing") or gone.get("missing_published"):
+        lines.append(f"inputs no longer on disk: {gone['missing']} not done (missing, not pending), "
+                     f"{gone['missing_published']} done (their clips stay published; --drop-missing withdraws them)")
+    if gone.get("withdrawn"):
+        lines.append("withdrawn from the release: " + ", ".join(f"{k} {v}" for k, v in gone["withdrawn"].items()))
     if "audio_hours_per_hour" in summary:
         lines.append(f"throughput: {summary['audio_hours_per_hour']:.2f} audio-hours per hour (wall {summary.get('wall_seconds', 0):.1f} s)")
     return "\n".join(lines)

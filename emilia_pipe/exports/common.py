@@ -7,6 +7,7 @@ verdict of the last run or refilter). They are read line by line, so memory does
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from emilia_pipe.config import ConfigError
 from emilia_pipe.dataset.ledger import read_build_info
 from emilia_pipe.records import STATE_DIR
 from emilia_pipe.runtime.userfiles import shown
+from emilia_pipe.runtime import failpoints
 
 
 class ExportError(ConfigError):
@@ -25,22 +27,28 @@ class ExportError(ConfigError):
 
 
 class PublishedBuild:
-    """A finished build folder as its readers see it: a stream of the kept clips of its published manifests."""
+    """A finished build folder as its readers see it: a stream of the kept clips of the manifests its
+    published generation lists (never a file that only looks like one). Made under the build's lock."""
 
     def __init__(self, out: str | Path):
+        from emilia_pipe.dataset.generation import apply, current
+
         self.out = Path(os.path.abspath(out))  # not resolved: a link to the build names it in the exports
         info = read_build_info(self.out)
         if info is None:
             raise ExportError(f"{out} is not a dataset written by emilia-pipe (no {STATE_DIR}/build.json)")
+        apply(self.out)  # a publish a kill interrupted: completed first, so one generation is read
+        generation = current(self.out)
         summary = self.out / "summary.json"
         if not summary.exists():
-            raise ExportError(f"{out} is not finished (no summary.json): run or resume the build first")
+            raise ExportError(f"{out} is not finished (nothing published yet): run or resume the build first")
         self.config = info["config"]
         self.sample_rate = int(self.config["standardize"]["sample_rate"])
         self.kept = int(json.loads(summary.read_text())["clips"]["kept"])
+        self._manifests = sorted(self.out / m for m in generation.manifests)
 
     def manifests(self) -> list[Path]:
-        return sorted(self.out.glob("*/*_B*.jsonl"))
+        return list(self._manifests)
 
     def clips(self) -> Iterator[dict]:
         """Kept clips in (language, shard, id) order, each manifest line plus ``audio`` (absolute MP3 path)."""
@@ -49,6 +57,7 @@ class PublishedBuild:
 
     @staticmethod
     def _read(manifest: Path) -> Iterator[dict]:
+        failpoints.hit("export")
         with open(manifest, encoding="utf-8") as fh:
             for line in fh:
                 if line.strip():
@@ -80,7 +89,12 @@ def staging(dest: Path) -> Iterator[Path]:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ExportError(f"{dest} exists and is not empty; choose a new destination or remove it")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.export-tmp{os.getpid()}"
+    prefix = f".{dest.name}.export-tmp"
+    for old in dest.parent.glob(glob.escape(prefix) + "*"):  # staging folders of killed exports to dest
+        pid = old.name[len(prefix):]
+        if pid.isdigit() and not _alive(int(pid)) and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = dest.parent / f"{prefix}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -108,6 +122,14 @@ def refuse_unholdable(path: Path, fmt: str, what: str, forbidden: str, why: str)
                            "|": "'|'"}.get(c, repr(c)) for c in bad)
         raise ExportError(f"{fmt}: the path of the {what} ({shown(text)!r}) holds {names}, which {why}; use a path "
                           f"without {names} (a link to it will do)")
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def link_or_copy(src: str | Path, dst: Path) -> None:

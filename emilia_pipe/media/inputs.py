@@ -277,6 +277,20 @@ def _one_name_per_file(files: list[str]) -> tuple[list[str], list[InputProblem]]
     return sorted(keep), skipped
 
 
+def input_identity(path: str) -> tuple[int, int, int, int, int]:
+    """What a cheap ``stat`` says of an input: (size, mtime_ns, ctime_ns, inode, device), -1 where unknown
+    (a URL has only size and time). Content rewritten in place with its size and mtime restored (``cp -p``,
+    ``rsync -t``, ``touch -r``) still changes ctime, which no user can set; a file replaced by another
+    changes inode. Never opens the file."""
+    if is_url(path):
+        return (*input_stat(path), -1, -1, -1)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1, -1, -1, -1
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
+
+
 def input_stat(path: str) -> tuple[int, int]:
     """(size, modification time in ns) of an input, -1 where unknown; never opens it."""
     if is_url(path):

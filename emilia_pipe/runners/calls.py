@@ -22,6 +22,26 @@ class BatchFailure(Exception):
         self.stage, self.error = stage, error
 
 
+# Ray's errors for work lost with its process or node (matched by name: this module never imports Ray)
+_LOST = {"RayActorError", "ActorDiedError", "ActorUnavailableError", "ActorUnschedulableError", "WorkerCrashedError",
+         "NodeDiedError", "ObjectLostError", "OwnerDiedError", "ObjectReconstructionFailedError",
+         "ObjectFetchTimedOutError", "LocalRayletDiedError", "WriterLostError", "WriterRetiredError"}
+
+
+class WriterLostError(RuntimeError):
+    """A local writer was given up on (it hung past its deadline) with work it had acknowledged."""
+
+
+def worker_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the work died with its worker (to be done again), not that it failed."""
+    return any(t.__name__ in _LOST for t in type(exc).__mro__)
+
+
+def restarting_error(exc: Optional[BaseException]) -> bool:
+    """Ray says the actor is restarting (the task may not have run): worth sending again shortly."""
+    return exc is not None and any(t.__name__ == "ActorUnavailableError" for t in type(exc).__mro__)
+
+
 def release_memory() -> None:
     """Hand freed heap back to the OS after a stage once the process has grown by ``run.malloc_keep_free_mb``
     since the last trim: glibc keeps it otherwise, and a worker holding every model about doubled over three

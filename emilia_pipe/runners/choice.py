@@ -42,6 +42,45 @@ def choose_runner(config: PipelineConfig) -> str:
     return runner
 
 
+def resolve_numerics(config: PipelineConfig, stages: list[str], cluster_gpus: int | None = None) -> dict[str, str]:
+    """What the device settings will resolve to where the stages run (part of the build's fingerprint):
+    each stage's device, Whisper's compute type (``auto``: float16 on CUDA, int8 on CPU with CTranslate2,
+    float32 with torch) and Demucs' precision (float32 on CPU). ``cluster_gpus``: the Ray cluster's GPUs
+    (a pool gets one only when it asks, run.resources.<pool>.num_gpus); None: this machine's."""
+    out: dict[str, str] = {}
+    for stage in ("separate", "diarize", "transcribe", "score"):
+        if stage not in stages:
+            continue
+        setting = getattr(config, stage).device
+        if cluster_gpus is None:
+            available = gpu_count() > 0
+        else:
+            available = cluster_gpus > 0 and config.run.resources[stage].num_gpus > 0
+        if stage == "score" and available:
+            available = _onnx_has_cuda()
+        out[f"resolved.{stage}.device"] = "cpu" if setting == "cpu" else ("cuda" if available or setting == "cuda" else "cpu")
+    if "transcribe" in stages:
+        t = config.transcribe
+        on_gpu = out["resolved.transcribe.device"] == "cuda"
+        ct = t.compute_type
+        if ct == "auto":
+            ct = "float16" if on_gpu else ("int8" if t.backend == "ctranslate2" else "float32")
+        out["resolved.transcribe.compute_type"] = ct
+    if "separate" in stages:
+        out["resolved.separate.precision"] = (config.separate.precision
+                                              if out["resolved.separate.device"] == "cuda" else "float32")
+    return out
+
+
+def _onnx_has_cuda() -> bool:
+    try:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except Exception:  # noqa: BLE001 - no onnxruntime: the score stage reports it
+        return False
+
+
 def restart_tuned_if_local(config: PipelineConfig, python_args: list[str]) -> None:
     """Restart this process as ``python *python_args`` with glibc's malloc tuned from the first allocation
     (malloc.restart_tuned) when the run is local and tuned; Ray's workers get it through their environment.

@@ -12,7 +12,9 @@ becomes a failure.
 
 A batched stage on a GPU takes one batch at a time (a lock per stage), as Ray's one actor per stage and
 GPU does: a second Whisper batch on the same GPU would double its memory for no speed, while a CPU stage
-still runs one batch per core."""
+still runs one batch per core. A batch or a write stuck past its
+deadline leaves its thread behind (:mod:`emilia_pipe.runners.lanes`), its sources fail, and the run goes on
+and ends."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -23,24 +25,27 @@ from emilia_pipe.dataset.writer import SourceWriter
 from emilia_pipe.records import Failure, Source
 from emilia_pipe.runners.calls import (BatchFailure, deadline, finish_file, run_batch_stage, run_file_stage,
                                        task_deadline_s)
+from emilia_pipe.runners.lanes import Lane
 from emilia_pipe.runtime.threads import set_torch_threads
 from emilia_pipe.stages import batch_chain, build_stage, file_chain
 
 
 class LocalExecutor:
-    def __init__(self, config, stage_names: list[str], out_dir, run: int):
+    def __init__(self, config, stage_names: list[str], out_dir, run: int, stage_builder=build_stage):
         self.run_config = config.run
+        self.timeout = config.run.task_timeout_s
         self.threads = config.run.torch_threads
-        self.stages = {name: build_stage(name, config) for name in stage_names}
+        self.stages = {name: stage_builder(name, config) for name in stage_names}
         self.file_chain = file_chain(stage_names)
         self.batch_chain = batch_chain(stage_names)
-        self.writer = SourceWriter(out_dir, config, part=f"{run:06d}-w0")
+        self.out, self.config = out_dir, config
+        self.writer = SourceWriter(out_dir, config, slot=f"{run:06d}-w0")
         self.gpu_locks = {name: threading.Lock() for name in self.batch_chain if _on_gpu(self.stages[name])}
         # background workers for the batched stages (none: everything in this thread); the writer has its
         # own single thread, since a SourceWriter is not meant to be shared between threads
         overlap = config.run.local_overlap
-        self.lane = cf.ThreadPoolExecutor(config.run.max_batches_in_flight, thread_name_prefix="emilia-batch") if overlap else None
-        self.write_lane = cf.ThreadPoolExecutor(1, thread_name_prefix="emilia-write") if overlap else None
+        self.lane = Lane(config.run.max_batches_in_flight, "emilia-batch") if overlap else None
+        self.write_lane = Lane(1, "emilia-write") if overlap else None
 
     def submit_file(self, task):
         item = task
@@ -73,20 +78,44 @@ class LocalExecutor:
         except TimeoutError as exc:
             return _Done(BatchFailure("timeout", str(exc)))
 
+    def _write(self, job, audio):
+        return self.writer.write(job, audio)  # the writer of the moment (a stuck one is replaced)
+
     def submit_write(self, job, audio_handle):
         audio = audio_handle.value if audio_handle is not None else None
         if self.write_lane is not None:
-            return self.write_lane.submit(self.writer.write, job, audio)
+            return self.write_lane.submit(self._write, job, audio)
         try:
-            return _Done(self.writer.write(job, audio))
+            with deadline(self.timeout):
+                return _Done(self._write(job, audio))
         except Exception as exc:  # noqa: BLE001 - e.g. disk full: that source fails, as on a Ray writer
             return _Done(exc, failed=True)
 
-    def commit_writers(self) -> None:
-        if self.write_lane is not None:
-            self.write_lane.submit(self.writer.commit).result()
-        else:
-            self.writer.commit()
+    def commit_writers(self) -> list[tuple[str, object]]:
+        """(writer slot, its commit's result or the error it raised); a commit stuck past
+        run.task_timeout_s counts as lost (its writer is replaced)."""
+        slot = self.writer.slot
+        try:
+            if self.write_lane is not None:
+                future = self.write_lane.submit(lambda: self.writer.commit())
+                try:
+                    result = future.result(timeout=self.timeout)
+                except cf.TimeoutError:
+                    self._replace_writer(future)
+                    result = TimeoutError(f"the writer's commit took longer than run.task_timeout_s={self.timeout:g} s")
+            else:
+                with deadline(self.timeout):
+                    result = self.writer.commit()
+        except Exception as exc:  # noqa: BLE001 - e.g. disk full: the driver counts what it held as lost
+            result = exc
+        return [(slot, result)]
+
+    def _replace_writer(self, future) -> None:
+        """The write thread is stuck: it is left behind, its writer may no longer commit (what it holds is
+        redone by the driver), and a new writer life takes the lane."""
+        self.writer.retired = True
+        self.write_lane.abandon(future)
+        self.writer = SourceWriter(self.out, self.config, slot=self.writer.slot)
 
     def wait(self, handles, timeout=None):
         done = [h for h in handles if isinstance(h, _Done) or h.done()]
@@ -103,15 +132,22 @@ class LocalExecutor:
         return handle.value
 
     def cancel(self, handle) -> None:
-        # a per-file call is interrupted by its own deadline; a stuck lane thread cannot be stopped from
-        # here: its task is recorded as failed and later lane work waits behind it
-        if isinstance(handle, cf.Future):
+        """A task past its deadline (the scheduler records it as failed). A per-file call is interrupted
+        by its own deadline; a lane thread stuck in a task is left behind and replaced (lanes.Lane), and a
+        stuck write also replaces the writer, so what it held is redone."""
+        if not isinstance(handle, cf.Future):
+            return
+        if self.write_lane is not None and handle in self.write_lane.running:
+            self._replace_writer(handle)
+        elif self.lane is not None and handle in self.lane.running:
+            self.lane.abandon(handle)
+        else:  # still queued behind a stuck one
             handle.cancel()
 
     def shutdown(self):
         for lane in (self.lane, self.write_lane):
             if lane is not None:
-                lane.shutdown(wait=True, cancel_futures=True)
+                lane.close()
         self.stages.clear()
 
 

@@ -15,12 +15,14 @@ import os
 from emilia_pipe.runners.calls import finish_file, run_batch_stage, run_file_stage
 from emilia_pipe.stages import batch_chain, file_chain
 
-# set by emilia_pipe/__init__ in the driver; workers must start with the same values
-_WORKER_ENV = ("PYANNOTE_METRICS_ENABLED", "TOKENIZERS_PARALLELISM", "OMP_WAIT_POLICY")
+# set by emilia_pipe/__init__ in the driver; workers must start with the same values (and the crash
+# injection of the exactly-once tests, runtime/failpoints.py, when it is set)
+_WORKER_ENV = ("PYANNOTE_METRICS_ENABLED", "TOKENIZERS_PARALLELISM", "OMP_WAIT_POLICY", "EMILIA_PIPE_CRASH_AT",
+               "EMILIA_PIPE_CRASH_ONCE")
 
 
 class StageActor:
-    def __init__(self, name: str, config_data: dict):
+    def __init__(self, name: str, config_data: dict, stage_builder=None):
         from emilia_pipe.config import build_config
         from emilia_pipe.runtime.heap import setup_heap
         from emilia_pipe.runtime.threads import set_torch_threads
@@ -30,7 +32,7 @@ class StageActor:
         run = config.run
         setup_heap(run.tune_malloc, run.malloc_keep_free_mb, run.malloc_trim_threshold_mb)
         set_torch_threads(config.run.torch_threads)
-        self.stage = build_stage(name, config)
+        self.stage = (stage_builder or build_stage)(name, config)
 
     def process(self, item):
         return run_file_stage(self.stage, item)
@@ -46,17 +48,24 @@ class StageActor:
 
 
 class WriterActor:
-    def __init__(self, out_dir: str, config_data: dict, part: str):
+    """A SourceWriter in its own process. Ray restarts it after a crash (or after the driver kills it at a
+    deadline) by running ``__init__`` again: the new life draws a new incarnation id, so its parts never
+    replace those of the life before."""
+
+    def __init__(self, out_dir: str, config_data: dict, slot: str):
         from emilia_pipe.config import build_config
         from emilia_pipe.dataset.writer import SourceWriter
 
-        self.writer = SourceWriter(out_dir, build_config(config_data), part)
+        self.writer = SourceWriter(out_dir, build_config(config_data), slot)
 
     def write(self, job, audio):
         return self.writer.write(job, audio)
 
-    def commit(self) -> int:
+    def commit(self) -> dict:
         return self.writer.commit()
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def ready(self) -> bool:
         return True
@@ -125,6 +134,11 @@ def init_ray(address: str | None, env_vars: dict[str, str]):
     return ray
 
 
+def cluster_resources(config) -> dict:
+    """The Ray cluster's resources (starting a local Ray, or joining run.ray_address)."""
+    return init_ray(config.run.ray_address, worker_env(config)).cluster_resources()
+
+
 def auto_plan(config, stage_names: list[str], log=print):
     """``run.resource_plan: auto``: the config with pools sized for the cluster's GPUs and cores."""
     from emilia_pipe.runners.resources import describe, planned_config
@@ -138,7 +152,8 @@ def auto_plan(config, stage_names: list[str], log=print):
 
 
 class RayExecutor:
-    def __init__(self, config, stage_names: list[str], out_dir, run: int, address: str | None = None, log=print):
+    def __init__(self, config, stage_names: list[str], out_dir, run: int, address: str | None = None, log=print,
+                 stage_builder=None):
         ray = init_ray(address, worker_env(config))
         self.ray = ray
         self._owns_ray = address is None
@@ -153,14 +168,16 @@ class RayExecutor:
             num_gpus = res.num_gpus if has_gpu else 0
             cls = ray.remote(StageActor).options(num_cpus=res.num_cpus, num_gpus=num_gpus, resources=res.custom,
                                                  max_restarts=-1, max_task_retries=0)
-            pool = [cls.remote(name, data) for _ in range(res.actors)]
+            pool = [cls.remote(name, data, stage_builder) for _ in range(res.actors)]
             actors.extend(pool)
             self.pools[name] = itertools.cycle(pool)
             log(f"ray: {name}: {res.actors} actor(s), {res.num_cpus} CPU, {num_gpus} GPU each")
         wres = config.run.resources["write"]
         wcls = ray.remote(WriterActor).options(num_cpus=wres.num_cpus, resources=wres.custom, max_restarts=-1,
                                                max_task_retries=0)
-        self.writers = [wcls.remote(str(out_dir), data, f"{run:06d}-w{i}") for i in range(wres.actors)]
+        self.slots = [f"{run:06d}-w{i}" for i in range(wres.actors)]
+        self.writers = [wcls.remote(str(out_dir), data, slot) for slot in self.slots]
+        self.commit_timeout = config.run.task_timeout_s
         self.writer_cycle = itertools.cycle(self.writers)
         log(f"ray: write: {wres.actors} actor(s), {wres.num_cpus} CPU each")
         # surface model-loading errors now; actors that find no room on the cluster would wait forever
@@ -174,6 +191,7 @@ class RayExecutor:
                 f"{_fmt(cluster)}). Lower run.resources.<pool>.actors / num_cpus / num_gpus, or add nodes.")
         self.file_chain = file_chain(stage_names)
         self.batch_chain = batch_chain(stage_names)
+        self.actors = actors + self.writers
         self.running: dict = {}  # final ref -> [(ref, actor)] of its chain, to find a hung actor
 
     def submit_file(self, task):
@@ -204,8 +222,21 @@ class RayExecutor:
         self.running[ref] = [(ref, actor)]
         return ref
 
-    def commit_writers(self) -> None:
-        self.ray.get([w.commit.remote() for w in self.writers])
+    def commit_writers(self) -> list[tuple[str, object]]:
+        """(writer slot, its commit's result or the error it raised); a writer that does not answer within
+        run.task_timeout_s (its node is gone) counts as lost."""
+        refs = [w.commit.remote() for w in self.writers]
+        _, waiting = self.ray.wait(refs, num_returns=len(refs), timeout=self.commit_timeout)
+        results: list[tuple[str, object]] = []
+        for slot, ref in zip(self.slots, refs):
+            if ref in waiting:
+                results.append((slot, TimeoutError(f"no answer within run.task_timeout_s={self.commit_timeout:g} s")))
+                continue
+            try:
+                results.append((slot, self.ray.get(ref)))
+            except Exception as exc:  # noqa: BLE001 - the writer died with its buffer
+                results.append((slot, exc))
+        return results
 
     def wait(self, handles, timeout=None):
         done, _ = self.ray.wait(list(handles), num_returns=1, timeout=timeout)
@@ -227,5 +258,10 @@ class RayExecutor:
                 break
 
     def shutdown(self):
+        for actor in self.actors:  # this run's pools; a cluster joined by address outlives the run
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone with its node
+                pass
         if self._owns_ray and os.environ.get("EMILIA_PIPE_KEEP_RAY") != "1":
             self.ray.shutdown()

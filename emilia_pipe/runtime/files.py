@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -47,17 +48,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _publish(path: Path, tmp_dir: Path, write, sync_dir: bool = True) -> None:
+def _publish(path: Path, tmp_dir: Path, write, sync_dir: bool = True, exclusive: bool = False) -> None:
     """``write(tmp)`` fills a temporary file (in ``tmp_dir``: same filesystem, outside the published
-    tree); it is fsynced and renamed into place, and the folder fsynced so the rename survives a power cut."""
+    tree); it is fsynced and renamed into place, and the folder fsynced so the rename survives a power cut.
+    ``exclusive``: never replace an existing file (FileExistsError instead), for files that are written once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f".{path.name}.tmp{os.getpid()}"
+    tmp = tmp_dir / f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}"
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            _link_new(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -66,10 +71,25 @@ def _publish(path: Path, tmp_dir: Path, write, sync_dir: bool = True) -> None:
         fsync_dir(path.parent)
 
 
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` only if no file has it (a hard link fails on an existing name, where a
+    rename would replace it), then drop the temporary name."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links: check, then rename (no other writer uses this name)
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "a committed file has this name", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def write_atomic(path: Path, data: bytes | str, tmp_dir: Optional[Path] = None, sync_dir: bool = True) -> None:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     _publish(path, tmp_dir if tmp_dir is not None else path.parent, lambda tmp: tmp.write_bytes(payload), sync_dir)
 
 
-def write_table_atomic(path: Path, table: pa.Table, tmp_dir: Path) -> None:
-    _publish(path, tmp_dir, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+def write_table_atomic(path: Path, table: pa.Table, tmp_dir: Path, exclusive: bool = False) -> None:
+    _publish(path, tmp_dir, lambda tmp: pq.write_table(table, tmp, compression="zstd"), exclusive=exclusive)

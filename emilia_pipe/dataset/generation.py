@@ -1,0 +1,247 @@
+"""Publishing as one generation: the manifests, the reports and the audio moves of a finalize (end of a
+run, ``refilter``) change together, and a kill at any moment never leaves a mix of two generations.
+
+1. *Stage*: every new file is written under ``OUT/.emilia/publish/g<N>/`` with the list of kept clips
+   (``kept.parquet``) and the audio moves (``moves.parquet``: clip id -> published / held / dropped).
+   A kill here leaves the published generation as it was; the staging folder is removed next time.
+2. *Commit*: ``OUT/.emilia/publish.json`` is replaced by one naming generation N, state ``applying``,
+   its manifests and the previous generation's. From here on generation N is decided.
+3. *Apply* (a few renames, each idempotent): kept clips' MP3s into the published tree, the manifests
+   into place, manifests of the previous generation that N does not list deleted, other MP3s out to
+   the held tree, the reports into place, empty folders removed, every touched folder fsynced.
+4. ``publish.json`` says ``done``.
+
+A kill during 3 leaves ``applying``: the next command that takes the build's lock (``run``,
+``refilter``, ``export``, ``repair``) completes it first; ``status`` reports it. Every name read back
+(from ``publish.json``, the kept list, the moves) is checked against the build's layout before any file
+is touched (:mod:`emilia_pipe.dataset.layout`), and only files of that layout are ever deleted."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from emilia_pipe.dataset.errors import DamagedStateError
+from emilia_pipe.dataset.layout import (
+    UnsafePathError,
+    check_manifest_name,
+    check_top_file,
+    clip_audio,
+    held_root,
+    remove_empty,
+)
+from emilia_pipe.records import STATE_DIR
+from emilia_pipe.runtime import failpoints
+from emilia_pipe.runtime.files import fsync_dir, write_atomic
+
+STATE_FILE = "publish.json"
+LEGACY_LIST = "manifests.json"  # builds of format 2 listed their manifests here
+PUBLISHED, HELD, DROPPED = "published", "held", "dropped"
+_GEN_DIR = re.compile(r"g(\d{6,})")
+
+
+class PublishStateError(DamagedStateError):
+    """``publish.json`` cannot be read or names something that is not this build's."""
+
+
+class Generation:
+    """The published generation as ``publish.json`` says (checked names only)."""
+
+    def __init__(self, number: int, manifests: list[str], state: str, kept: Optional[set[str]],
+                 previous: list[str], files: list[str]):
+        self.number, self.manifests, self.state, self.kept = number, manifests, state, kept
+        self.previous, self.files = previous, files
+
+    @property
+    def unfinished(self) -> bool:
+        return self.state != "done"
+
+
+def state_dir(out: Path) -> Path:
+    return Path(out) / STATE_DIR / "publish"
+
+
+def gen_dir(out: Path, number: int) -> Path:
+    return state_dir(out) / f"g{int(number):06d}"
+
+
+def current(out: str | Path) -> Generation:
+    """The generation readers see now (number 0 with no manifests for a build never published)."""
+    out = Path(out)
+    path = out / STATE_DIR / STATE_FILE
+    if not path.exists():
+        legacy = out / STATE_DIR / LEGACY_LIST
+        names = _read_json(legacy) if legacy.exists() else []
+        return Generation(0, _manifests(names, legacy), "done", None, [], [])
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("generation"), int):
+        raise PublishStateError(f"{path} is damaged (not a publish record); run `emilia-pipe repair {out}`")
+    kept = None
+    kept_file = gen_dir(out, data["generation"]) / "kept.parquet"
+    if data.get("state") == "done" and kept_file.exists():
+        kept = set(pq.read_table(kept_file, columns=["id"]).column("id").to_pylist())
+    files = [check_top_file(f) for f in data.get("files", [])]
+    return Generation(data["generation"], _manifests(data.get("manifests", []), path), str(data.get("state")), kept,
+                      _manifests(data.get("previous", []), path), files)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise PublishStateError(f"{path} is damaged ({type(exc).__name__}); run `emilia-pipe repair "
+                                f"{path.parent.parent}`") from None
+
+
+def _manifests(names, where: Path) -> list[str]:
+    if not isinstance(names, list):
+        raise PublishStateError(f"{where} is damaged (no list of manifests); run `emilia-pipe repair "
+                                f"{where.parent.parent}`")
+    try:
+        return [check_manifest_name(n) for n in names]
+    except UnsafePathError as exc:
+        raise PublishStateError(f"{where} names a file that is not this build's ({exc}): nothing was deleted; "
+                                f"run `emilia-pipe repair {where.parent.parent}`") from None
+
+
+class Stager:
+    """Stages generation ``number``: files first, then :meth:`commit` makes it the published one."""
+
+    def __init__(self, out: Path, number: int):
+        self.out = Path(out)
+        self.number = number
+        self.dir = gen_dir(self.out, number)
+        keep = {gen_dir(self.out, number - 1).name}
+        for d in state_dir(self.out).glob("g*"):  # generations staged by a killed publish, never committed
+            if _GEN_DIR.fullmatch(d.name) and d.name not in keep and d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.manifests: list[str] = []
+        self.files: list[str] = []
+
+    def manifest(self, name: str, text: str) -> None:
+        self._stage(check_manifest_name(name), text)
+        self.manifests.append(name)
+        failpoints.hit("manifest")
+
+    def file(self, name: str, text: str) -> None:
+        self._stage(check_top_file(name), text)
+        self.files.append(name)
+
+    def _stage(self, name: str, text: str) -> None:
+        write_atomic(self.dir / name, text, tmp_dir=self.dir, sync_dir=False)
+
+    def audio(self, kept: Iterable[str], moves: dict[str, str]) -> None:
+        pq.write_table(pa.table({"id": pa.array(sorted(kept), pa.string())}), self.dir / "kept.parquet")
+        ids = sorted(moves)
+        pq.write_table(pa.table({"id": pa.array(ids, pa.string()), "to": pa.array([moves[i] for i in ids], pa.string())}),
+                       self.dir / "moves.parquet")
+
+    def commit(self, previous: Generation) -> None:
+        """Make the staged generation durable, name it in ``publish.json``, then apply it."""
+        for name in ("kept.parquet", "moves.parquet"):  # the staged texts were fsynced as they were written
+            with open(self.dir / name, "rb+") as fh:
+                os.fsync(fh.fileno())
+        for folder in sorted({self.dir, *((self.dir / m).parent for m in self.manifests)}):
+            fsync_dir(folder)
+        fsync_dir(self.dir.parent)
+        record = {"generation": self.number, "state": "applying", "manifests": sorted(self.manifests),
+                  "previous": previous.manifests, "files": self.files}
+        write_atomic(self.out / STATE_DIR / STATE_FILE, json.dumps(record, indent=1), tmp_dir=self.dir)
+        failpoints.hit("publish")
+        apply(self.out)
+
+
+def apply(out: str | Path) -> None:
+    """Put the committed generation in place (again: every step may have been done already)."""
+    out = Path(out)
+    gen = current(out)
+    if not gen.unfinished:
+        return
+    staged, held = gen_dir(out, gen.number), held_root(out)
+    moves = _moves(staged / "moves.parquet")
+    touched: set[Path] = set()
+    for cid, to in moves:  # 1. kept clips' audio into the published tree: every listed clip has its MP3
+        if to == PUBLISHED:
+            _move(held, out, clip_audio(cid), touched)
+    for name in gen.manifests:  # 2. the manifests
+        _put(staged / name, out, name, touched)
+    for name in sorted(set(gen.previous) - set(gen.manifests)):  # 3. those no longer wanted
+        _safe_dir(out, name)
+        (out / name).unlink(missing_ok=True)
+        touched.add((out / name).parent)
+    for cid, to in moves:  # 4. other audio out of the published tree
+        rel = clip_audio(cid)
+        if to == HELD:
+            _move(out, held, rel, touched)
+        elif to == DROPPED:
+            for root in (out, held):
+                _safe_dir(root, rel)
+                (root / rel).unlink(missing_ok=True)
+                touched.add((root / rel).parent)
+    for name in gen.files:  # 5. the reports (summary.json last among them)
+        _put(staged / name, out, name, touched)
+    remove_empty(out, [d for d in touched if out in d.parents and held not in d.parents and d != held])
+    remove_empty(held, [d for d in touched if held in d.parents])
+    for folder in sorted(touched | {p for d in touched for p in d.parents if out in p.parents or p == out}):
+        if folder.is_dir():
+            fsync_dir(folder)
+    record = {"generation": gen.number, "state": "done", "manifests": gen.manifests, "files": gen.files}
+    write_atomic(out / STATE_DIR / STATE_FILE, json.dumps(record, indent=1), tmp_dir=staged)
+    (staged / "moves.parquet").unlink(missing_ok=True)
+    remove_empty(staged, [staged / name for name in gen.manifests])  # the staged language folders
+    (out / STATE_DIR / LEGACY_LIST).unlink(missing_ok=True)
+    for d in state_dir(out).glob("g*"):  # earlier generations' kept lists
+        if _GEN_DIR.fullmatch(d.name) and d != staged and d.is_dir() and not d.is_symlink():
+            shutil.rmtree(d)
+
+
+def _moves(path: Path) -> list[tuple[str, str]]:
+    if not path.exists():
+        return []
+    t = pq.read_table(path)
+    rows = list(zip(t.column("id").to_pylist(), t.column("to").to_pylist()))
+    try:
+        for cid, to in rows:  # checked before anything moves
+            clip_audio(cid)
+            if to not in (PUBLISHED, HELD, DROPPED):
+                raise UnsafePathError(f"not a move of this build: {str(to)[:100]!r}")
+    except UnsafePathError as exc:
+        raise PublishStateError(f"{path} names a file that is not this build's ({exc}): nothing was moved; "
+                                f"run `emilia-pipe repair {path.parents[3]}`") from None
+    return rows
+
+
+def _safe_dir(root: Path, rel: str) -> None:
+    """Refuse to touch ``root/rel`` through a link: every folder on the way must be a real folder."""
+    folder = root
+    for part in Path(rel).parent.parts:
+        folder = folder / part
+        if folder.is_symlink():
+            raise UnsafePathError(f"{folder} is a link; the build never writes or deletes through one")
+
+
+def _move(src_root: Path, dst_root: Path, rel: str, touched: set[Path]) -> None:
+    src, dst = src_root / rel, dst_root / rel
+    _safe_dir(src_root, rel)
+    _safe_dir(dst_root, rel)
+    if not src.is_file() or src.is_symlink():
+        return  # moved already (a completed part of an interrupted publish), or never written
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+    touched.update((src.parent, dst.parent))
+
+
+def _put(staged: Path, out: Path, name: str, touched: set[Path]) -> None:
+    if staged.exists():  # else put in place by an earlier, interrupted apply
+        _safe_dir(out, name)
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, out / name)
+        touched.add((out / name).parent)
+        failpoints.hit("apply")

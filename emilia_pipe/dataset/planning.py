@@ -1,0 +1,148 @@
+"""Places for a run's inputs: which are done, which are new, which changed.
+
+Every input has a fixed place (its plan index) from the first time the build sees it; inputs are sorted,
+so the same inputs get the same places whatever order they are given in, and inputs added later go
+after every index the build has ever used (even when a plan part was lost).
+
+An input is recognised by its path and a cheap ``stat`` (size, mtime, ctime, inode, device; a URL has
+size and time only). When the stat matches the plan, nothing is read. When it does not and the source
+is done, the file is hashed again (in a few threads): the same content keeps its place and its clips
+(the plan learns the new stat); other content is new: it gets a new place, and the old source is
+*withdrawn*, its clips taken out of the published tree at the next publish (they stay in the ledger's
+history). A URL whose size or time changed is taken as changed (hashing it means downloading it). An
+input changed before it was ever done keeps its place (e.g. a broken file that was replaced).
+
+A planned input that is no longer on disk is *missing*: not pending (``status`` and the summary say so),
+and its clips, if any, stay published unless the user drops them (``--drop-missing``)."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from emilia_pipe.dataset.ledger import Ledger
+from emilia_pipe.media.inputs import input_identity, is_url
+from emilia_pipe.runtime.files import sha256_of
+
+IDENTITY = ("size", "mtime_ns", "ctime_ns", "inode", "device")
+CHANGED, MISSING = "input_changed", "input_missing"
+
+
+@dataclass
+class Placed:
+    """The outcome of planning: every input's index, what is already done, and what changed."""
+
+    index: dict[str, int] = field(default_factory=dict)  # path -> plan index
+    done: set[int] = field(default_factory=set)
+    rows: list[dict] = field(default_factory=list)  # new plan rows
+    withdrawn: list[dict] = field(default_factory=list)  # old sources of changed inputs
+    rehashed: int = 0
+
+
+def _same(old: dict, new: tuple) -> bool:
+    """Every part of the stat the plan knows equals this one (a part an older plan lacks: not the same)."""
+    known = [old.get(k) for k in IDENTITY]
+    if is_url(old["path"]):
+        return known[:2] == list(new[:2]) and new[0] >= 0
+    return all(v is not None and v >= 0 for v in known) and known == list(new)
+
+
+def place_inputs(ledger: Ledger, paths: list[str], run: int, log: Callable[[str], None], threads: int = 4) -> Placed:
+    plan = ledger.plan()
+    latest = {row["path"]: row for row in plan.to_dict("records")}  # later rows of a path win
+    sources = ledger.sources(["path", "sha256", "status"])
+    withdrawn = ledger.withdrawn()
+    live = sources[~sources["index"].isin(list(withdrawn))]
+    sha_of = dict(zip(live["index"].astype(int), live["sha256"]))
+    done_at_path = dict(zip(live["path"], live["index"].astype(int)))  # known even when its plan row is lost
+    next_index = ledger.max_index() + 1
+    out = Placed(done=set(sha_of))
+    stats = {p: input_identity(p) for p in paths}
+
+    def verdict(path):
+        """(index to keep or None, whether the content must be hashed to tell)."""
+        prev = latest.get(path)
+        if prev is not None and _same(prev, stats[path]):
+            return int(prev["index"]), False
+        old = int(prev["index"]) if prev is not None else done_at_path.get(path)
+        if old is None or old in withdrawn:
+            return None, False  # new to the build
+        if old not in sha_of:
+            return old, False  # never done: keeps its place whatever changed
+        return old, not is_url(path) and stats[path][0] >= 0
+
+    verdicts = {p: verdict(p) for p in paths}
+    to_hash = [p for p, (_, h) in verdicts.items() if h]
+    hashes = _hash_all(to_hash, threads, log)
+    out.rehashed = len(to_hash)
+    for path in paths:
+        old, hashed = verdicts[path]
+        prev = latest.get(path)
+        unchanged = prev is not None and _same(prev, stats[path])
+        if old is not None and (unchanged or old not in sha_of or (hashed and hashes.get(path) == sha_of[old])):
+            index = old
+        else:
+            index = next_index
+            next_index += 1
+            if old is not None and old in sha_of:  # done with other content: its clips leave the release
+                out.withdrawn.append({"index": old, "reason": CHANGED, "run": run, "time": time.time()})
+                log(f"{path} changed since it was processed: processed again, its old clips withdrawn")
+        if not unchanged or int(prev["index"]) != index:
+            out.rows.append({"index": index, "path": path, "run": run, **dict(zip(IDENTITY, stats[path]))})
+        out.index[path] = index
+    out.done -= {w["index"] for w in out.withdrawn}
+    return out
+
+
+def _hash_all(paths: list[str], threads: int, log: Callable[[str], None]) -> dict[str, str]:
+    """sha256 of each file whose stat changed (hashlib releases the GIL: a few threads overlap the reads);
+    a file that cannot be read gets no hash (it is then taken as changed, and its read fails and is recorded)."""
+    if not paths:
+        return {}
+    log(f"{len(paths)} input(s) changed on disk (size, time, ctime, inode or device) since they were processed: "
+        "hashing them again")
+
+    def one(path):
+        try:
+            return path, sha256_of(path)
+        except OSError:
+            return path, None
+
+    with cf.ThreadPoolExecutor(max(1, min(threads, len(paths)))) as pool:
+        return {p: h for p, h in pool.map(one, paths) if h is not None}
+
+
+def latest_plan(ledger: Ledger):
+    """One plan row per index (its latest)."""
+    return ledger.plan(["index", "path", "size"]).drop_duplicates("index", keep="last")
+
+
+def gone(paths) -> set[str]:
+    """Local input paths that are no longer on disk (a URL is never checked here)."""
+    return {p for p in paths if not is_url(p) and not os.path.lexists(p)}
+
+
+def missing_report(ledger: Ledger) -> dict:
+    """Inputs no longer on disk: not done (``missing``, instead of pending) and done (``published``: their
+    clips stay published until dropped with ``--drop-missing``)."""
+    plan = latest_plan(ledger)
+    sources = ledger.sources(["status"])
+    withdrawn = ledger.withdrawn()
+    settled = set(sources["index"].tolist()) | set(ledger.failures()["index"].tolist())
+    paths = dict(zip(plan["index"].astype(int), plan["path"]))
+    away = gone(paths.values())
+    done = set(sources.loc[sources["status"] == "done", "index"].astype(int)) - set(withdrawn)
+    return {"missing": sorted(i for i, p in paths.items() if p in away and i not in settled and i not in withdrawn),
+            "published": sorted(i for i, p in paths.items() if p in away and i in done)}
+
+
+def drop_missing(ledger: Ledger, run: int, log: Callable[[str], None]) -> int:
+    """Withdraw the done sources whose input is gone (``--drop-missing``); returns how many."""
+    report = missing_report(ledger)
+    rows = [{"index": i, "reason": MISSING, "run": run, "time": time.time()} for i in report["published"]]
+    ledger.withdraw(run, rows)
+    if rows:
+        log(f"{len(rows)} source(s) whose input is gone withdrawn from the published tree (--drop-missing)")
+    return len(rows)
