@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from emilia_pipe.dataset.ledger import Ledger
-from emilia_pipe.media.inputs import input_identity, is_url
+from emilia_pipe.media.inputs import input_identity, is_url, local_path
 from emilia_pipe.runtime.files import sha256_of
 
 IDENTITY = ("size", "mtime_ns", "ctime_ns", "inode", "device")
@@ -106,7 +106,7 @@ def _hash_all(paths: list[str], threads: int, log: Callable[[str], None]) -> dic
 
     def one(path):
         try:
-            return path, sha256_of(path)
+            return path, sha256_of(local_path(path))
         except OSError:
             return path, None
 
@@ -121,7 +121,7 @@ def latest_plan(ledger: Ledger):
 
 def gone(paths) -> set[str]:
     """Local input paths that are no longer on disk (a URL is never checked here)."""
-    return {p for p in paths if not is_url(p) and not os.path.lexists(p)}
+    return {p for p in paths if not is_url(p) and not os.path.lexists(local_path(p))}
 
 
 def missing_report(ledger: Ledger) -> dict:

@@ -285,7 +285,7 @@ def input_identity(path: str) -> tuple[int, int, int, int, int]:
     if is_url(path):
         return (*input_stat(path), -1, -1, -1)
     try:
-        st = os.stat(path)
+        st = os.stat(local_path(path))
     except OSError:
         return -1, -1, -1, -1, -1
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
