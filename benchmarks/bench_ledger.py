@@ -75,6 +75,7 @@ def make_ledger(out: Path, n_clips: int, clips_per_source: int = 50, per_part: i
             "run": np.zeros(n_sources, dtype=np.int64)}
     from emilia_pipe.dataset.ledger import PLAN_SCHEMA
 
+    plan.update({f.name: np.full(n_sources, -1, dtype=np.int64) for f in PLAN_SCHEMA if f.name not in plan})
     write_table_atomic(ledger.dir / "plan-000000.parquet", pa.Table.from_pydict(plan, schema=PLAN_SCHEMA), ledger.tmp)
 
 

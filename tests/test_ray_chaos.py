@@ -4,13 +4,11 @@ sources acknowledged but not committed, a transcribe actor SIGKILLed mid-batch, 
 stopped mid-build. The run (or its resume) ends with a published tree byte-equal to a clean build, and no
 source is committed twice or lost. The stages are stand-ins (tests/standin.py: the test is about the
 plumbing), so the whole module takes about a minute; the driver's fetches are checked for audio."""
-import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 

@@ -77,6 +77,8 @@ class Build:
         changed: list[str] = []
         if info is not None:
             changed = fingerprint_diff(info["fingerprint"], fp)
+            if info.get("repaired"):  # rebuilt from given settings: what it could not know is this run's
+                changed = [d for d in changed if d.split(":")[0] in info["fingerprint"]]
             frozen = [d for d in changed if d.split(":")[0] in FROZEN]
             if frozen or (changed and not self.allow):
                 raise BuildMismatchError(

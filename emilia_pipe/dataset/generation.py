@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -164,6 +165,7 @@ def apply(out: str | Path) -> None:
     gen = current(out)
     if not gen.unfinished:
         return
+    _CHECKED.clear()
     staged, held = gen_dir(out, gen.number), held_root(out)
     moves = _moves(staged / "moves.parquet")
     touched: set[Path] = set()
@@ -218,21 +220,31 @@ def _moves(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
+_CHECKED: set[Path] = set()  # folders already found to be real folders (a publish touches each many times)
+
+
 def _safe_dir(root: Path, rel: str) -> None:
     """Refuse to touch ``root/rel`` through a link: every folder on the way must be a real folder."""
     folder = root
     for part in Path(rel).parent.parts:
         folder = folder / part
+        if folder in _CHECKED:
+            continue
         if folder.is_symlink():
             raise UnsafePathError(f"{folder} is a link; the build never writes or deletes through one")
+        if folder.is_dir():
+            _CHECKED.add(folder)
 
 
 def _move(src_root: Path, dst_root: Path, rel: str, touched: set[Path]) -> None:
     src, dst = src_root / rel, dst_root / rel
+    try:
+        if not stat.S_ISREG(os.lstat(src).st_mode):
+            return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # moved already (a completed part of an interrupted publish), or never written
     _safe_dir(src_root, rel)
     _safe_dir(dst_root, rel)
-    if not src.is_file() or src.is_symlink():
-        return  # moved already (a completed part of an interrupted publish), or never written
     dst.parent.mkdir(parents=True, exist_ok=True)
     os.replace(src, dst)
     touched.update((src.parent, dst.parent))

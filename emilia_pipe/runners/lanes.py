@@ -10,6 +10,7 @@ import concurrent.futures as cf
 import itertools
 import queue
 import threading
+import time
 
 
 class Lane:
@@ -17,6 +18,7 @@ class Lane:
         self.name = name
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.running: dict[cf.Future, threading.Thread] = {}
+        self.began: dict[cf.Future, float] = {}  # when each task began to run
         self.abandoned: set[threading.Thread] = set()
         self.threads: list[threading.Thread] = []
         self._ids = itertools.count()
@@ -37,6 +39,7 @@ class Lane:
             future, fn, args = item
             if not future.set_running_or_notify_cancel():
                 continue
+            self.began[future] = time.monotonic()
             self.running[future] = me
             try:
                 result = fn(*args)
@@ -46,6 +49,7 @@ class Lane:
                 future.set_result(result)
             finally:
                 self.running.pop(future, None)
+                self.began.pop(future, None)
 
     def submit(self, fn, *args) -> cf.Future:
         future: cf.Future = cf.Future()

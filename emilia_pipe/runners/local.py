@@ -131,6 +131,16 @@ class LocalExecutor:
             raise handle.value
         return handle.value
 
+    def began(self, handle, submitted: float):
+        """When the task of ``handle`` began to run (None: queued in its lane), for its deadline: a task
+        waiting behind a stuck one is not late."""
+        if not isinstance(handle, cf.Future) or handle.done():
+            return submitted
+        for lane in (self.lane, self.write_lane):
+            if lane is not None and handle in lane.began:
+                return lane.began[handle]
+        return None
+
     def cancel(self, handle) -> None:
         """A task past its deadline (the scheduler records it as failed). A per-file call is interrupted
         by its own deadline; a lane thread stuck in a task is left behind and replaced (lanes.Lane), and a

@@ -337,9 +337,14 @@ class Scheduler:
         """Cancel tasks past their deadline; return seconds until the next deadline."""
         now = time.monotonic()
         nearest = None
+        began = getattr(self.ex, "began", None)  # an executor that queues work knows when a task began to run
         for handle, task in list(self.tasks.items()):
             limit = task.limit
-            left = task.started + limit - now
+            start = began(handle, task.started) if began else task.started
+            if start is None:  # still waiting for a thread (behind a stuck one): its deadline has not begun
+                nearest = 1.0 if nearest is None else min(nearest, 1.0)
+                continue
+            left = start + limit - now
             if left <= 0:
                 self.ex.cancel(handle)
                 self.tasks.pop(handle)
