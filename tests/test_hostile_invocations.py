@@ -140,9 +140,9 @@ def test_disk_full_or_a_folder_made_read_only_at_any_write_exits_5_and_resumes(t
     real = files._publish
     writes = []
 
-    def counting(path, tmp_dir, write, sync_dir=True):
+    def counting(path, tmp_dir, write, *args, **kwargs):
         writes.append(Path(path).name)
-        return real(path, tmp_dir, write, sync_dir)
+        return real(path, tmp_dir, write, *args, **kwargs)
 
     monkeypatch.setattr(files, "_publish", counting)
     args = ["run", str(d), "-o", str(tmp_path / "probe"), "--set", "run.commit_every_sources=2"]
@@ -158,11 +158,11 @@ def test_disk_full_or_a_folder_made_read_only_at_any_write_exits_5_and_resumes(t
         for err in (errno.ENOSPC, errno.EACCES):
             calls = []
 
-            def failing(path, tmp_dir, write, sync_dir=True):
+            def failing(path, tmp_dir, write, *args, **kwargs):
                 calls.append(path)
                 if len(calls) == k:
                     raise OSError(err, os.strerror(err), str(path))
-                return real(path, tmp_dir, write, sync_dir)
+                return real(path, tmp_dir, write, *args, **kwargs)
 
             monkeypatch.setattr(files, "_publish", failing)
             rc = main(args)

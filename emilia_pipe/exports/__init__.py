@@ -28,12 +28,12 @@ def export(out: str | Path, fmt: str, dest: str | Path, clips_per_shard: int = 2
     if clips_per_shard < 1:
         raise ExportError(f"--clips-per-shard must be at least 1, got {clips_per_shard}")
     refuse_unholdable(Path(dest).resolve(), fmt, "destination", "", "")  # Parquet and JSON name files in UTF-8
+    if hasattr(module, "check_paths"):  # before anything is read or written
+        module.check_paths(Path(os.path.abspath(out)), Path(dest).resolve())
     # the lock keeps a run or refilter from rewriting the manifests while they are read; a publish that a
     # kill interrupted is completed first, so the export reads one generation
     with BuildLock(Path(os.path.abspath(out)), "export", reader=True):
         build = PublishedBuild(out)
-        if hasattr(module, "check_paths"):  # before anything is written
-            module.check_paths(build.out, Path(dest).resolve())
         with staging(Path(dest)) as tmp:
             progress = Progress(f"export {fmt}", build.kept, "clips", every_s=5.0)
             stats = module.export(build, tmp, {"clips_per_shard": clips_per_shard, "dest": Path(dest).resolve()},
