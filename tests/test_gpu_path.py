@@ -172,10 +172,9 @@ def test_the_local_runner_gives_a_gpu_stage_one_batch_at_a_time(monkeypatch, tmp
             return clips
 
     stages = {"transcribe": FakeStage("transcribe", "cuda"), "score": FakeStage("score", "cpu")}
-    monkeypatch.setattr(local, "build_stage", lambda name, config: stages[name])
     monkeypatch.setattr(local, "SourceWriter", lambda *args, **kwargs: None)
     executor = local.LocalExecutor(load_config(overrides=["run.max_batches_in_flight=4"]), ["transcribe", "score"],
-                                   tmp_path, 0)
+                                   tmp_path, 0, stage_builder=lambda name, config: stages[name])
     results = [executor.get(f) for f in [executor.submit_batch([], []) for _ in range(8)]]
     executor.shutdown()
     assert all(isinstance(r, tuple) for r in results), results  # no BatchFailure: the CPU stage's pairs met
