@@ -1,10 +1,10 @@
-"""Ledger at scale: `refilter` and `status` on 1,000,000 synthetic clip records, and the driver's peak memory
-while it tracks 100,000 sources.
+"""Ledger at scale: `refilter` and `status` on N synthetic clip records from M sources, a run that adds one
+source to that build (`incremental`), and the driver's peak memory while it runs M sources.
 
-The orchestration figure uses stand-in stages (no model: each "file" yields two silent clips with fixed
-scores) and the real driver, scheduler, writer and ledger; it measures bookkeeping, not models.
+The orchestration figures use stand-in stages (no model: each "file" yields two silent clips with fixed
+scores) and the real driver, scheduler, writer, ledger and publish; they measure bookkeeping, not models.
 
-    python benchmarks/bench_ledger.py [--clips 1000000] [--sources 100000]
+    python benchmarks/bench_ledger.py [--clips 1000000] [--sources 100000] [--out FILE]
 
 Writes benchmarks/results/ledger.json."""
 from __future__ import annotations
@@ -21,21 +21,27 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def make_ledger(out: Path, n_clips: int, clips_per_source: int = 50, per_part: int = 64) -> None:
-    """A build folder whose ledger holds ``n_clips`` clips, committed in parts as writers do."""
+RUN_OVERRIDES = ["run.runner=local", "transcribe.batch_size=64", "run.max_files_in_flight=64", "run.max_open_sources=256",
+                 "run.commit_every_sources=1000", "output.sources_per_shard=1000"]
+
+
+def make_ledger(out: Path, n_clips: int, n_sources: int, per_part: int = 64) -> None:
+    """A build folder whose ledger holds ``n_clips`` clips of ``n_sources`` sources, committed in parts as
+    writers do and compacted as a run does (every 64 parts, and at its end)."""
     import numpy as np
     import pyarrow as pa
 
     from emilia_pipe.config import load_config
     from emilia_pipe.dataset.build import Build
-    from emilia_pipe.dataset.ledger import SOURCE_SCHEMA, Ledger, clip_schema
+    from emilia_pipe.dataset.ledger import SOURCE_SCHEMA, Ledger, bucket_width, clip_schema
     from emilia_pipe.runtime.files import write_table_atomic
 
-    cfg = load_config(overrides=["output.sources_per_shard=1000"])
+    cfg = load_config(overrides=RUN_OVERRIDES)
     with Build(out, cfg, log=lambda m: None):
         pass
     ledger = Ledger(out)
-    n_sources = n_clips // clips_per_source
+    clips_per_source = max(1, n_clips // n_sources)
+    width = bucket_width(cfg.output.sources_per_shard)
     rng = np.random.default_rng(0)
     langs = np.array(["en", "zh", "de", "fr", "ja", "ko", "es"])
     schema = clip_schema()
@@ -70,6 +76,8 @@ def make_ledger(out: Path, n_clips: int, clips_per_source: int = 50, per_part: i
                       "dropped_segments": ["[]"] * len(idx), "timings": ["{}"] * len(idx), "run": np.zeros(len(idx))})
         write_table_atomic(ledger.dir / f"sources-000000-w0-{part:06d}.parquet",
                            pa.Table.from_pydict(srows, schema=SOURCE_SCHEMA), ledger.tmp)
+        if part % 64 == 63:  # as the driver does while writers commit
+            ledger.compact(width, min_parts=64, final=False)
     plan = {"index": np.arange(n_sources), "path": [f"/data/raw/{i:07d}.mp3" for i in range(n_sources)],
             "size": np.full(n_sources, 30_000_000), "mtime_ns": np.zeros(n_sources, dtype=np.int64),
             "run": np.zeros(n_sources, dtype=np.int64)}
@@ -77,6 +85,7 @@ def make_ledger(out: Path, n_clips: int, clips_per_source: int = 50, per_part: i
 
     plan.update({f.name: np.full(n_sources, -1, dtype=np.int64) for f in PLAN_SCHEMA if f.name not in plan})
     write_table_atomic(ledger.dir / "plan-000000.parquet", pa.Table.from_pydict(plan, schema=PLAN_SCHEMA), ledger.tmp)
+    ledger.compact(width)
 
 
 def timed_cli(*args) -> dict:
@@ -88,8 +97,10 @@ def timed_cli(*args) -> dict:
     return {"exit": int(line[1]), "seconds": round(float(line[2]), 2), "peak_rss_mib": round(int(line[3]) / 1024, 1)}
 
 
-def driver_memory(n_sources: int, work: Path) -> dict:
-    """Peak RSS of the driver process while it plans, schedules, writes and finalizes n_sources."""
+def driver_memory(n_sources: int, work: Path, out: Path | None = None) -> dict:
+    """Peak RSS of the driver process while it plans, schedules, writes and finalizes n_sources (into
+    ``out``: a new build, or an existing one they are added to)."""
+    out = out or work / "out"
     code = f"""
 import resource, sys, time
 sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})
@@ -107,10 +118,9 @@ inp = Path({str(work)!r}) / "in"
 inp.mkdir(parents=True, exist_ok=True)
 for i in range({n_sources}):
     (inp / f"f{{i:07d}}.wav").write_bytes(b"x")
-cfg = load_config(overrides=["run.runner=local", "transcribe.batch_size=64", "run.max_files_in_flight=64",
-                             "run.max_open_sources=256", "run.commit_every_sources=1000", "output.sources_per_shard=1000"])
+cfg = load_config(overrides={RUN_OVERRIDES!r})
 t = time.perf_counter()
-s = run_pipeline([inp], Path({str(work)!r}) / "out", cfg, executor_factory=lambda c, st, o, r: NoAudio(c, o, r),
+s = run_pipeline([inp], Path({str(out)!r}), cfg, allow_config_change=True, executor_factory=lambda c, st, o, r: NoAudio(c, o, r),
                  log=lambda m: None)
 print("BENCH", time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, s["files"]["ok"], s["clips"]["total"], file=sys.stderr)
 """
@@ -127,22 +137,29 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clips", type=int, default=1_000_000)
     ap.add_argument("--sources", type=int, default=100_000)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/ledger.json"))
+    ap.add_argument("--tmp", default=None, help="folder for the builds (default: the system's temporary folder)")
     args = ap.parse_args()
     result = {"machine": f"{__import__('os').cpu_count()} cores"}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         out = Path(tmp) / "ledger-build"
         t = time.perf_counter()
-        make_ledger(out, args.clips)
-        result["ledger"] = {"clips": args.clips, "build_seconds": round(time.perf_counter() - t, 1)}
+        make_ledger(out, args.clips, args.sources)
+        result["ledger"] = {"clips": args.clips, "sources": args.sources,
+                            "build_seconds": round(time.perf_counter() - t, 1)}
         result["refilter"] = timed_cli("refilter", out, "--set", "filter.dnsmos_min=3.1")
         result["refilter_again"] = timed_cli("refilter", out, "--set", "filter.dnsmos_min=3.0")
+        result["refilter_unchanged"] = timed_cli("refilter", out, "--set", "filter.dnsmos_min=3.0")
         result["status"] = timed_cli("status", out)
         result["ledger"]["files_in_ledger"] = len(list((out / ".emilia/ledger").iterdir()))
         print(json.dumps(result, indent=2), flush=True)
+        # a run adding one source to the N-clip build (its own planning, scheduling, commit and publish)
+        result["incremental"] = driver_memory(1, Path(tmp) / "one", out)
+        result["ledger"]["files_after_incremental"] = len(list((out / ".emilia/ledger").iterdir()))
+        print(json.dumps(result, indent=2), flush=True)
         result["driver"] = driver_memory(args.sources, Path(tmp) / "drv")
     print(json.dumps(result, indent=2))
-    dest = ROOT / "benchmarks/results/ledger.json"
-    dest.write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

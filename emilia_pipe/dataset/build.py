@@ -16,7 +16,14 @@ from emilia_pipe.dataset.fingerprint import BuildMismatchError, fingerprint, fin
 from emilia_pipe.dataset.generation import apply as apply_publish
 from emilia_pipe.dataset.generation import current as current_publish
 from emilia_pipe.dataset.layout import held_root, language_dirs, place, remove_source_audio
-from emilia_pipe.dataset.ledger import FORMAT_VERSION, Ledger, part_name, read_build_info, write_build_info
+from emilia_pipe.dataset.ledger import (
+    FORMAT_VERSION,
+    Ledger,
+    bucket_width,
+    part_name,
+    read_build_info,
+    write_build_info,
+)
 from emilia_pipe.dataset.lock import BuildLock
 from emilia_pipe.dataset.planning import gone, latest_plan, place_inputs
 from emilia_pipe.media.disk import remove_spilled
@@ -189,8 +196,14 @@ class Build:
 
     # --- after the run -------------------------------------------------------------------------
     def compact(self) -> None:
-        self.ledger.compact(self.run)
+        """After the run (no writer left): every writer part into its bucket, and leftovers removed."""
+        self.ledger.compact(bucket_width(self.cfg.output.sources_per_shard))
         self.remove_orphans()
+
+    def compact_running(self, min_parts: int = 64) -> int:
+        """While writers commit: merge their parts into buckets once ``min_parts`` have piled up, so the
+        ledger's file count stays near two per bucket however long the run (the driver holds the lock)."""
+        return self.ledger.compact(bucket_width(self.cfg.output.sources_per_shard), min_parts=min_parts, final=False)
 
     def discard_audio(self, index: int) -> None:
         """A source that failed: remove its audio on disk (a long input's), if any is left."""

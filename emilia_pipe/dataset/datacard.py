@@ -1,8 +1,8 @@
 """``OUT/datacard.html``: one self-contained page describing a build, rewritten by every run and refilter.
 
-Everything comes from the frames :func:`emilia_pipe.dataset.publish.finalize` already holds (the judged clip table
-and the summary): histograms are ``numpy.histogram`` over whole columns, so a million clips cost one pass
-per plot, never a Python loop per clip. Plots are inline SVG drawn here (no scripts, fonts or network
+Everything comes from the summary and the buckets' shares (:func:`card_part`, stored with each bucket by
+:mod:`emilia_pipe.dataset.buckets` and added up): histogram counts over fixed bins, the kept clips per OVRL
+bin and a few rejected candidates, so the page of a 100-million-clip build never holds its clips. Plots are inline SVG drawn here (no scripts, fonts or network
 assets); the audio players point at the MP3s by paths relative to OUT."""
 from __future__ import annotations
 
@@ -52,18 +52,16 @@ def bar_chart(labels: list[str], values: list[float], unit: str, color: str = "#
     return "".join(parts) + "</svg>"
 
 
-def histogram(kept: np.ndarray, rejected: np.ndarray, title: str, bounds: tuple[float, float], bins: int = 20) -> str:
-    """Kept and rejected counts per bin, side by side (values outside ``bounds`` go to the end bins)."""
+def histogram(counts: dict, title: str, bounds: tuple[float, float], bins: int = 20) -> str:
+    """Kept and rejected counts per bin, side by side (``counts``: from :func:`_counts`, added up over buckets)."""
     width, height, pad, base = 340, 190, 34, 150
-    edges = np.linspace(bounds[0], bounds[1], bins + 1)
-    counts = [np.histogram(np.clip(v[np.isfinite(v)], *bounds), edges)[0] for v in (kept, rejected)]
-    top = max(1, max(int(c.max()) for c in counts))
+    top = max(1, max(max(c) for c in (counts["kept"], counts["rejected"])))
     step = (width - 2 * pad) / bins
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
              f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="13">{_e(title)}</text>',
              f'<line x1="{pad}" y1="{base}" x2="{width - pad}" y2="{base}" stroke="#888"/>',
              f'<text x="{pad - 4}" y="28" text-anchor="end" font-size="10">{top}</text>']
-    for k, (c, color) in enumerate(zip(counts, (KEPT, REJECTED))):
+    for k, (c, color) in enumerate(zip((counts["kept"], counts["rejected"]), (KEPT, REJECTED))):
         for i, n in enumerate(c):
             if n:
                 bar = (base - 24) * n / top
@@ -72,10 +70,16 @@ def histogram(kept: np.ndarray, rejected: np.ndarray, title: str, bounds: tuple[
     for x in (bounds[0], (bounds[0] + bounds[1]) / 2, bounds[1]):
         px = pad + (x - bounds[0]) / (bounds[1] - bounds[0]) * (width - 2 * pad)
         parts.append(f'<text x="{px:.1f}" y="{base + 14}" text-anchor="middle" font-size="10">{x:g}</text>')
-    n_k, n_r = int(np.isfinite(kept).sum()), int(np.isfinite(rejected).sum())
+    n_k, n_r = sum(counts["kept"]), sum(counts["rejected"])
     parts.append(f'<text x="{width / 2}" y="{height - 6}" text-anchor="middle" font-size="10">kept n={n_k}, '
                  f'rejected n={n_r}</text>')
     return "".join(parts) + "</svg>"
+
+
+def _counts(values: np.ndarray, bounds: tuple[float, float], bins: int = 20) -> list[int]:
+    """Finite values per bin (values outside ``bounds`` go to the end bins)."""
+    edges = np.linspace(bounds[0], bounds[1], bins + 1)
+    return [int(n) for n in np.histogram(np.clip(values[np.isfinite(values)], *bounds), edges)[0]]
 
 
 def _table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
@@ -94,35 +98,103 @@ def _column(df: pd.DataFrame, col: str) -> np.ndarray:
     return pd.to_numeric(df[col], errors="coerce").astype("float64").to_numpy()
 
 
-def _players(rows: pd.DataFrame, with_reasons: bool) -> str:
+def _players(rows: list[dict], with_reasons: bool) -> str:
     if not len(rows):
         return "<p><small>none with audio</small></p>"
     cells = []
-    for r in rows.itertuples():  # a handful of rows, never the whole table
-        src = f"{ClipId.parse(str(r.id)).language}/{r.wav}"
+    for r in rows:  # a handful of rows, never the whole table
+        src = f"{ClipId.parse(str(r['id'])).language}/{r['wav']}"
         src = f"{HELD}/{src}" if with_reasons else src  # rejected clips' audio is not published
-        note = ", ".join(r.reasons) if with_reasons else f"OVRL {r.dnsmos_ovrl:.2f}"
-        cells.append([r.id, r.language, f"{r.duration:.1f} s", note, r.text[:120] if isinstance(r.text, str) else "", src])
+        note = ", ".join(r["reasons"]) if with_reasons else f"OVRL {r['dnsmos_ovrl']:.2f}"
+        text = r["text"][:120] if isinstance(r["text"], str) else ""
+        cells.append([r["id"], r["language"], f"{r['duration']:.1f} s", note, text, src])
     head = "".join(f"<th>{h}</th>" for h in ("clip", "lang", "duration", "reasons" if with_reasons else "DNSMOS", "text", ""))
     body = "".join(f"<tr><td>{_e(a)}</td><td>{_e(b)}</td><td class='n'>{_e(c)}</td><td>{_e(d)}</td><td>{_e(t)}</td>"
                    f"<td><audio controls preload=none src=\"{_e(s)}\"></audio></td></tr>" for a, b, c, d, t, s in cells)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _samples(judged: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Kept: from best to worst OVRL, evenly spaced; rejected: a clip of each leading reason first."""
+SAMPLE_FIELDS = ("id", "language", "duration", "reasons", "text", "wav", "dnsmos_ovrl")
+OVRL_BINS = 4000  # kept clips by OVRL, to find the sample ranks without sorting the build (1/1000 MOS each)
+
+
+def _ovrl_bin(ovrl: np.ndarray) -> np.ndarray:
+    """Bin 0 holds the best OVRL: the kept samples are taken from best to worst."""
+    return np.clip(np.floor((5.0 - ovrl) * 1000.0), 0, OVRL_BINS - 1).astype(np.int64)
+
+
+def card_part(judged: pd.DataFrame) -> dict:
+    """One bucket's share of the data card: histogram counts, the kept clips per OVRL bin, and the
+    rejected clips that can be among the build's rejected samples (the first by id of each leading reason,
+    and the first ones by id)."""
+    mask = judged["kept"].to_numpy(dtype=bool) if len(judged) else np.zeros(0, bool)
+    hist = {}
+    for col, _, bounds in HISTOGRAMS:
+        values = _column(judged, col)
+        if values.size:
+            hist[col] = {"kept": _counts(values[mask], bounds), "rejected": _counts(values[~mask], bounds)}
     audible = judged[judged["wav"].notna()] if len(judged) else judged
-    kept = audible[audible["kept"]].sort_values(["dnsmos_ovrl", "id"], ascending=[False, True])
-    if len(kept) > SAMPLES:
-        kept = kept.iloc[np.linspace(0, len(kept) - 1, SAMPLES).round().astype(int)]
-    rej = audible[~audible["kept"]].sort_values("id")
-    # one clip per leading reason first, then the next ones (an empty frame's column is not a list column)
-    first = rej["reasons"].map(lambda r: r[0] if len(r) else "").duplicated() if len(rej) else rej["reasons"].astype(bool)
-    rej = pd.concat([rej[~first], rej[first]])[:SAMPLES]
+    kept = audible[audible["kept"]] if len(audible) else audible
+    bins = np.bincount(_ovrl_bin(kept["dnsmos_ovrl"].astype("float64").to_numpy()), minlength=OVRL_BINS) if len(kept) else []
+    rej = audible[~audible["kept"]].sort_values("id") if len(audible) else audible
+    if len(rej):
+        lead = rej["reasons"].map(lambda r: r[0] if len(r) else "")
+        rej = rej[~lead.duplicated() | (np.arange(len(rej)) < SAMPLES + 20)]
+    return {"histograms": hist, "kept": len(kept), "kept_bins": {int(i): int(n) for i, n in enumerate(bins) if n},
+            "rejected": [_sample(r) for r in rej.to_dict("records")]}
+
+
+def _sample(rec: dict) -> dict:
+    out = {k: rec.get(k) for k in SAMPLE_FIELDS}
+    out["text"] = out["text"][:120] if isinstance(out["text"], str) else None
+    out["reasons"] = list(out["reasons"] or [])
+    for k in ("duration", "dnsmos_ovrl"):
+        out[k] = None if out[k] is None or out[k] != out[k] else float(out[k])
+    return out
+
+
+def add_cards(parts) -> dict:
+    total: dict = {"histograms": {}, "kept": 0, "kept_bins": {}, "rejected": []}
+    for part in parts:
+        for col, c in part["histograms"].items():
+            t = total["histograms"].setdefault(col, {"kept": [0] * len(c["kept"]), "rejected": [0] * len(c["rejected"])})
+            for side in ("kept", "rejected"):
+                t[side] = [a + b for a, b in zip(t[side], c[side])]
+        total["kept"] += part["kept"]
+        for i, n in part["kept_bins"].items():
+            total["kept_bins"][int(i)] = total["kept_bins"].get(int(i), 0) + n
+        total["rejected"] += part["rejected"]
+    return total
+
+
+def samples(card: dict, kept_of) -> tuple[list[dict], list[dict]]:
+    """Kept: from best to worst OVRL, evenly spaced; rejected: a clip of each leading reason first.
+    ``kept_of(bins)`` returns the kept clips (``SAMPLE_FIELDS``) of the build whose OVRL bin is in ``bins``."""
+    n = card["kept"]
+    ranks = sorted(set(np.linspace(0, n - 1, SAMPLES).round().astype(int).tolist())) if n > SAMPLES else list(range(n))
+    order = sorted(card["kept_bins"].items())
+    where, seen, i = {}, 0, 0
+    for r in ranks:  # the bin each rank falls in, and its place there
+        while seen + order[i][1] <= r:
+            seen += order[i][1]
+            i += 1
+        where[r] = (order[i][0], r - seen)
+    rows = kept_of({b for b, _ in where.values()})
+    by_bin: dict[int, list] = {}
+    for row in rows:
+        by_bin.setdefault(int(_ovrl_bin(np.array([row["dnsmos_ovrl"]]))[0]), []).append(row)
+    for b in by_bin:
+        by_bin[b].sort(key=lambda r: (-r["dnsmos_ovrl"], r["id"]))
+    kept = [by_bin[b][k] for b, k in (where[r] for r in ranks)]
+    rej = sorted(card["rejected"], key=lambda r: r["id"])
+    lead = [r["reasons"][0] if r["reasons"] else "" for r in rej]
+    first = [lead[i] not in lead[:i] for i in range(len(rej))]
+    rej = ([r for r, f in zip(rej, first) if f] + [r for r, f in zip(rej, first) if not f])[:SAMPLES]
     return kept, rej
 
 
-def render(summary: dict, judged: pd.DataFrame, failures: pd.DataFrame) -> str:
+def render(summary: dict, card: dict, failures: pd.DataFrame, kept_of) -> str:
+    """The page, from the summary, the buckets' added-up card shares (:func:`add_cards`) and the failures."""
     h, f, c = summary["hours"], summary["files"], summary["clips"]
     funnel = [("input files, decoded", h["input"]), ("speech turns (diarization)", h["after_diarization"]),
               ("segmented clips", h["after_segmentation"]), ("after ASR language rule", h["after_asr_language"]),
@@ -146,11 +218,9 @@ def render(summary: dict, judged: pd.DataFrame, failures: pd.DataFrame) -> str:
         out.append("<p>no kept clips</p>")
     out.append("<h2 id=distributions>Distributions, kept vs rejected</h2><p class=key>"
                f"<span style='background:{KEPT}'></span>kept<span style='background:{REJECTED}'></span>rejected</p><div class=grid>")
-    mask = judged["kept"].to_numpy(dtype=bool) if len(judged) else np.zeros(0, bool)
     for col, title, bounds in HISTOGRAMS:
-        values = _column(judged, col)
-        if values.size:
-            out.append(histogram(values[mask], values[~mask], title, bounds))
+        if col in card["histograms"]:
+            out.append(histogram(card["histograms"][col], title, bounds))
     out.append("</div><h2 id=reasons>Drop reasons</h2>")
     reasons = sorted(summary["drop_reasons"].items(), key=lambda kv: (-kv[1]["count"], kv[0]))
     if reasons:
@@ -160,7 +230,7 @@ def render(summary: dict, judged: pd.DataFrame, failures: pd.DataFrame) -> str:
         out.append("<p>nothing dropped</p>")
     out.append("<h2 id=failures>Top failures</h2>")
     out.append(_failures(failures))
-    kept, rej = _samples(judged)
+    kept, rej = samples(card, kept_of)
     out += ["<h2 id=kept-samples>Kept clips</h2>", _players(kept, False),
             "<h2 id=rejected-samples>Rejected clips</h2>", _players(rej, True), "</body></html>"]
     return "\n".join(out)

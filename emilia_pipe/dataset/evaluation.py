@@ -201,20 +201,36 @@ def evaluate_diarization(sources, rttm: Path) -> dict:
 
 
 def evaluate(out: str | Path, refs: list[str | Path]) -> dict:
-    """WER/CER for each transcript list and DER for each RTTM folder/file in ``refs``."""
-    from emilia_pipe.dataset.ledger import Ledger
+    """WER/CER for each transcript list and DER for each RTTM folder/file in ``refs``. Reads from the ledger
+    only the sources the references name (and their clips), never the whole build."""
+    from emilia_pipe.dataset.ledger import Ledger, read_build_info
+    from emilia_pipe.records import ClipId
 
     ledger = Ledger(Path(out))
-    sources = ledger.sources()
+    per_shard = int(((read_build_info(out) or {}).get("config") or {}).get("output", {}).get("sources_per_shard", 100))
+    sources = ledger.sources(["path", "status"])
     sources = sources[sources["status"] == "done"]
-    clips = ledger.clips(["id", "source_index", "start", "text", "language"])
     report: dict = {"build": str(out), "asr": [], "diarization": []}
     for ref in map(Path, refs):
         if not ref.exists():
             raise FileNotFoundError(f"reference {ref} does not exist")
         if ref.is_dir() or ref.suffix == ".rttm":
-            report["diarization"].append(evaluate_diarization(sources, ref))
+            stems = set(load_rttm_folder(ref))
+            named = [i for i, p in zip(sources["index"], sources["path"]) if Path(str(p)).stem in stems]
+            rows = ledger.sources(["path", "status", "duration", "turns"], indices=named)
+            report["diarization"].append(evaluate_diarization(rows, ref))
         else:
+            paths = dict(zip(sources["path"].astype(str), sources["index"].astype(int)))
+            named = set()
+            for r in load_transcripts(ref):
+                try:
+                    cid = ClipId.parse(r["key"])
+                    named.add(cid.shard * per_shard + cid.source)
+                except ValueError:
+                    idx = _match_source(r["key"], ref.parent, paths)
+                    if idx is not None:
+                        named.add(idx)
+            clips = ledger.clips(["id", "source_index", "start", "text", "language"], indices=sorted(named))
             report["asr"].append(evaluate_transcripts(clips, sources, ref))
     return report
 

@@ -5,6 +5,8 @@ vectorised: a million clips take seconds), so changing a threshold never needs a
 clip fails is listed in ``reasons`` (not just the first)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import pandas as pd
 
@@ -24,15 +26,17 @@ def _num(df: pd.DataFrame, col: str) -> pd.Series:
     return pd.to_numeric(df[col], errors="coerce").astype("float64") if col in df else pd.Series(np.nan, index=df.index)
 
 
-def filter_frame(df: pd.DataFrame, cfg: FilterConfig) -> pd.DataFrame:
-    """Return ``df`` with ``kept`` (bool) and ``reasons`` (list of rule names) columns."""
+def filter_frame(df: pd.DataFrame, cfg: FilterConfig, bounds: Optional[dict] = None) -> pd.DataFrame:
+    """Return ``df`` with ``kept`` (bool) and ``reasons`` (list of rule names) columns. ``bounds``: the
+    build-wide quartiles of ``iqr_scope: language`` (:class:`LanguageQuartiles`), when ``df`` is one bucket
+    of the build; without them the groups are taken from ``df`` itself."""
     df = df.copy()
     flags, language_ok = _own_flags(df, cfg)
     decided = _any(flags, df.index)
     ovrl = _num(df, "dnsmos_ovrl")
     # a clip another rule rejects may never have been scored (score.skip_rejected): that is not a low score
     flags["dnsmos_low"] = (ovrl < cfg.dnsmos_min) | (ovrl.isna() & ~decided)
-    flags["sec_per_char_outlier"] = _sec_per_char_outliers(df, cfg, language_ok)
+    flags["sec_per_char_outlier"] = _sec_per_char_outliers(df, cfg, language_ok, bounds)
 
     matrix = np.column_stack([flags[r].to_numpy(dtype=bool) for r in REASONS]) if len(df) else np.zeros((0, len(REASONS)), bool)
     df["kept"] = ~matrix.any(axis=1)
@@ -79,9 +83,17 @@ def _own_flags(df: pd.DataFrame, cfg: FilterConfig) -> tuple[dict[str, pd.Series
     return flags, lang_allowed & lang_prob_ok
 
 
-def _sec_per_char_outliers(df: pd.DataFrame, cfg: FilterConfig, language_ok: pd.Series) -> pd.Series:
+def _sec_per_char_outliers(df: pd.DataFrame, cfg: FilterConfig, language_ok: pd.Series,
+                           bounds: Optional[dict] = None) -> pd.Series:
     spc = _num(df, "sec_per_char")
     outlier = pd.Series(False, index=df.index)
+    if cfg.iqr_scope == "language" and bounds is not None and len(df):
+        judged = spc.notna() & language_ok
+        lang = df["language"].astype("object")
+        q1, q3, size = (lang.map({k: v[i] for k, v in bounds.items()}).astype("float64") for i in range(3))
+        iqr = q3 - q1
+        out = judged & (size >= cfg.iqr_min_clips) & ((spc < q1 - cfg.iqr_k * iqr) | (spc > q3 + cfg.iqr_k * iqr))
+        return out.fillna(False).astype(bool)
     if cfg.iqr_scope != "none" and len(df):
         # Seconds per character against the clips of the same file (reference) / speaker / language,
         # counting only clips in an accepted language: wrong-language clips must not widen the bounds.
@@ -97,6 +109,37 @@ def _sec_per_char_outliers(df: pd.DataFrame, cfg: FilterConfig, language_ok: pd.
         out = (size >= cfg.iqr_min_clips) & ((sub["v"] < q1 - cfg.iqr_k * iqr) | (sub["v"] > q3 + cfg.iqr_k * iqr))
         outlier.loc[out.index] = out.to_numpy()
     return outlier
+
+
+class LanguageQuartiles:
+    """``iqr_scope: language`` over a whole build read bucket by bucket: the seconds per character of the
+    clips in an accepted language, gathered per language (8 bytes a clip, the one build-wide state a
+    publish keeps), then each language's quartiles as :func:`filter_frame` computes them."""
+
+    def __init__(self, cfg: FilterConfig):
+        self.cfg = cfg
+        self.langs: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+
+    def add(self, clips: pd.DataFrame) -> None:
+        if not len(clips):
+            return
+        lang = clips["language"].astype("object")
+        language_ok = lang.isin(list(self.cfg.languages)) & (_num(clips, "language_prob").fillna(0.0)
+                                                             > self.cfg.language_prob_min)
+        spc = _num(clips, "sec_per_char")
+        judged = (spc.notna() & language_ok).to_numpy()
+        self.langs.append(clips["language"].astype("object").to_numpy()[judged])
+        self.values.append(spc.to_numpy()[judged])
+
+    def bounds(self) -> dict:
+        """Language -> (q1, q3, clips)."""
+        if not self.values:
+            return {}
+        sub = pd.DataFrame({"k": pd.Categorical(np.concatenate(self.langs)), "v": np.concatenate(self.values)})
+        grouped = sub.groupby("k", observed=True, sort=False)["v"]
+        q1, q3, size = grouped.quantile(0.25), grouped.quantile(0.75), grouped.size()
+        return {str(k): (float(q1[k]), float(q3[k]), int(size[k])) for k in q1.index}
 
 
 def _guard_flags(df: pd.DataFrame, cfg: FilterConfig, dur: pd.Series, chars: pd.Series) -> dict[str, pd.Series]:

@@ -1,8 +1,9 @@
 """Publishing as one generation: the manifests, the reports and the audio moves of a finalize (end of a
 run, ``refilter``) change together, and a kill at any moment never leaves a mix of two generations.
 
-1. *Stage*: every new file is written under ``OUT/.emilia/publish/g<N>/`` with the list of kept clips
-   (``kept.parquet``) and the audio moves (``moves.parquet``: clip id -> published / held / dropped).
+1. *Stage*: every new file is written under ``OUT/.emilia/publish/g<N>/`` with the buckets it is made of
+   (``buckets.json``: :mod:`emilia_pipe.dataset.buckets`) and the audio moves (``moves.parquet``: clip id
+   -> published / held / dropped). Only the manifests of buckets that changed are staged.
    A kill here leaves the published generation as it was; the staging folder is removed next time.
 2. *Commit*: ``OUT/.emilia/publish.json`` is replaced by one naming generation N, state ``applying``,
    its manifests and the previous generation's. From here on generation N is decided.
@@ -23,7 +24,7 @@ import re
 import shutil
 import stat
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,6 +45,7 @@ from emilia_pipe.runtime.files import fsync_dir, write_atomic
 STATE_FILE = "publish.json"
 LEGACY_LIST = "manifests.json"  # builds of format 2 listed their manifests here
 PUBLISHED, HELD, DROPPED = "published", "held", "dropped"
+_MOVES = pa.schema([("id", pa.string()), ("to", pa.string())])
 _GEN_DIR = re.compile(r"g(\d{6,})")
 
 
@@ -54,10 +56,28 @@ class PublishStateError(DamagedStateError):
 class Generation:
     """The published generation as ``publish.json`` says (checked names only)."""
 
-    def __init__(self, number: int, manifests: list[str], state: str, kept: Optional[set[str]],
-                 previous: list[str], files: list[str]):
-        self.number, self.manifests, self.state, self.kept = number, manifests, state, kept
-        self.previous, self.files = previous, files
+    def __init__(self, number: int, manifests: list[str], state: str, previous: list[str], files: list[str],
+                 folder: Optional[Path] = None):
+        self.number, self.manifests, self.state = number, manifests, state
+        self.previous, self.files, self.folder = previous, files, folder
+
+    def buckets(self) -> Optional[dict[str, str]]:
+        """The stored buckets this generation is made of (first source, zero-padded -> folder name), None
+        for a generation made before buckets."""
+        path = self.folder / "buckets.json" if self.folder is not None and self.state == "done" else None
+        if path is None or not path.is_file():
+            return None
+        data = _read_json(path)
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise PublishStateError(f"{path} is damaged (not a list of buckets); run `emilia-pipe repair`")
+        return data
+
+    def legacy_kept(self) -> Optional[set[str]]:
+        """The kept clips of a generation made before buckets (one list for the build), if known."""
+        path = self.folder / "kept.parquet" if self.folder is not None and self.state == "done" else None
+        if path is None or not path.is_file():
+            return None
+        return set(pq.read_table(path, columns=["id"]).column("id").to_pylist())
 
     @property
     def unfinished(self) -> bool:
@@ -79,17 +99,13 @@ def current(out: str | Path) -> Generation:
     if not path.exists():
         legacy = out / STATE_DIR / LEGACY_LIST
         names = _read_json(legacy) if legacy.exists() else []
-        return Generation(0, _manifests(names, legacy), "done", None, [], [])
+        return Generation(0, _manifests(names, legacy), "done", [], [])
     data = _read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("generation"), int):
         raise PublishStateError(f"{path} is damaged (not a publish record); run `emilia-pipe repair {out}`")
-    kept = None
-    kept_file = gen_dir(out, data["generation"]) / "kept.parquet"
-    if data.get("state") == "done" and kept_file.exists():
-        kept = set(pq.read_table(kept_file, columns=["id"]).column("id").to_pylist())
     files = [check_top_file(f) for f in data.get("files", [])]
-    return Generation(data["generation"], _manifests(data.get("manifests", []), path), str(data.get("state")), kept,
-                      _manifests(data.get("previous", []), path), files)
+    return Generation(data["generation"], _manifests(data.get("manifests", []), path), str(data.get("state")),
+                      _manifests(data.get("previous", []), path), files, gen_dir(out, data["generation"]))
 
 
 def _read_json(path: Path):
@@ -124,11 +140,14 @@ class Stager:
                 shutil.rmtree(d)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifests: list[str] = []
+        self.staged: list[str] = []  # the manifests written here (the others stay as they are)
         self.files: list[str] = []
+        self._moves: Optional[pq.ParquetWriter] = None
 
     def manifest(self, name: str, text: str) -> None:
         self._stage(check_manifest_name(name), text)
         self.manifests.append(name)
+        self.staged.append(name)
         failpoints.hit("manifest")
 
     def file(self, name: str, text: str) -> None:
@@ -138,18 +157,43 @@ class Stager:
     def _stage(self, name: str, text: str) -> None:
         write_atomic(self.dir / name, text, tmp_dir=self.dir, sync_dir=False)
 
-    def audio(self, kept: Iterable[str], moves: dict[str, str]) -> None:
-        pq.write_table(pa.table({"id": pa.array(sorted(kept), pa.string())}), self.dir / "kept.parquet")
-        ids = sorted(moves)
-        pq.write_table(pa.table({"id": pa.array(ids, pa.string()), "to": pa.array([moves[i] for i in ids], pa.string())}),
-                       self.dir / "moves.parquet")
+    def joined(self, name: str, pieces: Iterable[Path]) -> None:
+        """A report made of stored pieces, copied one after another (never whole in memory)."""
+        check_top_file(name)
+        tmp = self.dir / f".{name}.tmp"
+        with open(tmp, "wb") as dst:
+            for piece in pieces:
+                with open(piece, "rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, self.dir / name)
+        self.files.append(name)
+
+    def moves(self, ids: list[str], places: list[str]) -> None:
+        """Audio moves of one bucket (clip ids in order), added to ``moves.parquet``."""
+        if self._moves is None:
+            self._moves = pq.ParquetWriter(self.dir / "moves.parquet", _MOVES)
+        if ids:
+            self._moves.write_table(pa.table({"id": pa.array(ids, pa.string()), "to": pa.array(places, pa.string())},
+                                             schema=_MOVES))
+
+    def keep_manifests(self, names: Iterable[str]) -> None:
+        """Every manifest of the generation: those staged and those of buckets it keeps as they are."""
+        self.manifests = sorted({check_manifest_name(n) for n in names} | set(self.manifests))
+
+    def buckets(self, folders: dict[str, str]) -> None:
+        write_atomic(self.dir / "buckets.json", json.dumps(folders, indent=0, sort_keys=True), tmp_dir=self.dir,
+                     sync_dir=False)
 
     def commit(self, previous: Generation) -> None:
         """Make the staged generation durable, name it in ``publish.json``, then apply it."""
-        for name in ("kept.parquet", "moves.parquet"):  # the staged texts were fsynced as they were written
-            with open(self.dir / name, "rb+") as fh:
-                os.fsync(fh.fileno())
-        for folder in sorted({self.dir, *((self.dir / m).parent for m in self.manifests)}):
+        if self._moves is None:
+            self.moves([], [])
+        self._moves.close()
+        with open(self.dir / "moves.parquet", "rb+") as fh:  # the staged texts were fsynced as they were written
+            os.fsync(fh.fileno())
+        for folder in sorted({self.dir, *((self.dir / m).parent for m in self.staged)}):
             fsync_dir(folder)
         fsync_dir(self.dir.parent)
         record = {"generation": self.number, "state": "applying", "manifests": sorted(self.manifests),
@@ -167,9 +211,11 @@ def apply(out: str | Path) -> None:
         return
     _CHECKED.clear()
     staged, held = gen_dir(out, gen.number), held_root(out)
-    moves = _moves(staged / "moves.parquet")
+    moves = staged / "moves.parquet"
+    for _ in _moves(moves):  # every name is checked before anything moves
+        pass
     touched: set[Path] = set()
-    for cid, to in moves:  # 1. kept clips' audio into the published tree: every listed clip has its MP3
+    for cid, to in _moves(moves):  # 1. kept clips' audio into the published tree: every listed clip has its MP3
         if to == PUBLISHED:
             _move(held, out, clip_audio(cid), touched)
     for name in gen.manifests:  # 2. the manifests
@@ -178,7 +224,7 @@ def apply(out: str | Path) -> None:
         _safe_dir(out, name)
         (out / name).unlink(missing_ok=True)
         touched.add((out / name).parent)
-    for cid, to in moves:  # 4. other audio out of the published tree
+    for cid, to in _moves(moves):  # 4. other audio out of the published tree
         rel = clip_audio(cid)
         if to == HELD:
             _move(out, held, rel, touched)
@@ -204,20 +250,20 @@ def apply(out: str | Path) -> None:
             shutil.rmtree(d)
 
 
-def _moves(path: Path) -> list[tuple[str, str]]:
+def _moves(path: Path) -> Iterator[tuple[str, str]]:
+    """The moves, a batch at a time (a first publish moves every clip of the build), each checked."""
     if not path.exists():
-        return []
-    t = pq.read_table(path)
-    rows = list(zip(t.column("id").to_pylist(), t.column("to").to_pylist()))
-    try:
-        for cid, to in rows:  # checked before anything moves
-            clip_audio(cid)
-            if to not in (PUBLISHED, HELD, DROPPED):
-                raise UnsafePathError(f"not a move of this build: {str(to)[:100]!r}")
-    except UnsafePathError as exc:
-        raise PublishStateError(f"{path} names a file that is not this build's ({exc}): nothing was moved; "
-                                f"run `emilia-pipe repair {path.parents[3]}`") from None
-    return rows
+        return
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=65536, columns=["id", "to"]):
+        for cid, to in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            try:
+                clip_audio(cid)
+                if to not in (PUBLISHED, HELD, DROPPED):
+                    raise UnsafePathError(f"not a move of this build: {str(to)[:100]!r}")
+            except UnsafePathError as exc:
+                raise PublishStateError(f"{path} names a file that is not this build's ({exc}): nothing was moved; "
+                                        f"run `emilia-pipe repair {path.parents[3]}`") from None
+            yield cid, to
 
 
 _CHECKED: set[Path] = set()  # folders already found to be real folders (a publish touches each many times)

@@ -15,16 +15,25 @@
   between the two loses nothing: the sources are simply not done and are redone on resume.
   ``failures-<part>.parquet`` records files that failed, per run. Rows are deduplicated by index on
   read, so a source committed twice (a redo after a crash, a compaction interrupted halfway) counts once.
+- Buckets: while a run goes on (every 64 writer parts) and at its end, the writers' parts are merged into
+  ``bclips-<first>-<last>-<seq>-<id>.parquet`` and ``bsources-...`` pairs, one pair per bucket of about
+  ``BUCKET_SOURCES`` sources (whole shards, :func:`bucket_width`); each row keeps the writer part that
+  committed it (``origin``). So the ledger holds about two files per thousand sources, whatever the number
+  of commits; the done sources are read from the sources parts alone (a few columns of one row per
+  source: a sources row counts when its clips part is there); and every pass over a build reads it one
+  bucket at a time (``indices=range(...)``), never whole.
 - ``tmp/``: temporary files on the same filesystem as the output; emptied when a run starts.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import secrets
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Collection, Iterable, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
@@ -92,6 +101,19 @@ PLAN_SCHEMA = pa.schema([
 WITHDRAWN_SCHEMA = pa.schema([
     ("index", pa.int64()), ("reason", pa.string()), ("run", pa.int64()), ("time", pa.float64()),
 ])
+# a bucket's sources part keeps, per row, the writer part that committed it (exactly-once checks read it)
+BUCKET_SOURCE_SCHEMA = SOURCE_SCHEMA.append(pa.field("origin", pa.string()))
+_BUCKET_PART = re.compile(r"b(clips|sources)-(\d{10})-(\d{10})-(\d{6})-[0-9a-f]+\.parquet")
+_PARTNER = {"clips": "sources", "sources": "clips", "bclips": "bsources", "bsources": "bclips"}
+BUCKET_SOURCES = 1000  # sources per ledger bucket (whole shards): the unit every pass over a build reads
+
+
+def bucket_width(sources_per_shard: int) -> int:
+    """Sources per bucket: whole shards, about BUCKET_SOURCES sources (a shard's manifests come from one
+    bucket)."""
+    return sources_per_shard * max(1, -(-BUCKET_SOURCES // sources_per_shard))
+
+
 SOURCE_JSON_COLUMNS = ("turns", "dropped_segments", "timings", "decode_errors", "speech_yield")
 
 
@@ -175,13 +197,32 @@ class Ledger:
     # reading: every reader lists the parts, then reads them; a part that a compaction removed in between
     # (it wrote the merged part first) makes the reader list again, so it reads one consistent snapshot
     def _parts(self, kind: str) -> list[Path]:
+        """Parts writers committed (``clips``, ``sources``, ``plan``...), oldest first."""
         if not self.dir.is_dir():
             return []
         return sorted(p for p in self.dir.glob(f"{kind}-*.parquet"))
 
+    def _bucket_parts(self, kind: str, lo: Optional[int] = None) -> list[Path]:
+        """Compacted parts (``clips`` or ``sources``) of every bucket, or of the bucket starting at ``lo``, in
+        bucket then merge order."""
+        if not self.dir.is_dir():
+            return []
+        pattern = f"b{kind}-{lo:010d}-*.parquet" if lo is not None else f"b{kind}-*.parquet"
+        return sorted(p for p in self.dir.glob(pattern) if _BUCKET_PART.fullmatch(p.name))
+
+    def source_parts(self) -> list[Path]:
+        """Every sources part in the order its rows take effect: buckets, then writers' newer parts."""
+        return self._bucket_parts("sources") + self._parts("sources")
+
     @staticmethod
     def _part_id(path: Path) -> str:
         return path.stem.split("-", 1)[1]
+
+    @staticmethod
+    def partner(path: Path) -> Path:
+        """The clips part of a sources part, and the other way round."""
+        kind, pid = path.stem.split("-", 1)
+        return path.with_name(f"{_PARTNER[kind]}-{pid}.parquet")
 
     def _read(self, paths: list[Path], schema: pa.Schema, columns: Optional[list[str]]) -> pa.Table:
         if not paths:
@@ -204,6 +245,15 @@ class Ledger:
                 "aside and the sources it held are done again by the next run") from None
         return t.select(columns) if columns else t
 
+    def _paired(self, sources_part: Path) -> bool:
+        """Whether a sources part's clips part is there. Compaction removes a sources part before its clips
+        part, so a clips part missing beside a sources part that is still there is real damage."""
+        if self.partner(sources_part).exists():
+            return True
+        if not sources_part.exists():
+            raise _PartGone(sources_part)
+        return False
+
     def _snapshot(self, read):
         for _ in range(20):
             try:
@@ -215,36 +265,49 @@ class Ledger:
     def plan(self, columns: Optional[list[str]] = None):
         return self._snapshot(lambda: self._read(self._parts("plan"), PLAN_SCHEMA, columns).to_pandas())
 
-    def sources(self, columns: Optional[list[str]] = None):
+    def sources(self, columns: Optional[list[str]] = None, indices: Optional[Collection[int]] = None):
         """Committed sources (status ``done``, ``duplicate`` or ``skipped``), one row per index, in index order
-        (with the ``index`` column whatever ``columns`` asks for). A source whose clips are not all in the
-        ledger (its clips part is gone) is not committed: it is pending again."""
-        return self._snapshot(lambda: self._sources(columns)[0])
+        (with the ``index`` column whatever ``columns`` asks for); only those in ``indices`` when given (a
+        ``range`` reads only the buckets it spans). A source whose clips part is gone is not committed: it
+        is pending again. Reads the sources parts only (a few columns of one row per source)."""
+        return self._snapshot(lambda: self._sources(columns, indices)[0])
 
     def incomplete(self) -> list[int]:
         """Sources whose sources row is committed but whose clips part is missing (set aside, deleted)."""
         return self._snapshot(lambda: self._sources(["index"])[1])
 
-    def _sources(self, columns: Optional[list[str]]):
+    def _sources(self, columns: Optional[list[str]], indices: Optional[Collection[int]] = None):
         cols = None if columns is None else list(dict.fromkeys(["index", "status", "clips", *columns]))
-        df = self._read(self._parts("sources"), SOURCE_SCHEMA, cols).to_pandas()
+        tables = []
+        for part in _spanning(self.source_parts(), indices):
+            t = _only(self._read_part(part, SOURCE_SCHEMA, cols), "index", indices)
+            tables.append(t.append_column("_paired", pa.array(np.full(t.num_rows, self._paired(part)))))
+        schema = (SOURCE_SCHEMA if cols is None else pa.schema([SOURCE_SCHEMA.field(c) for c in cols]))
+        df = (pa.concat_tables(tables) if tables else schema.append(pa.field("_paired", pa.bool_())).empty_table()).to_pandas()
         df = df.drop_duplicates("index", keep="last")
-        have = self._clips(["source_index", "clip_index"])["source_index"].value_counts()
-        want = df["clips"].fillna(0).astype("int64")
-        short = (df["status"] == "done") & (want > df["index"].map(have).fillna(0).astype("int64"))
+        short = (df["status"] == "done") & (df["clips"].fillna(0).astype("int64") > 0) & ~df["_paired"].astype(bool)
         missing = sorted(df.loc[short, "index"].astype(int).tolist())
-        df = df[~short].sort_values("index", kind="stable").reset_index(drop=True)
+        df = df[~short].drop(columns="_paired").sort_values("index", kind="stable").reset_index(drop=True)
         return (df if columns is None else df[list(dict.fromkeys(["index", *columns]))]), missing
 
-    def clips(self, columns: Optional[list[str]] = None):
-        """Clips of committed parts only (orphan parts of a crash are ignored), one row per clip."""
-        return self._snapshot(lambda: self._clips(columns))
+    def clips(self, columns: Optional[list[str]] = None, indices: Optional[Collection[int]] = None):
+        """Clips of committed parts only (orphan parts of a crash are ignored), one row per clip; only the
+        clips of the sources in ``indices`` when given (a ``range`` reads only the buckets it spans)."""
+        return self._snapshot(lambda: self._clips(columns, indices))
 
-    def _clips(self, columns: Optional[list[str]]):
-        committed = {self._part_id(p) for p in self._parts("sources")}
-        parts = [p for p in self._parts("clips") if self._part_id(p) in committed]
+    def _clips(self, columns: Optional[list[str]], indices: Optional[Collection[int]] = None):
+        parts = [self.partner(p) for p in _spanning(self.source_parts(), indices)]
         cols = None if columns is None else list(dict.fromkeys(["source_index", "clip_index", *columns]))
-        df = self._read(parts, clip_schema(), cols).to_pandas()
+        tables = []
+        for p in parts:
+            try:
+                tables.append(_only(self._read_part(p, clip_schema(), cols), "source_index", indices))
+            except _PartGone:
+                if not self.partner(p).exists():
+                    raise  # compacted away meanwhile: read again
+                continue  # a sources part without clips (none, or set aside): no clips to read
+        schema = clip_schema() if cols is None else pa.schema([clip_schema().field(c) for c in cols])
+        df = (pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas()
         df = df.drop_duplicates(["source_index", "clip_index"], keep="last")
         return df.sort_values(["source_index", "clip_index"], kind="stable").reset_index(drop=True)
 
@@ -262,16 +325,26 @@ class Ledger:
         return set(self.sources(["index"])["index"].tolist())
 
     def committed_by(self, prefix: str) -> set[int]:
-        """Indices in the sources parts whose names start with ``prefix`` (one writer life's commits)."""
-        parts = [p for p in self._parts("sources") if self._part_id(p).startswith(prefix)]
-        return set(self._snapshot(lambda: self._read(parts, SOURCE_SCHEMA, ["index"])).column("index").to_pylist())
+        """Indices committed by the writer parts whose names start with ``prefix`` (one writer life's
+        commits), whether still in their own parts or already merged into a bucket (which keeps each row's
+        ``origin``)."""
+        def read():
+            parts = [p for p in self._parts("sources") if self._part_id(p).startswith(prefix)]
+            found = set(self._read(parts, SOURCE_SCHEMA, ["index"]).column("index").to_pylist())
+            for p in self._bucket_parts("sources"):
+                t = self._read_part(p, BUCKET_SOURCE_SCHEMA, ["index", "origin"])
+                hit = pa.compute.starts_with(t.column("origin").fill_null(""), prefix)
+                found.update(t.column("index").filter(hit).to_pylist())
+            return found
+        return self._snapshot(read)
 
     def damaged_parts(self) -> list[Path]:
         """Every part that cannot be read (for ``repair``)."""
         bad = []
         for kind, schema in (("plan", PLAN_SCHEMA), ("sources", SOURCE_SCHEMA), ("clips", clip_schema()),
                              ("failures", FAILURE_SCHEMA), ("withdrawn", WITHDRAWN_SCHEMA)):
-            for p in self._parts(kind):
+            parts = self._parts(kind) + (self._bucket_parts(kind) if kind in ("sources", "clips") else [])
+            for p in parts:
                 try:
                     self._read_part(p, schema, None)
                 except DamagedStateError:
@@ -281,34 +354,150 @@ class Ledger:
         return bad
 
     def orphan_parts(self) -> list[Path]:
-        """Clips parts whose sources part never landed (a crash between the two writes)."""
-        committed = {self._part_id(p) for p in self._parts("sources")}
-        return [p for p in self._parts("clips") if self._part_id(p) not in committed]
+        """Clips parts whose sources part never landed (a crash between the two writes, or in a merge)."""
+        return [p for p in self._parts("clips") + self._bucket_parts("clips") if not self.partner(p).exists()]
 
-    def compact(self, run: int, min_parts: int = 8) -> None:
-        """Merge many small parts into one per kind (new part first, then the old ones go: a crash in
-        between leaves duplicate rows, which reading deduplicates)."""
-        for p in self.orphan_parts():
-            p.unlink(missing_ok=True)
-        old_sources = self._parts("sources")
-        if len(old_sources) >= min_parts:
-            part = part_name(run, "c")
-            clips, sources = self.clips(), self.sources()
-            old_clips = self._parts("clips")
-            write_table_atomic(self.dir / f"clips-{part}.parquet",
-                               pa.Table.from_pandas(clips, schema=clip_schema(), preserve_index=False), self.tmp,
-                               exclusive=True)
-            write_table_atomic(self.dir / f"sources-{part}.parquet",
-                               pa.Table.from_pandas(sources, schema=SOURCE_SCHEMA, preserve_index=False), self.tmp,
-                               exclusive=True)
-            for p in old_sources + old_clips:  # sources parts first: their clips stop counting with them
+    def file_count(self) -> int:
+        return sum(1 for _ in self.dir.iterdir()) if self.dir.is_dir() else 0
+
+    # --- compaction ------------------------------------------------------------------------------
+    def compact(self, width: int, min_parts: int = 1, final: bool = True, group_rows: int = 500_000) -> int:
+        """Merge the writers' parts into their buckets (``width`` sources each, :func:`bucket_width`): each
+        bucket touched is rewritten as one clips part and one sources part, so the ledger holds about two
+        files per bucket whatever the number of commits, and every pass can read a build bucket by bucket.
+        Runs under the build's lock (one compaction at a time), also while writers commit: it takes only the
+        parts committed when it starts. New parts are written before old ones go (a crash in between
+        leaves duplicate rows, which reading deduplicates). ``final`` (no writer is running): clips parts
+        with no sources part (a crash between a writer's two writes) are removed too. Returns the number of
+        writer parts merged."""
+        if final:
+            for p in self.orphan_parts():
                 p.unlink(missing_ok=True)
+        fresh = self._parts("sources")
+        merged = 0
+        if fresh and len(fresh) >= min_parts:
+            group: list[Path] = []
+            rows = 0
+            for part in fresh:  # a bounded number of clip rows in memory at a time
+                group.append(part)
+                rows += _row_count(self.partner(part))
+                if rows >= group_rows:
+                    self._merge(group, width)
+                    group, rows = [], 0
+            if group:
+                self._merge(group, width)
+            merged = len(fresh)
         old_failures = self._parts("failures")
-        if len(old_failures) >= min_parts:
+        if len(old_failures) >= 8:
             table = self._read(old_failures, FAILURE_SCHEMA, None)
-            write_table_atomic(self.dir / f"failures-{part_name(run, 'c')}.parquet", table, self.tmp, exclusive=True)
+            write_table_atomic(self.dir / f"failures-{part_name(0, 'c')}.parquet", table, self.tmp, exclusive=True)
             for p in old_failures:
                 p.unlink(missing_ok=True)
+        return merged
+
+    def _merge(self, fresh: list[Path], width: int) -> None:
+        sources, clips = self._tagged(fresh, origin_from_name=True)
+        bucket_of = pa.compute.divide(sources.column("index"), width) if sources.num_rows else None
+        for b in sorted(set(bucket_of.to_pylist())) if bucket_of is not None else []:
+            lo, hi = b * width, b * width + width - 1
+            old = self._bucket_parts("sources", lo)
+            old_sources, old_clips = self._tagged(old, origin_from_name=False)
+            s = pa.concat_tables([old_sources, sources.filter(pa.compute.equal(bucket_of, b))])
+            c = pa.concat_tables([old_clips, _only(clips, "source_index", range(lo, hi + 1))])
+            s, c = _winners(s, c)
+            seq = 1 + max([int(p.name.split("-")[3]) for p in old] or [0])
+            name = f"{lo:010d}-{hi:010d}-{seq:06d}-{secrets.token_hex(6)}"
+            if c.num_rows:
+                write_table_atomic(self.dir / f"bclips-{name}.parquet", c.select(clip_schema().names), self.tmp,
+                                   exclusive=True)
+            write_table_atomic(self.dir / f"bsources-{name}.parquet", s.select(BUCKET_SOURCE_SCHEMA.names),
+                               self.tmp, exclusive=True)
+            for p in old:  # sources parts first: their clips stop counting with them
+                p.unlink(missing_ok=True)
+            for p in old:
+                self.partner(p).unlink(missing_ok=True)
+        for p in fresh:
+            p.unlink(missing_ok=True)
+        for p in fresh:
+            self.partner(p).unlink(missing_ok=True)
+
+    def _tagged(self, parts: list[Path], origin_from_name: bool) -> tuple[pa.Table, pa.Table]:
+        """Sources rows (with ``origin``, the writer part that committed them, ``_part`` and ``_paired``)
+        and clips rows (with ``_part``) of the given sources parts and their clips parts."""
+        schema = SOURCE_SCHEMA if origin_from_name else BUCKET_SOURCE_SCHEMA
+        s_tables, c_tables = [], []
+        for part in parts:
+            pid = self._part_id(part)
+            t = self._read_part(part, schema, None)
+            if origin_from_name:
+                t = t.append_column("origin", pa.array([pid] * t.num_rows, pa.string()))
+            paired = self.partner(part).exists()
+            t = t.append_column("_part", pa.array([pid] * t.num_rows, pa.string()))
+            s_tables.append(t.append_column("_paired", pa.array(np.full(t.num_rows, paired))))
+            if paired:
+                c = self._read_part(self.partner(part), clip_schema(), None)
+                c_tables.append(c.append_column("_part", pa.array([pid] * c.num_rows, pa.string())))
+        s_schema = BUCKET_SOURCE_SCHEMA.append(pa.field("_part", pa.string())).append(pa.field("_paired", pa.bool_()))
+        c_schema = clip_schema().append(pa.field("_part", pa.string()))
+        return (pa.concat_tables(s_tables) if s_tables else s_schema.empty_table(),
+                pa.concat_tables(c_tables) if c_tables else c_schema.empty_table())
+
+
+def _winners(sources: pa.Table, clips: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """The last row of each source (a sources row whose clips part is gone is left out: the source is
+    pending again), in index order, and exactly the clips committed with it."""
+    df = sources.select(["index", "status", "clips", "_part", "_paired"]).to_pandas()
+    df["_row"] = np.arange(len(df))
+    lost = (df["status"] == "done") & (df["clips"].fillna(0) > 0) & ~df["_paired"].astype(bool)
+    df = df[~lost].drop_duplicates("index", keep="last").sort_values("index")
+    sources = sources.take(pa.array(df["_row"].to_numpy()))
+    part_of = dict(zip(df["index"].tolist(), df["_part"].tolist()))
+    if clips.num_rows:
+        want = pd_map(clips.column("source_index").to_numpy(), part_of)
+        keep = np.asarray(clips.column("_part").to_pylist(), dtype=object) == want
+        clips = clips.filter(pa.array(keep)).sort_by([("source_index", "ascending"), ("clip_index", "ascending")])
+    return sources, clips
+
+
+def pd_map(keys: np.ndarray, mapping: dict) -> np.ndarray:
+    import pandas as pd
+
+    return pd.Series(keys).map(mapping).to_numpy(dtype=object)
+
+
+def _row_count(path: Path) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (FileNotFoundError, OSError, pa.ArrowException):
+        return 0
+
+
+def _spanning(parts: list[Path], indices: Optional[Collection[int]]) -> list[Path]:
+    """The parts that may hold ``indices``: a bucket part only where its span meets theirs."""
+    if indices is None:
+        return parts
+    if not isinstance(indices, range):
+        indices = sorted(indices)
+    if not len(indices):
+        return []
+    lo, hi = indices[0], indices[-1]
+    out = []
+    for p in parts:
+        m = _BUCKET_PART.fullmatch(p.name)
+        if m is None or (int(m[2]) <= hi and int(m[3]) >= lo):
+            out.append(p)
+    return out
+
+
+def _only(table: pa.Table, column: str, indices: Optional[Collection[int]]) -> pa.Table:
+    if indices is None:
+        return table
+    col = table.column(column)
+    if isinstance(indices, range):
+        mask = pa.compute.and_(pa.compute.greater_equal(col, indices.start), pa.compute.less(col, indices.stop))
+    else:
+        mask = pa.compute.is_in(col, value_set=pa.array(sorted(indices), pa.int64()))
+    return table.filter(mask)
 
 
 class _PartGone(Exception):

@@ -24,72 +24,31 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import pandas as pd
 
 from emilia_pipe.config import PipelineConfig
+from emilia_pipe.dataset.buckets import PIECES, Bucket, aggregate, judge, kept_ids, store, stored, stored_folder, sweep
+from emilia_pipe.dataset.datacard import add_cards
 from emilia_pipe.dataset.datacard import render as render_datacard
-from emilia_pipe.dataset.generation import DROPPED, HELD, PUBLISHED, Stager, apply, current
-from emilia_pipe.dataset.layout import manifest_name
-from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger, json_column_default
+from emilia_pipe.dataset.filtering import LanguageQuartiles
+from emilia_pipe.dataset.generation import HELD, Stager, apply, current
+from emilia_pipe.dataset.ledger import Ledger, bucket_width
 from emilia_pipe.dataset.planning import missing_report
-from emilia_pipe.dataset.summary import build_summary
+from emilia_pipe.dataset.summary import add_parts, build_summary
 from emilia_pipe.records import ClipId
-
-MANIFEST_COLUMNS = [  # (output key, clip-table column)
-    ("id", "id"), ("wav", "wav"), ("text", "text"), ("duration", "duration"), ("speaker", "speaker_id"),
-    ("language", "language"), ("dnsmos", "dnsmos_ovrl"), ("start", "start"), ("end", "end"),
-    ("source", "path"), ("source_sha256", "sha256"), ("language_prob", "language_prob"),
-    ("dnsmos_sig", "dnsmos_sig"), ("dnsmos_bak", "dnsmos_bak"), ("dnsmos_ovrl", "dnsmos_ovrl"),
-    ("chars", "chars"), ("sec_per_char", "sec_per_char"), ("avg_logprob", "avg_logprob"),
-    ("no_speech_prob", "no_speech_prob"), ("compression_ratio", "compression_ratio"), ("separated", "separated"),
-    ("speech_prob", "speech_prob"), ("repeat_ngram_frac", "repeat_ngram_frac"), ("overlap_frac", "overlap_frac"),
-]
-
-
-def _column_values(series) -> list:
-    """Plain Python values with None for missing (NaN / NA), for json.dumps."""
-    values = series.astype(object).where(series.notna(), None).tolist()
-    return [v.item() if isinstance(v, np.generic) else v for v in values]
-
-
-def _jsonl(rows_by_column: dict[str, list], extra: Optional[dict[str, list]] = None) -> str:
-    keys = list(rows_by_column)
-    cols = [rows_by_column[k] for k in keys]
-    if extra:
-        keys += list(extra)
-        cols += [extra[k] for k in extra]
-    return "".join(json.dumps(dict(zip(keys, vals)), ensure_ascii=False) + "\n" for vals in zip(*cols))
-
-
-def _manifest_rows(frame, words: bool = False) -> dict[str, list]:
-    rows = {key: _column_values(frame[col]) for key, col in MANIFEST_COLUMNS}
-    if words:  # only when asked for: default manifests keep their exact form
-        rows["words"] = [_plain_words(v) for v in frame["words"].tolist()]
-    return rows
-
-
-def _plain_words(value) -> Optional[list]:
-    """A Parquet list of word structs (read back as an array of dicts) as a JSON list."""
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    return [{"word": w["word"], "start": float(w["start"]), "end": float(w["end"])} for w in value]
-
-
-AUDIO_NOT_KEPT = "audio_not_kept"  # kept by the filters, but its audio was not kept when it was written
-
 
 def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, Any] | None = None) -> dict:
     """(Re)write every manifest, report and the summary from the ledger, and move the clips' audio where
-    their verdicts say, all as one generation (:mod:`emilia_pipe.dataset.generation`). The caller holds
-    the build lock."""
-    import pandas as pd
-
-    from emilia_pipe.dataset.filtering import filter_frame
-
+    their verdicts say, all as one generation (:mod:`emilia_pipe.dataset.generation`). Reads the build a
+    bucket at a time (:mod:`emilia_pipe.dataset.buckets`) and judges again only the buckets that changed
+    since the last publish. The caller holds the build lock."""
     out = Path(out_dir)
     ledger = Ledger(out)
     apply(out)  # a publish a kill interrupted is completed first
+    width = bucket_width(config.output.sources_per_shard)
+    ledger.compact(width)  # every writer part into its bucket: each bucket is then read from one pair of parts
     previous = current(out)
-    sources = ledger.sources()
+    sources = ledger.sources(["status", "sha256", "path", "note", "separated"])
     withdrawn = ledger.withdrawn()  # inputs changed or dropped: their clips leave the release
     gone_sources = sources["index"].isin(list(withdrawn))
     sources, withdrawn_sources = sources[~gone_sources], sources[gone_sources]
@@ -99,57 +58,54 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     dup = done["sha256"].duplicated(keep="first")
     skipped = pd.concat([sources[sources["status"].isin(["duplicate", "skipped"])], done[dup]])
     skipped = skipped.sort_values("index", kind="stable")  # whichever copy finished first
-    if len(skipped):
-        first_by_sha = done[~dup].set_index("sha256")["index"]
-        skipped = skipped.assign(duplicate_of=skipped["sha256"].map(first_by_sha).astype("Int64"))
-    published = done[~dup]
+    first_by_sha = done[~dup].set_index("sha256")["index"]
+    published = done[~dup][["index", "path", "sha256", "separated"]]
+    dropped = np.sort(np.concatenate([skipped["index"].to_numpy(), withdrawn_sources["index"].to_numpy()]))
 
-    all_clips = ledger.clips()
-    # duplicates found only after both were written, and withdrawn sources: their audio goes
-    dropped = all_clips[all_clips["source_index"].isin([*skipped["index"], *withdrawn_sources["index"]])
-                        & all_clips["id"].notna() & all_clips["wav"].notna()]["id"]
-    clips = all_clips[all_clips["source_index"].isin(published["index"])]
-    meta = published.set_index("index")[["path", "sha256", "separated"]]
-    clips = clips.join(meta, on="source_index")
-    judged = filter_frame(clips, config.filter)
-    # a clip the filters keep now but whose MP3 was never written (output.keep_rejected_audio=false and
-    # rejected when it was written, e.g. before a refilter) cannot be published: say so instead
-    no_audio = judged["kept"] & judged["wav"].isna()
-    if no_audio.any():
-        judged.loc[no_audio, "kept"] = False
-        judged.loc[no_audio, "reasons"] = pd.Series([[AUDIO_NOT_KEPT]] * int(no_audio.sum()),
-                                                    index=judged.index[no_audio])
-    kept = judged[judged["kept"]].copy()
-    rejected = judged[~judged["kept"]]
+    bounds = None
+    if config.filter.iqr_scope == "language":  # quartiles over the whole build: one pass over every bucket first
+        quartiles = LanguageQuartiles(config.filter)
+        for lo in _buckets(published["index"], width):
+            span = range(lo, lo + width)
+            quartiles.add(ledger.clips(["language", "language_prob", "sec_per_char"],
+                                       indices=_within(published["index"], span).tolist()))
+        bounds = quartiles.bounds()
+    settings = {"filter": config.filter.model_dump(mode="json"), "words": config.transcribe.word_timestamps,
+                "bounds": bounds}
+
     stager = Stager(out, previous.number + 1)
+    was_buckets = previous.buckets() or {}
+    legacy_kept = previous.legacy_kept() if not was_buckets else None
+    folders: dict[str, str] = {}
+    judged_again = 0
+    part_names = [p.name for p in ledger.source_parts()]
+    for lo in _buckets(np.concatenate([published["index"].to_numpy(), dropped]), width):
+        span = range(lo, lo + width)
+        rows = published[published["index"].between(span.start, span.stop - 1)]
+        bucket = Bucket(lo, lo + width - 1, rows, _within(dropped, span).tolist())
+        digest = bucket.digest(part_names, settings)
+        key = f"{lo:010d}"
+        folder = stored(out, lo, digest)
+        if folder is None or was_buckets.get(key) != folder.name:
+            # what this bucket had published: its stored kept list; nothing for a new bucket; for a build
+            # published before buckets its one kept list, or None (unknown): every clip's audio is moved
+            old = stored_folder(out, was_buckets.get(key))
+            was_kept = kept_ids(old) if old is not None else set() if was_buckets else legacy_kept
+            folder = judge(out, ledger, bucket, config, bounds, digest, was_kept, stager.manifest, stager.moves)
+            judged_again += 1
+        folders[key] = folder.name
+    for key in sorted(set(was_buckets) - set(folders)):  # a bucket with nothing left: its clips' audio goes
+        old = stored_folder(out, was_buckets[key])
+        if old is not None:
+            ids = sorted(kept_ids(old))
+            stager.moves(ids, [HELD] * len(ids))
+    parts = [aggregate(store(out) / f) for f in folders.values()]
+    manifests = [m for p in parts for m in p["manifests"]]
+    stager.keep_manifests(manifests)
+    stager.buckets(folders)
 
-    # kept clips, one manifest per language and shard, lines in id order
-    words = config.transcribe.word_timestamps
-    if len(kept):
-        ids = kept["id"].map(ClipId.parse)
-        kept["_lang"] = ids.map(lambda i: i.language)
-        kept["_shard"] = ids.map(lambda i: i.shard)
-        for (lang, shard), rows in kept.sort_values("id").groupby(["_lang", "_shard"], sort=True):
-            stager.manifest(manifest_name(lang, int(shard)), _jsonl(_manifest_rows(rows, words)))
-    stager.audio(kept["id"].tolist(), _audio_moves(previous.kept, judged, dropped.tolist()))
-
-    # rejected.jsonl: filtered clips, then segments too short to be clips and files with no speaker turn
-    parts = [_jsonl(_manifest_rows(rejected, words), {"stage": ["filter"] * len(rejected), "reasons": rejected["reasons"].tolist()})]
-    source_rows = []
-    for rec in published.to_dict("records"):
-        src = _source_record(rec)
-        source_rows.append(src)
-        for seg in src["dropped_segments"]:
-            parts.append(json.dumps({"id": None, "wav": None, "source": src["path"], "source_sha256": src["sha256"],
-                                     "start": seg["start"], "end": seg["end"],
-                                     "duration": round(seg["end"] - seg["start"], 3), "speaker": seg["speaker"],
-                                     "stage": "segment", "reasons": [seg["reason"]]}, ensure_ascii=False) + "\n")
-        if not src["turns"]:
-            parts.append(json.dumps({"id": None, "wav": None, "source": src["path"], "source_sha256": src["sha256"],
-                                     "start": 0.0, "end": src["duration"], "duration": src["duration"],
-                                     "speaker": None, "stage": "diarize", "reasons": ["no_speaker_turns"]},
-                                    ensure_ascii=False) + "\n")
-    stager.file("rejected.jsonl", "".join(parts))
+    pieces = [store(out) / f for f in folders.values()]
+    stager.joined("rejected.jsonl", [p / name for name in PIECES[:2] for p in pieces])
     failures = ledger.failures(done=[*sources["index"].tolist(), *withdrawn_sources["index"].tolist()])
     failure_rows = [{k: rec[k] for k in ("path", "stage", "error", "error_type")} for rec in failures.to_dict("records")]
     stager.file("failures.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failure_rows))
@@ -157,53 +113,55 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     skipped_rows = [{"path": r["path"], "sha256": r["sha256"] if r["status"] != "skipped" else None,
                      "stage": "input" if r["status"] == "skipped" else "standardize",
                      "reason": r["note"] if r["status"] == "skipped" else "duplicate",
-                     "duplicate_of": _path_of(path_of, r["duplicate_of"]) if r["status"] != "skipped" else None}
+                     "duplicate_of": path_of.get(first_by_sha.get(r["sha256"])) if r["status"] != "skipped" else None}
                     for r in skipped.to_dict("records")]
     stager.file("skipped.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in skipped_rows))
-    stager.file("sources.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in source_rows))
+    stager.joined("sources.jsonl", [p / PIECES[2] for p in pieces])
 
-    summary = build_summary(published, judged, rejected, source_rows, failures, len(skipped), config, run_info or {})
+    summary = build_summary(add_parts(p["summary"] for p in parts), failures, len(skipped), config, run_info or {})
     away = missing_report(ledger)
     summary["inputs"] = {"missing": len(away["missing"]), "missing_published": len(away["published"]),
                          "withdrawn": {r: sum(1 for v in withdrawn.values() if v == r) for r in sorted(set(withdrawn.values()))}}
-    stager.file("datacard.html", render_datacard(summary, judged, failures))
+    card = add_cards(p["card"] for p in parts)
+    stager.file("datacard.html", render_datacard(summary, card, failures, lambda bins: _kept_rows(
+        ledger, [store(out) / f for f in folders.values()], bins, config.output.sources_per_shard)))
     stager.file("summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
     stager.commit(previous)
+    sweep(out, set(folders.values()))
+    finalize.judged_again = judged_again  # buckets judged by the last call (tests and the benchmark read it)
     return summary
 
 
-def _audio_moves(was_kept: Optional[set[str]], judged, dropped: list[str]) -> dict[str, str]:
-    """Clip id -> where its MP3 goes: published (kept), held (rejected) or dropped (a duplicate source).
-    Only the clips whose verdict changed since the last generation; every clip with audio when that
-    generation's kept list is not known (a build made before generations)."""
-    audible = judged[judged["wav"].notna()]
-    kept = set(audible.loc[audible["kept"], "id"].tolist())
-    if was_kept is None:
-        moves = {i: (PUBLISHED if k else HELD) for i, k in zip(audible["id"].tolist(), audible["kept"].tolist())}
-    else:
-        moves = {i: PUBLISHED for i in kept - was_kept}
-        moves.update({i: HELD for i in was_kept - kept})
-    moves.update({i: DROPPED for i in dropped})
-    return moves
+def _buckets(indices, width: int) -> list[int]:
+    """First sources of the buckets that hold ``indices``, in order."""
+    values = np.asarray(indices, dtype=np.int64)
+    return sorted({int(b) * width for b in np.unique(values // width)}) if len(values) else []
 
 
-def _path_of(path_of: dict, index) -> Optional[str]:
-    import pandas as pd
+def _within(indices, span: range) -> np.ndarray:
+    values = np.asarray(indices, dtype=np.int64)
+    return values[(values >= span.start) & (values < span.stop)]
 
-    return None if index is None or pd.isna(index) else path_of.get(int(index))
 
+def _kept_rows(ledger: Ledger, folders: list[Path], bins: set[int], per_shard: int) -> list[dict]:
+    """The kept clips whose OVRL bin is in ``bins`` (the data card's kept samples), with their fields."""
+    import pyarrow.parquet as pq
 
-def _source_record(rec: dict) -> dict:
-    out = {k: rec[k] for k in ("source_id", "path", "sha256", "duration", "orig_sample_rate", "orig_channels",
-                               "codec", "container", "gain_db", "separated", "speech_turn_seconds")}
-    nonfinite = rec.get("nonfinite_samples")
-    out["nonfinite_samples"] = 0 if nonfinite is None or nonfinite != nonfinite else int(nonfinite)  # NaN: older part
-    for key, older in (("audio_stream", 0), ("audio_streams", 1)):  # which audio stream of how many was used
-        value = rec.get(key)
-        out[key] = older if value is None or value != value else int(value)
-    for k in SOURCE_JSON_COLUMNS:
-        # a column an older part lacks reads back as NaN
-        out[k] = json.loads(rec[k]) if isinstance(rec[k], str) and rec[k] else json_column_default(k)
-    out["index"] = int(rec["index"])
-    out["primary_language"] = rec["primary_language"]
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in out.items()}
+    from emilia_pipe.dataset.datacard import SAMPLE_FIELDS, _ovrl_bin, _sample
+
+    ids = []
+    for folder in folders:
+        t = pq.read_table(folder / "kept.parquet")
+        ovrl = t.column("dnsmos_ovrl").to_numpy(zero_copy_only=False)
+        hit = np.isin(_ovrl_bin(ovrl), list(bins))
+        ids += [i for i, h in zip(t.column("id").to_pylist(), hit) if h]
+    rows = []
+    by_source: dict[int, set[str]] = {}
+    for cid in ids:
+        c = ClipId.parse(cid)
+        by_source.setdefault(c.shard * per_shard + c.source, set()).add(cid)
+    for index, wanted in sorted(by_source.items()):
+        clips = ledger.clips([f for f in SAMPLE_FIELDS if f != "reasons"], indices=[index])
+        for rec in clips[clips["id"].isin(wanted)].to_dict("records"):
+            rows.append(_sample({**rec, "reasons": []}))
+    return rows

@@ -49,9 +49,8 @@ def repair(out_dir: str | Path, config=None) -> list[str]:
         _publish_record(out, aside, done)
         ledger = Ledger(out)
         for part in ledger.damaged_parts():
-            kind, pid = part.stem.split("-", 1)
-            group = [part] + ([ledger.dir / f"{k}-{pid}.parquet" for k in ("clips", "sources") if k != kind]
-                              if kind in ("clips", "sources") else [])
+            kind = part.stem.split("-", 1)[0]
+            group = [part] + ([ledger.partner(part)] if kind in ("clips", "sources", "bclips", "bsources") else [])
             for p in group:
                 if p.exists():
                     _set_aside(p, aside)

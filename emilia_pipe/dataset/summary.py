@@ -1,7 +1,11 @@
 """``summary.json`` and the printed summary of a build: files, hours after each stage, clips, languages,
 drop reasons, where the speech went (speech yield) and stage times, all added up from the tables
-:func:`emilia_pipe.dataset.publish.finalize` already holds (one row per source, one per clip)."""
+:func:`emilia_pipe.dataset.publish.finalize` judges one bucket at a time: each bucket's share
+(:func:`summary_part`) is stored with it and the shares are added up (:func:`add_parts`), so the summary
+of a build never needs its clips in memory, and a bucket that did not change is not read again."""
 from __future__ import annotations
+
+import numpy as np
 
 from emilia_pipe.records import CUTTING_RULES
 
@@ -10,55 +14,95 @@ def _hours(seconds: float) -> float:
     return round(float(seconds) / 3600.0, 6)
 
 
-def build_summary(published, judged, rejected, source_rows, failures, n_skipped, config, run_info) -> dict:
+def summary_part(published, judged, rejected, source_rows, config) -> dict:
+    """One bucket's share of the summary: counts and seconds that add up across buckets."""
     fcfg = config.filter
-    allowed = set(fcfg.languages)
     kept = judged[judged["kept"]]
     dur = judged["duration"].astype("float64")
-    lang_ok = judged["language"].astype(object).isin(allowed) & (
+    lang_ok = judged["language"].astype(object).isin(set(fcfg.languages)) & (
         judged["language_prob"].astype("float64").fillna(0.0) > fcfg.language_prob_min)
-    by_lang = kept.groupby(kept["language"].astype(object))["duration"].agg(["count", "sum"]) if len(kept) else None
-    reasons: dict[str, dict] = {}
+    languages = {}
+    if len(kept):
+        for lang, v in kept.groupby(kept["language"].astype(object))["duration"].agg(["count", "sum"]).iterrows():
+            languages[str(lang)] = [int(v["count"]), float(v["sum"])]
+    reasons: dict[str, list] = {}
     for rs, d in zip(rejected["reasons"].tolist(), rejected["duration"].astype("float64").tolist()):
         for r in rs:
-            e = reasons.setdefault(r, {"count": 0, "hours": 0.0})
-            e["count"] += 1
-            e["hours"] += d / 3600.0
-    for src in source_rows:
-        for seg in src["dropped_segments"]:
-            e = reasons.setdefault(seg["reason"], {"count": 0, "hours": 0.0})
-            e["count"] += 1
-            e["hours"] += (seg["end"] - seg["start"]) / 3600.0
-        if not src["turns"]:
-            e = reasons.setdefault("no_speaker_turns", {"count": 0, "hours": 0.0})
-            e["count"] += 1
-            e["hours"] += src["duration"] / 3600.0
-    failed_by_stage = failures["stage"].value_counts().to_dict() if len(failures) else {}
+            e = reasons.setdefault(r, [0, 0.0])
+            e[0] += 1
+            e[1] += d / 3600.0
     stage_seconds: dict[str, float] = {}
     for src in source_rows:
+        for seg in src["dropped_segments"]:
+            e = reasons.setdefault(seg["reason"], [0, 0.0])
+            e[0] += 1
+            e[1] += (seg["end"] - seg["start"]) / 3600.0
+        if not src["turns"]:
+            e = reasons.setdefault("no_speaker_turns", [0, 0.0])
+            e[0] += 1
+            e[1] += src["duration"] / 3600.0
         for k, v in src["timings"].items():
             stage_seconds[k] = stage_seconds.get(k, 0.0) + v
+    return {"files": len(source_rows),
+            "input_s": float(np.nansum(np.array([s["duration"] for s in source_rows], dtype=np.float64))),
+            "turns_s": float(np.nansum(np.array([s["speech_turn_seconds"] for s in source_rows], dtype=np.float64))),
+            "clips": int(len(judged)), "kept": int(len(kept)), "segmented_s": float(dur.sum()),
+            "language_ok_s": float(dur[lang_ok].sum()), "kept_s": float(kept["duration"].astype("float64").sum()),
+            "languages": languages, "reasons": reasons, "stage_seconds": stage_seconds,
+            "speech_yield": _yield_part(source_rows)}
+
+
+def add_parts(parts) -> dict:
+    """The buckets' shares added up (dictionaries keep the order in which their keys first appear)."""
+    total: dict = {"files": 0, "input_s": 0.0, "turns_s": 0.0, "clips": 0, "kept": 0, "segmented_s": 0.0,
+                   "language_ok_s": 0.0, "kept_s": 0.0, "languages": {}, "reasons": {}, "stage_seconds": {},
+                   "speech_yield": {"totals": {"vad_speech_s": 0.0, "speech_in_turns_s": 0.0, "speech_in_clips_s": 0.0},
+                                    "dropped": {rule: [0, 0.0] for rule in CUTTING_RULES}, "missing": 0}}
+    for part in parts:
+        for key in ("files", "input_s", "turns_s", "clips", "kept", "segmented_s", "language_ok_s", "kept_s"):
+            total[key] += part[key]
+        for key in ("languages", "reasons"):
+            for k, (n, v) in part[key].items():
+                e = total[key].setdefault(k, [0, 0.0])
+                e[0] += n
+                e[1] += v
+        for k, v in part["stage_seconds"].items():
+            total["stage_seconds"][k] = total["stage_seconds"].get(k, 0.0) + v
+        y, ty = part["speech_yield"], total["speech_yield"]
+        for k, v in y["totals"].items():
+            ty["totals"][k] += v
+        for k, (n, v) in y["dropped"].items():
+            e = ty["dropped"].setdefault(k, [0, 0.0])
+            e[0] += n
+            e[1] += v
+        ty["missing"] += y["missing"]
+    return total
+
+
+def build_summary(total: dict, failures, n_skipped, config, run_info) -> dict:
+    """summary.json from the added-up bucket shares (:func:`add_parts`) and the build's failures."""
+    failed_by_stage = failures["stage"].value_counts().to_dict() if len(failures) else {}
+    stage_seconds = dict(total["stage_seconds"])
     for k, v in run_info.get("batched_stage_seconds", {}).items():
         stage_seconds[k] = stage_seconds.get(k, 0.0) + v
-    n_kept = int(len(kept))
+    n_kept = total["kept"]
     summary = {
         "profile": config.profile,
         "separation": config.separation_enabled,
-        "files": {"ok": int(len(published)), "failed": int(len(failures)), "skipped": int(n_skipped),
+        "files": {"ok": total["files"], "failed": int(len(failures)), "skipped": int(n_skipped),
                   "failed_by_stage": {str(k): int(v) for k, v in sorted(failed_by_stage.items())}},
         "hours": {
-            "input": _hours(published["duration"].sum()),
-            "after_diarization": _hours(published["speech_turn_seconds"].sum()),
-            "after_segmentation": _hours(dur.sum()),
-            "after_asr_language": _hours(dur[lang_ok].sum()),
-            "kept": _hours(kept["duration"].astype("float64").sum()),
+            "input": _hours(total["input_s"]),
+            "after_diarization": _hours(total["turns_s"]),
+            "after_segmentation": _hours(total["segmented_s"]),
+            "after_asr_language": _hours(total["language_ok_s"]),
+            "kept": _hours(total["kept_s"]),
         },
-        "clips": {"total": int(len(judged)), "kept": n_kept, "rejected": int(len(judged)) - n_kept,
-                  "kept_mean_duration_s": round(float(kept["duration"].astype("float64").mean()), 3) if n_kept else 0.0},
-        "languages": {str(k): {"clips": int(v["count"]), "hours": round(float(v["sum"]) / 3600.0, 6)}
-                      for k, v in (by_lang.sort_index().iterrows() if by_lang is not None else [])},
-        "drop_reasons": {k: {"count": v["count"], "hours": round(v["hours"], 6)} for k, v in sorted(reasons.items())},
-        "speech_yield": speech_yield(source_rows),
+        "clips": {"total": total["clips"], "kept": n_kept, "rejected": total["clips"] - n_kept,
+                  "kept_mean_duration_s": round(total["kept_s"] / n_kept, 3) if n_kept else 0.0},
+        "languages": {k: {"clips": n, "hours": round(s / 3600.0, 6)} for k, (n, s) in sorted(total["languages"].items())},
+        "drop_reasons": {k: {"count": n, "hours": round(h, 6)} for k, (n, h) in sorted(total["reasons"].items())},
+        "speech_yield": _yield_figures(total["speech_yield"]),
         "filter": config.filter.model_dump(mode="json"),
         "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
     }
@@ -71,8 +115,12 @@ def speech_yield(source_rows: list[dict]) -> dict:
     each cutting rule, added up from each source's ``speech_yield`` and its dropped segments' ``speech_s``
     (written by the segment stage). Sources committed by a version that did not record them are counted
     apart, in ``sources_without_figures``."""
+    return _yield_figures(_yield_part(source_rows))
+
+
+def _yield_part(source_rows: list[dict]) -> dict:
     totals = {"vad_speech_s": 0.0, "speech_in_turns_s": 0.0, "speech_in_clips_s": 0.0}
-    dropped = {rule: {"segments": 0, "speech_s": 0.0} for rule in CUTTING_RULES}
+    dropped: dict[str, list] = {rule: [0, 0.0] for rule in CUTTING_RULES}
     missing = 0
     for src in source_rows:
         figures = src.get("speech_yield") or {}
@@ -82,14 +130,19 @@ def speech_yield(source_rows: list[dict]) -> dict:
         for key in totals:
             totals[key] += float(figures.get(key, 0.0))
         for seg in src["dropped_segments"]:
-            rule = dropped.setdefault(seg["reason"], {"segments": 0, "speech_s": 0.0})
-            rule["segments"] += 1
-            rule["speech_s"] += float(seg.get("speech_s") or 0.0)
+            rule = dropped.setdefault(seg["reason"], [0, 0.0])
+            rule[0] += 1
+            rule[1] += float(seg.get("speech_s") or 0.0)
+    return {"totals": totals, "dropped": dropped, "missing": missing}
+
+
+def _yield_figures(part: dict) -> dict:
+    totals = part["totals"]
     in_turns = totals["speech_in_turns_s"]
     out = {k: round(v, 3) for k, v in totals.items()}
     out["in_clips_share"] = round(totals["speech_in_clips_s"] / in_turns, 4) if in_turns else None
-    out["dropped"] = {k: {"segments": v["segments"], "speech_s": round(v["speech_s"], 3)} for k, v in dropped.items()}
-    out["sources_without_figures"] = missing
+    out["dropped"] = {k: {"segments": n, "speech_s": round(v, 3)} for k, (n, v) in part["dropped"].items()}
+    out["sources_without_figures"] = part["missing"]
     return out
 
 
