@@ -33,6 +33,7 @@ def make_ledger(out: Path, n_clips: int, n_sources: int, per_part: int = 64) -> 
 
     from emilia_pipe.config import load_config
     from emilia_pipe.dataset.build import Build
+    from emilia_pipe.dataset.compaction import compact
     from emilia_pipe.dataset.ledger import SOURCE_SCHEMA, Ledger, bucket_width, clip_schema
     from emilia_pipe.runtime.files import write_table_atomic
 
@@ -77,7 +78,7 @@ def make_ledger(out: Path, n_clips: int, n_sources: int, per_part: int = 64) -> 
         write_table_atomic(ledger.dir / f"sources-000000-w0-{part:06d}.parquet",
                            pa.Table.from_pydict(srows, schema=SOURCE_SCHEMA), ledger.tmp)
         if part % 64 == 63:  # as the driver does while writers commit
-            ledger.compact(width, min_parts=64, final=False)
+            compact(ledger, width, min_parts=64, final=False)
     plan = {"index": np.arange(n_sources), "path": [f"/data/raw/{i:07d}.mp3" for i in range(n_sources)],
             "size": np.full(n_sources, 30_000_000), "mtime_ns": np.zeros(n_sources, dtype=np.int64),
             "run": np.zeros(n_sources, dtype=np.int64)}
@@ -85,7 +86,7 @@ def make_ledger(out: Path, n_clips: int, n_sources: int, per_part: int = 64) -> 
 
     plan.update({f.name: np.full(n_sources, -1, dtype=np.int64) for f in PLAN_SCHEMA if f.name not in plan})
     write_table_atomic(ledger.dir / "plan-000000.parquet", pa.Table.from_pydict(plan, schema=PLAN_SCHEMA), ledger.tmp)
-    ledger.compact(width)
+    compact(ledger, width)
 
 
 def timed_cli(*args) -> dict:

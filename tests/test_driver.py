@@ -241,10 +241,16 @@ def test_a_resource_plan_larger_than_the_cluster_is_refused_at_once():
 # --- writer lives: a restarted writer never replaces a committed part; lost writes are redone --------------
 
 def _source_rows(out):
-    """Every committed source row in the ledger's parts, duplicates included."""
+    """Every commit of a source in the ledger, duplicates included: the rows of writers' parts, and each row
+    of a bucket as many times as writers committed it (its ``commits``)."""
     import pyarrow.parquet as pq
 
-    return sorted(i for p in (out / ".emilia/ledger").glob("sources-*.parquet") for i in pq.read_table(p)["index"].to_pylist())
+    ledger = out / ".emilia/ledger"
+    rows = [i for p in ledger.glob("sources-*.parquet") for i in pq.read_table(p)["index"].to_pylist()]
+    for p in ledger.glob("bsources-*.parquet"):
+        t = pq.read_table(p, columns=["index", "commits"])
+        rows += [i for i, n in zip(t["index"].to_pylist(), t["commits"].to_pylist()) for _ in range(n)]
+    return sorted(rows)
 
 
 def _job(index, path):
@@ -362,6 +368,7 @@ def test_new_folders_are_fsynced_into_their_parents_before_the_commit(tmp_path, 
 
 def test_status_reads_a_consistent_ledger_while_a_compaction_removes_parts(tmp_path, monkeypatch):
     from emilia_pipe.dataset.build import status
+    from emilia_pipe.dataset.compaction import compact
     from emilia_pipe.dataset.ledger import Ledger
 
     summary, _, _ = _run(tmp_path, [f"f{i}.wav" for i in range(10)], overrides=["run.commit_every_sources=1"])
@@ -374,7 +381,7 @@ def test_status_reads_a_consistent_ledger_while_a_compaction_removes_parts(tmp_p
     def compacting_meanwhile(self, path, schema, columns):
         if not state["compacted"] and "sources-" in path.name:
             state["compacted"] = True
-            Ledger(out).compact(2)  # writes the merged part, then removes the old ones
+            compact(Ledger(out), 2)  # writes the merged parts, then removes the old ones
         return real(self, path, schema, columns)
 
     monkeypatch.setattr(Ledger, "_read_part", compacting_meanwhile)

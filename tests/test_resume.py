@@ -74,7 +74,9 @@ def _one_line(proc, code, *words):
 
 
 def _part(out, kind, n=0):
-    return sorted((out / ".emilia/ledger").glob(f"{kind}-*.parquet"))[n]
+    """A ledger part of ``kind``: a writer's, or a bucket's once compacted (``bsources``, ``bclips``)."""
+    ledger = out / ".emilia/ledger"
+    return sorted([*ledger.glob(f"{kind}-*.parquet"), *ledger.glob(f"b{kind}-*.parquet")])[n]
 
 
 DAMAGE = {"truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
@@ -146,7 +148,7 @@ def test_a_deleted_plan_part_never_makes_a_new_input_done(base, tmp_path):
 def test_a_deleted_sources_or_clips_part_makes_its_sources_pending_and_says_so(base, tmp_path, kind):
     inputs, ref = base
     out = _copy(base, tmp_path)
-    parts = [p for p in (out / ".emilia/ledger").glob(f"{kind}-*-w0-*.parquet")]
+    parts = [*(out / ".emilia/ledger").glob(f"{kind}-*-w0-*.parquet"), *(out / ".emilia/ledger").glob(f"b{kind}-*")]
     victim = max(parts, key=lambda p: p.stat().st_size)
     victim.unlink()
     st = json.loads(cli("status", out, "--json", check=0).stdout)

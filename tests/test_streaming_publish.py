@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "golden"))
 
 import emilia_pipe.dataset.ledger as ledger_module  # noqa: E402
+from emilia_pipe.dataset.compaction import compact  # noqa: E402
 from emilia_pipe.dataset.ledger import Ledger, part_name  # noqa: E402
 from emilia_pipe.dataset.publish import finalize  # noqa: E402
 from synthetic_build import config, make_build  # noqa: E402
@@ -121,7 +122,7 @@ def test_ledger_compaction_bounds_the_file_count_and_keeps_every_row(tmp_path, m
     sources, clips = ledger.sources(), ledger.clips()
     mine = ledger.committed_by("000000-w7-abc")
     files_before = ledger.file_count()
-    merged = ledger.compact(6)
+    merged = compact(ledger, 6)
     assert merged == 72
     # 20 sources parts, 10 clips parts (sources 60-119 have none), plan, failures, withdrawn
     assert (files_before, ledger.file_count()) == (87, 33)
@@ -139,7 +140,7 @@ def test_a_bucket_whose_clips_part_is_lost_is_pending_again(tmp_path, monkeypatc
     out = tmp_path / "build"
     make_build(out, 12)
     ledger = Ledger(out)
-    ledger.compact(6)
+    compact(ledger, 6)
     done = set(ledger.sources()["index"])
     clips_part = sorted(ledger.dir.glob("bclips-0000000000-*"))[0]
     lost = {i for i in ledger.sources(indices=range(0, 6)).query("status == 'done' and clips > 0")["index"]}
@@ -148,7 +149,7 @@ def test_a_bucket_whose_clips_part_is_lost_is_pending_again(tmp_path, monkeypatc
     assert set(ledger.incomplete()) == lost
     assert set(ledger.sources()["index"]) == done - lost
     ledger.commit(part_name(1, "w0-x"), [{"index": 3, "status": "skipped", "path": "/x", "note": "n", "run": 1}], [])
-    ledger.compact(6)
+    compact(ledger, 6)
     assert set(ledger.sources()["index"]) == (done - lost) | {3}
 
 
@@ -161,10 +162,10 @@ def test_compaction_interrupted_before_removing_old_parts_reads_each_row_once(tm
     ledger = Ledger(out)
     sources, clips = ledger.sources(), ledger.clips()
     saved = {p: p.read_bytes() for p in ledger.dir.glob("*.parquet") if p.name.startswith(("sources-", "clips-"))}
-    ledger.compact(6)
+    compact(ledger, 6)
     for p, data in saved.items():  # as if the removal never happened
         p.write_bytes(data)
     assert ledger.sources().equals(sources) and ledger.clips().equals(clips)
-    ledger.compact(6)
+    compact(ledger, 6)
     assert not list(ledger.dir.glob("sources-*")) and ledger.sources().equals(sources)
     assert ledger.clips().equals(clips)

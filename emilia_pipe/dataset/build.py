@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from emilia_pipe.config import FilterConfig
+from emilia_pipe.dataset.compaction import compact
 from emilia_pipe.dataset.fingerprint import BuildMismatchError, fingerprint, fingerprint_diff, fingerprint_hash
 from emilia_pipe.dataset.generation import apply as apply_publish
 from emilia_pipe.dataset.generation import current as current_publish
@@ -197,13 +198,14 @@ class Build:
     # --- after the run -------------------------------------------------------------------------
     def compact(self) -> None:
         """After the run (no writer left): every writer part into its bucket, and leftovers removed."""
-        self.ledger.compact(bucket_width(self.cfg.output.sources_per_shard))
+        compact(self.ledger, bucket_width(self.cfg.output.sources_per_shard))
         self.remove_orphans()
 
     def compact_running(self, min_parts: int = 64) -> int:
         """While writers commit: merge their parts into buckets once ``min_parts`` have piled up, so the
         ledger's file count stays near two per bucket however long the run (the driver holds the lock)."""
-        return self.ledger.compact(bucket_width(self.cfg.output.sources_per_shard), min_parts=min_parts, final=False)
+        return compact(self.ledger, bucket_width(self.cfg.output.sources_per_shard), min_parts=min_parts,
+                       final=False)
 
     def discard_audio(self, index: int) -> None:
         """A source that failed: remove its audio on disk (a long input's), if any is left."""

@@ -26,7 +26,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import secrets
@@ -39,70 +38,24 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 from emilia_pipe.dataset.errors import DamagedStateError
+from emilia_pipe.dataset.schemas import (  # noqa: F401 - the ledger's schemas, imported from here too
+    BUCKET_SOURCE_SCHEMA,
+    FAILURE_SCHEMA,
+    PLAN_SCHEMA,
+    SOURCE_JSON_COLUMNS,
+    SOURCE_SCHEMA,
+    WITHDRAWN_SCHEMA,
+    WORDS_TYPE,
+    clip_schema,
+    json_column_default,
+    table_from_rows,
+)
 from emilia_pipe.records import STATE_DIR
 from emilia_pipe.runtime.files import write_atomic, write_table_atomic
 
 FORMAT_VERSION = 2
 
 
-# --- schemas -------------------------------------------------------------------------------------
-
-def _arrow_type(annotation: str) -> pa.DataType:
-    a = annotation.replace("Optional[", "").rstrip("]")
-    if a.startswith("list"):
-        return pa.list_(pa.string())
-    return {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "str": pa.string()}.get(a, pa.string())
-
-
-# word timings of a clip (transcribe.word_timestamps): seconds from the clip's start
-WORDS_TYPE = pa.list_(pa.struct([("word", pa.string()), ("start", pa.float64()), ("end", pa.float64())]))
-
-
-def clip_schema() -> pa.Schema:
-    """One row per clip: every scalar field of :class:`~emilia_pipe.records.Clip` plus its source's index."""
-    from emilia_pipe.records import Clip
-
-    hints = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(Clip)}
-    fields = [pa.field("source_index", pa.int64()), pa.field("clip_index", pa.int64())]
-    for name, ann in hints.items():
-        if name in ("audio", "audio_16k", "index", "source_index", "kept", "reasons"):
-            continue
-        if name == "words":
-            fields.append(pa.field(name, WORDS_TYPE))
-            continue
-        fields.append(pa.field(name, _arrow_type(ann)))
-    fields.append(pa.field("duration", pa.float64()))
-    return pa.schema(fields)
-
-
-SOURCE_SCHEMA = pa.schema([
-    ("index", pa.int64()), ("status", pa.string()), ("duplicate_of", pa.int64()),
-    ("source_id", pa.string()), ("path", pa.string()), ("sha256", pa.string()),
-    ("duration", pa.float64()), ("orig_sample_rate", pa.int64()), ("orig_channels", pa.int64()),
-    ("codec", pa.string()), ("container", pa.string()), ("gain_db", pa.float64()), ("separated", pa.bool_()),
-    ("speech_turn_seconds", pa.float64()), ("primary_language", pa.string()), ("clips", pa.int64()),
-    ("turns", pa.string()), ("dropped_segments", pa.string()), ("timings", pa.string()), ("run", pa.int64()),
-    ("decode_errors", pa.string()), ("nonfinite_samples", pa.int64()),
-    ("note", pa.string()),  # why a source is skipped (status "skipped": an input that is not an audio file)
-    ("speech_yield", pa.string()),
-    ("audio_stream", pa.int64()), ("audio_streams", pa.int64()),  # the input's audio stream used, of how many
-])
-FAILURE_SCHEMA = pa.schema([
-    ("index", pa.int64()), ("path", pa.string()), ("stage", pa.string()), ("error", pa.string()),
-    ("error_type", pa.string()), ("run", pa.int64()), ("time", pa.float64()),
-])
-PLAN_SCHEMA = pa.schema([
-    ("index", pa.int64()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("run", pa.int64()),
-    # the rest of a local input's identity (stat): a change of any of them has the file hashed again
-    ("ctime_ns", pa.int64()), ("inode", pa.int64()), ("device", pa.int64()),
-])
-# sources taken out of the published tree for good (their input changed, or is gone and the user dropped it);
-# their rows stay in the ledger's history
-WITHDRAWN_SCHEMA = pa.schema([
-    ("index", pa.int64()), ("reason", pa.string()), ("run", pa.int64()), ("time", pa.float64()),
-])
-# a bucket's sources part keeps, per row, the writer part that committed it (exactly-once checks read it)
-BUCKET_SOURCE_SCHEMA = SOURCE_SCHEMA.append(pa.field("origin", pa.string()))
 _BUCKET_PART = re.compile(r"b(clips|sources)-(\d{10})-(\d{10})-(\d{6})-[0-9a-f]+\.parquet")
 _PARTNER = {"clips": "sources", "sources": "clips", "bclips": "bsources", "bsources": "bclips"}
 BUCKET_SOURCES = 1000  # sources per ledger bucket (whole shards): the unit every pass over a build reads
@@ -113,18 +66,6 @@ def bucket_width(sources_per_shard: int) -> int:
     bucket)."""
     return sources_per_shard * max(1, -(-BUCKET_SOURCES // sources_per_shard))
 
-
-SOURCE_JSON_COLUMNS = ("turns", "dropped_segments", "timings", "decode_errors", "speech_yield")
-
-
-def json_column_default(key: str):
-    """The value of a JSON column that a source (or a part written by an older version) lacks."""
-    return {} if key in ("timings", "speech_yield") else []
-
-
-def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
-    return pa.Table.from_pydict(cols, schema=schema)
 
 
 def part_name(run: int, kind: str) -> str:
@@ -183,9 +124,11 @@ class Ledger:
             found = [-1]
             for kind, schema, col in (("plan", PLAN_SCHEMA, "index"), ("sources", SOURCE_SCHEMA, "index"),
                                       ("failures", FAILURE_SCHEMA, "index"), ("clips", clip_schema(), "source_index")):
-                t = self._read(self._parts(kind), schema, [col])
-                if t.num_rows:
-                    found.append(int(pa.compute.max(t.column(col)).as_py()))
+                parts = self._parts(kind) + (self._bucket_parts(kind) if kind in ("sources", "clips") else [])
+                for part in parts:  # a part at a time: a column of a whole build is never read at once
+                    t = self._read_part(part, schema, [col])
+                    if t.num_rows:
+                        found.append(int(pa.compute.max(t.column(col)).as_py()))
             return max(found)
         return self._snapshot(read)
 
@@ -359,117 +302,6 @@ class Ledger:
 
     def file_count(self) -> int:
         return sum(1 for _ in self.dir.iterdir()) if self.dir.is_dir() else 0
-
-    # --- compaction ------------------------------------------------------------------------------
-    def compact(self, width: int, min_parts: int = 1, final: bool = True, group_rows: int = 500_000) -> int:
-        """Merge the writers' parts into their buckets (``width`` sources each, :func:`bucket_width`): each
-        bucket touched is rewritten as one clips part and one sources part, so the ledger holds about two
-        files per bucket whatever the number of commits, and every pass can read a build bucket by bucket.
-        Runs under the build's lock (one compaction at a time), also while writers commit: it takes only the
-        parts committed when it starts. New parts are written before old ones go (a crash in between
-        leaves duplicate rows, which reading deduplicates). ``final`` (no writer is running): clips parts
-        with no sources part (a crash between a writer's two writes) are removed too. Returns the number of
-        writer parts merged."""
-        if final:
-            for p in self.orphan_parts():
-                p.unlink(missing_ok=True)
-        fresh = self._parts("sources")
-        merged = 0
-        if fresh and len(fresh) >= min_parts:
-            group: list[Path] = []
-            rows = 0
-            for part in fresh:  # a bounded number of clip rows in memory at a time
-                group.append(part)
-                rows += _row_count(self.partner(part))
-                if rows >= group_rows:
-                    self._merge(group, width)
-                    group, rows = [], 0
-            if group:
-                self._merge(group, width)
-            merged = len(fresh)
-        old_failures = self._parts("failures")
-        if len(old_failures) >= 8:
-            table = self._read(old_failures, FAILURE_SCHEMA, None)
-            write_table_atomic(self.dir / f"failures-{part_name(0, 'c')}.parquet", table, self.tmp, exclusive=True)
-            for p in old_failures:
-                p.unlink(missing_ok=True)
-        return merged
-
-    def _merge(self, fresh: list[Path], width: int) -> None:
-        sources, clips = self._tagged(fresh, origin_from_name=True)
-        bucket_of = pa.compute.divide(sources.column("index"), width) if sources.num_rows else None
-        for b in sorted(set(bucket_of.to_pylist())) if bucket_of is not None else []:
-            lo, hi = b * width, b * width + width - 1
-            old = self._bucket_parts("sources", lo)
-            old_sources, old_clips = self._tagged(old, origin_from_name=False)
-            s = pa.concat_tables([old_sources, sources.filter(pa.compute.equal(bucket_of, b))])
-            c = pa.concat_tables([old_clips, _only(clips, "source_index", range(lo, hi + 1))])
-            s, c = _winners(s, c)
-            seq = 1 + max([int(p.name.split("-")[3]) for p in old] or [0])
-            name = f"{lo:010d}-{hi:010d}-{seq:06d}-{secrets.token_hex(6)}"
-            if c.num_rows:
-                write_table_atomic(self.dir / f"bclips-{name}.parquet", c.select(clip_schema().names), self.tmp,
-                                   exclusive=True)
-            write_table_atomic(self.dir / f"bsources-{name}.parquet", s.select(BUCKET_SOURCE_SCHEMA.names),
-                               self.tmp, exclusive=True)
-            for p in old:  # sources parts first: their clips stop counting with them
-                p.unlink(missing_ok=True)
-            for p in old:
-                self.partner(p).unlink(missing_ok=True)
-        for p in fresh:
-            p.unlink(missing_ok=True)
-        for p in fresh:
-            self.partner(p).unlink(missing_ok=True)
-
-    def _tagged(self, parts: list[Path], origin_from_name: bool) -> tuple[pa.Table, pa.Table]:
-        """Sources rows (with ``origin``, the writer part that committed them, ``_part`` and ``_paired``)
-        and clips rows (with ``_part``) of the given sources parts and their clips parts."""
-        schema = SOURCE_SCHEMA if origin_from_name else BUCKET_SOURCE_SCHEMA
-        s_tables, c_tables = [], []
-        for part in parts:
-            pid = self._part_id(part)
-            t = self._read_part(part, schema, None)
-            if origin_from_name:
-                t = t.append_column("origin", pa.array([pid] * t.num_rows, pa.string()))
-            paired = self.partner(part).exists()
-            t = t.append_column("_part", pa.array([pid] * t.num_rows, pa.string()))
-            s_tables.append(t.append_column("_paired", pa.array(np.full(t.num_rows, paired))))
-            if paired:
-                c = self._read_part(self.partner(part), clip_schema(), None)
-                c_tables.append(c.append_column("_part", pa.array([pid] * c.num_rows, pa.string())))
-        s_schema = BUCKET_SOURCE_SCHEMA.append(pa.field("_part", pa.string())).append(pa.field("_paired", pa.bool_()))
-        c_schema = clip_schema().append(pa.field("_part", pa.string()))
-        return (pa.concat_tables(s_tables) if s_tables else s_schema.empty_table(),
-                pa.concat_tables(c_tables) if c_tables else c_schema.empty_table())
-
-
-def _winners(sources: pa.Table, clips: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """The last row of each source (a sources row whose clips part is gone is left out: the source is
-    pending again), in index order, and exactly the clips committed with it."""
-    df = sources.select(["index", "status", "clips", "_part", "_paired"]).to_pandas()
-    df["_row"] = np.arange(len(df))
-    lost = (df["status"] == "done") & (df["clips"].fillna(0) > 0) & ~df["_paired"].astype(bool)
-    df = df[~lost].drop_duplicates("index", keep="last").sort_values("index")
-    sources = sources.take(pa.array(df["_row"].to_numpy()))
-    part_of = dict(zip(df["index"].tolist(), df["_part"].tolist()))
-    if clips.num_rows:
-        want = pd_map(clips.column("source_index").to_numpy(), part_of)
-        keep = np.asarray(clips.column("_part").to_pylist(), dtype=object) == want
-        clips = clips.filter(pa.array(keep)).sort_by([("source_index", "ascending"), ("clip_index", "ascending")])
-    return sources, clips
-
-
-def pd_map(keys: np.ndarray, mapping: dict) -> np.ndarray:
-    import pandas as pd
-
-    return pd.Series(keys).map(mapping).to_numpy(dtype=object)
-
-
-def _row_count(path: Path) -> int:
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except (FileNotFoundError, OSError, pa.ArrowException):
-        return 0
 
 
 def _spanning(parts: list[Path], indices: Optional[Collection[int]]) -> list[Path]:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.dataset.buckets import PIECES, Bucket, aggregate, judge, kept_ids, store, stored, stored_folder, sweep
+from emilia_pipe.dataset.compaction import compact
 from emilia_pipe.dataset.datacard import add_cards
 from emilia_pipe.dataset.datacard import render as render_datacard
 from emilia_pipe.dataset.filtering import LanguageQuartiles
@@ -46,7 +47,7 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     ledger = Ledger(out)
     apply(out)  # a publish a kill interrupted is completed first
     width = bucket_width(config.output.sources_per_shard)
-    ledger.compact(width)  # every writer part into its bucket: each bucket is then read from one pair of parts
+    compact(ledger, width)  # every writer part into its bucket: each bucket is then read from one pair of parts
     previous = current(out)
     sources = ledger.sources(["status", "sha256", "path", "note", "separated"])
     withdrawn = ledger.withdrawn()  # inputs changed or dropped: their clips leave the release
