@@ -89,10 +89,14 @@ def make_ledger(out: Path, n_clips: int, n_sources: int, per_part: int = 64) -> 
     compact(ledger, width)
 
 
+# peak RSS of this process (kB): VmHWM, not ru_maxrss, which a child inherits from the benchmark's own peak
+HWM = "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]"
+
+
 def timed_cli(*args) -> dict:
     """Run the CLI in a fresh process; wall time and that process's peak RSS."""
-    code = ("import resource, sys, time; from emilia_pipe.cli import main; t=time.perf_counter(); rc=main(sys.argv[1:]); "
-            "print('BENCH', rc, time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    code = ("import sys, time; from emilia_pipe.cli import main; t=time.perf_counter(); rc=main(sys.argv[1:]); "
+            f"{HWM}; print('BENCH', rc, time.perf_counter()-t, hwm, file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
     line = [l for l in proc.stderr.splitlines() if l.startswith("BENCH")][-1].split()
     return {"exit": int(line[1]), "seconds": round(float(line[2]), 2), "peak_rss_mib": round(int(line[3]) / 1024, 1)}
@@ -123,7 +127,8 @@ cfg = load_config(overrides={RUN_OVERRIDES!r})
 t = time.perf_counter()
 s = run_pipeline([inp], Path({str(out)!r}), cfg, allow_config_change=True, executor_factory=lambda c, st, o, r: NoAudio(c, o, r),
                  log=lambda m: None)
-print("BENCH", time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, s["files"]["ok"], s["clips"]["total"], file=sys.stderr)
+{HWM}
+print("BENCH", time.perf_counter() - t, hwm, s["files"]["ok"], s["clips"]["total"], file=sys.stderr)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     line = [l for l in proc.stderr.splitlines() if l.startswith("BENCH")]

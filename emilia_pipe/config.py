@@ -401,6 +401,10 @@ class RunConfig(_Section):
     max_attempts: int = Field(2, ge=1, description="Tries per file when its worker dies (a timeout is not retried).")
     commit_every_sources: int = Field(64, ge=1, description="Writers commit their ledger rows after this many sources...")
     commit_every_s: float = Field(60.0, gt=0, description="...or after this many seconds, whichever comes first.")
+    publish_workers: int = Field(0, ge=0, le=64, description=(
+        "Processes that judge and write the buckets of a publish (end of a run, refilter) side by side; each "
+        "holds one bucket (about 1,000 sources) at a time. 0 = one per core, at most 8; 1 = in the calling "
+        "process."))
     actor_start_timeout_s: float = Field(600.0, gt=0, description=(
         "Seconds. Pools that find no room on the cluster fail after this."))
     allow_autoscaling: bool = Field(False, description="Accept pools larger than the cluster is now (it will grow).")

@@ -29,6 +29,7 @@ from emilia_pipe.dataset.layout import manifest_name
 from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger, json_column_default
 from emilia_pipe.dataset.summary import summary_part
 from emilia_pipe.records import ClipId
+from emilia_pipe.runtime import failpoints
 from emilia_pipe.runtime.files import write_atomic
 
 MANIFEST_COLUMNS = [  # (output key, clip-table column)
@@ -84,6 +85,58 @@ def stored_folder(out: Path, name: object) -> Optional[Path]:
         return None
     folder = store(out) / name
     return folder if (folder / "aggregate.json").is_file() and not folder.is_symlink() else None
+
+
+@dataclass
+class Task:
+    """A bucket to judge, as a worker process receives it. ``was``: the stored bucket of the last
+    generation (its kept clips are what this bucket had published), or ``legacy_kept`` for a build
+    published before buckets (None: not known, every clip's audio is moved)."""
+
+    out: Path
+    bucket: Bucket
+    digest: str
+    config: object
+    bounds: Optional[dict]
+    stage_dir: Path
+    was: Optional[str] = None
+    legacy_kept: Optional[set[str]] = None
+
+
+def run_task(task: Task) -> tuple[str, list[str], list[str], list[str]]:
+    """Judge one bucket: its manifests written into the staging folder; returns the stored folder's name,
+    the manifests, and the audio moves (clip ids, places)."""
+    staged, moved = [], ([], [])
+
+    def stage(name: str, text: str) -> None:
+        (task.stage_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(task.stage_dir / name, text, tmp_dir=task.stage_dir, sync_dir=False)
+        staged.append(name)
+
+    def moves(ids: list[str], places: list[str]) -> None:
+        moved[0].extend(ids)
+        moved[1].extend(places)
+
+    old = stored_folder(task.out, task.was)
+    was_kept = kept_ids(old) if old is not None else task.legacy_kept
+    folder = judge(task.out, Ledger(task.out), task.bucket, task.config, task.bounds, task.digest, was_kept, stage,
+                   moves)
+    return folder.name, staged, *moved
+
+
+def run_tasks(tasks: list[Task], workers: int):
+    """:func:`run_task` over ``tasks``, in order, in ``workers`` processes (1: here)."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(run_task, tasks)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: the caller may hold threads (a run's executor pools); a fresh interpreter never inherits them
+    # fault points stand for the publishing process, which passes "manifest" for each result
+    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=failpoints.disarm) as pool:
+        yield from pool.map(run_task, tasks)
 
 
 def judge(out: Path, ledger: Ledger, bucket: Bucket, config, bounds, digest: str, was_kept: Optional[set[str]],

@@ -167,9 +167,10 @@ def add_cards(parts) -> dict:
     return total
 
 
-def samples(card: dict, kept_of) -> tuple[list[dict], list[dict]]:
+def samples(card: dict, kept_of, rows_of) -> tuple[list[dict], list[dict]]:
     """Kept: from best to worst OVRL, evenly spaced; rejected: a clip of each leading reason first.
-    ``kept_of(bins)`` returns the kept clips (``SAMPLE_FIELDS``) of the build whose OVRL bin is in ``bins``."""
+    ``kept_of(bins)``: the kept clips (``id``, ``dnsmos_ovrl``) whose OVRL bin is in ``bins``; ``rows_of(ids)``:
+    those clips with their ``SAMPLE_FIELDS``, by id."""
     n = card["kept"]
     ranks = sorted(set(np.linspace(0, n - 1, SAMPLES).round().astype(int).tolist())) if n > SAMPLES else list(range(n))
     order = sorted(card["kept_bins"].items())
@@ -185,7 +186,9 @@ def samples(card: dict, kept_of) -> tuple[list[dict], list[dict]]:
         by_bin.setdefault(int(_ovrl_bin(np.array([row["dnsmos_ovrl"]]))[0]), []).append(row)
     for b in by_bin:
         by_bin[b].sort(key=lambda r: (-r["dnsmos_ovrl"], r["id"]))
-    kept = [by_bin[b][k] for b, k in (where[r] for r in ranks)]
+    chosen = [by_bin[b][k]["id"] for b, k in (where[r] for r in ranks)]
+    full = rows_of(chosen) if chosen else {}
+    kept = [full[i] for i in chosen]
     rej = sorted(card["rejected"], key=lambda r: r["id"])
     lead = [r["reasons"][0] if r["reasons"] else "" for r in rej]
     first = [lead[i] not in lead[:i] for i in range(len(rej))]
@@ -193,7 +196,7 @@ def samples(card: dict, kept_of) -> tuple[list[dict], list[dict]]:
     return kept, rej
 
 
-def render(summary: dict, card: dict, failures: pd.DataFrame, kept_of) -> str:
+def render(summary: dict, card: dict, failures: pd.DataFrame, kept_of, rows_of) -> str:
     """The page, from the summary, the buckets' added-up card shares (:func:`add_cards`) and the failures."""
     h, f, c = summary["hours"], summary["files"], summary["clips"]
     funnel = [("input files, decoded", h["input"]), ("speech turns (diarization)", h["after_diarization"]),
@@ -230,7 +233,7 @@ def render(summary: dict, card: dict, failures: pd.DataFrame, kept_of) -> str:
         out.append("<p>nothing dropped</p>")
     out.append("<h2 id=failures>Top failures</h2>")
     out.append(_failures(failures))
-    kept, rej = samples(card, kept_of)
+    kept, rej = samples(card, kept_of, rows_of)
     out += ["<h2 id=kept-samples>Kept clips</h2>", _players(kept, False),
             "<h2 id=rejected-samples>Rejected clips</h2>", _players(rej, True), "</body></html>"]
     return "\n".join(out)

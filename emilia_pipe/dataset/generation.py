@@ -178,6 +178,14 @@ class Stager:
             self._moves.write_table(pa.table({"id": pa.array(ids, pa.string()), "to": pa.array(places, pa.string())},
                                              schema=_MOVES))
 
+    def staged_manifests(self, names: list[str]) -> None:
+        """Manifests a worker process wrote into this generation's folder."""
+        for name in names:
+            check_manifest_name(name)
+            self.manifests.append(name)
+            self.staged.append(name)
+            failpoints.hit("manifest")
+
     def keep_manifests(self, names: Iterable[str]) -> None:
         """Every manifest of the generation: those staged and those of buckets it keeps as they are."""
         self.manifests = sorted({check_manifest_name(n) for n in names} | set(self.manifests))
@@ -212,7 +220,7 @@ def apply(out: str | Path) -> None:
     _CHECKED.clear()
     staged, held = gen_dir(out, gen.number), held_root(out)
     moves = staged / "moves.parquet"
-    for _ in _moves(moves):  # every name is checked before anything moves
+    for _ in _moves(moves, check=True):  # every name is checked before anything moves
         pass
     touched: set[Path] = set()
     for cid, to in _moves(moves):  # 1. kept clips' audio into the published tree: every listed clip has its MP3
@@ -225,6 +233,8 @@ def apply(out: str | Path) -> None:
         (out / name).unlink(missing_ok=True)
         touched.add((out / name).parent)
     for cid, to in _moves(moves):  # 4. other audio out of the published tree
+        if to == PUBLISHED:
+            continue
         rel = clip_audio(cid)
         if to == HELD:
             _move(out, held, rel, touched)
@@ -250,12 +260,16 @@ def apply(out: str | Path) -> None:
             shutil.rmtree(d)
 
 
-def _moves(path: Path) -> Iterator[tuple[str, str]]:
-    """The moves, a batch at a time (a first publish moves every clip of the build), each checked."""
+def _moves(path: Path, check: bool = False) -> Iterator[tuple[str, str]]:
+    """The moves, a batch at a time (a first publish moves every clip of the build); ``check``: each
+    checked (done once, before the first move: the staged file does not change meanwhile)."""
     if not path.exists():
         return
     for batch in pq.ParquetFile(path).iter_batches(batch_size=65536, columns=["id", "to"]):
         for cid, to in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            if not check:
+                yield cid, to
+                continue
             try:
                 clip_audio(cid)
                 if to not in (PUBLISHED, HELD, DROPPED):

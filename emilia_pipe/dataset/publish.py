@@ -20,14 +20,27 @@ the languages of its source."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from emilia_pipe.config import PipelineConfig
-from emilia_pipe.dataset.buckets import PIECES, Bucket, aggregate, judge, kept_ids, store, stored, stored_folder, sweep
+from emilia_pipe.dataset.buckets import (
+    PIECES,
+    Bucket,
+    Task,
+    aggregate,
+    kept_ids,
+    run_tasks,
+    store,
+    stored,
+    stored_folder,
+    sweep,
+)
 from emilia_pipe.dataset.compaction import compact
 from emilia_pipe.dataset.datacard import add_cards
 from emilia_pipe.dataset.datacard import render as render_datacard
@@ -78,7 +91,7 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     was_buckets = previous.buckets() or {}
     legacy_kept = previous.legacy_kept() if not was_buckets else None
     folders: dict[str, str] = {}
-    judged_again = 0
+    tasks: list[Task] = []
     part_names = [p.name for p in ledger.source_parts()]
     for lo in _buckets(np.concatenate([published["index"].to_numpy(), dropped]), width):
         span = range(lo, lo + width)
@@ -87,14 +100,18 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
         digest = bucket.digest(part_names, settings)
         key = f"{lo:010d}"
         folder = stored(out, lo, digest)
+        folders[key] = folder.name if folder is not None else ""
         if folder is None or was_buckets.get(key) != folder.name:
-            # what this bucket had published: its stored kept list; nothing for a new bucket; for a build
-            # published before buckets its one kept list, or None (unknown): every clip's audio is moved
-            old = stored_folder(out, was_buckets.get(key))
-            was_kept = kept_ids(old) if old is not None else set() if was_buckets else legacy_kept
-            folder = judge(out, ledger, bucket, config, bounds, digest, was_kept, stager.manifest, stager.moves)
-            judged_again += 1
-        folders[key] = folder.name
+            # what this bucket had published: the last generation's stored bucket; nothing for a new bucket;
+            # for a build published before buckets its one kept list, or None (unknown: every clip's audio moves)
+            tasks.append(Task(out, bucket, digest, config, bounds, stager.dir, was_buckets.get(key),
+                              None if was_buckets else legacy_kept))
+    workers = config.run.publish_workers or min(8, os.cpu_count() or 1)
+    for task, (name, staged, ids, places) in zip(tasks, run_tasks(tasks, 1 if legacy_kept else workers)):
+        folders[f"{task.bucket.lo:010d}"] = name
+        stager.staged_manifests(staged)
+        stager.moves(ids, places)
+    judged_again = len(tasks)
     for key in sorted(set(was_buckets) - set(folders)):  # a bucket with nothing left: its clips' audio goes
         old = stored_folder(out, was_buckets[key])
         if old is not None:
@@ -124,8 +141,9 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     summary["inputs"] = {"missing": len(away["missing"]), "missing_published": len(away["published"]),
                          "withdrawn": {r: sum(1 for v in withdrawn.values() if v == r) for r in sorted(set(withdrawn.values()))}}
     card = add_cards(p["card"] for p in parts)
-    stager.file("datacard.html", render_datacard(summary, card, failures, lambda bins: _kept_rows(
-        ledger, [store(out) / f for f in folders.values()], bins, config.output.sources_per_shard)))
+    stager.file("datacard.html", render_datacard(
+        summary, card, failures, lambda bins: _kept_in_bins([store(out) / f for f in folders.values()], bins),
+        lambda ids: _clip_rows(ledger, ids, config.output.sources_per_shard)))
     stager.file("summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
     stager.commit(previous)
     sweep(out, set(folders.values()))
@@ -144,25 +162,26 @@ def _within(indices, span: range) -> np.ndarray:
     return values[(values >= span.start) & (values < span.stop)]
 
 
-def _kept_rows(ledger: Ledger, folders: list[Path], bins: set[int], per_shard: int) -> list[dict]:
-    """The kept clips whose OVRL bin is in ``bins`` (the data card's kept samples), with their fields."""
+def _kept_in_bins(folders: list[Path], bins: set[int]) -> list[dict]:
+    """The kept clips (id, OVRL) whose OVRL bin is in ``bins``: where the data card's kept samples are."""
     import pyarrow.parquet as pq
 
-    from emilia_pipe.dataset.datacard import SAMPLE_FIELDS, _ovrl_bin, _sample
+    from emilia_pipe.dataset.datacard import _ovrl_bin
 
-    ids = []
+    rows = []
     for folder in folders:
         t = pq.read_table(folder / "kept.parquet")
         ovrl = t.column("dnsmos_ovrl").to_numpy(zero_copy_only=False)
-        hit = np.isin(_ovrl_bin(ovrl), list(bins))
-        ids += [i for i, h in zip(t.column("id").to_pylist(), hit) if h]
-    rows = []
-    by_source: dict[int, set[str]] = {}
-    for cid in ids:
-        c = ClipId.parse(cid)
-        by_source.setdefault(c.shard * per_shard + c.source, set()).add(cid)
-    for index, wanted in sorted(by_source.items()):
-        clips = ledger.clips([f for f in SAMPLE_FIELDS if f != "reasons"], indices=[index])
-        for rec in clips[clips["id"].isin(wanted)].to_dict("records"):
-            rows.append(_sample({**rec, "reasons": []}))
+        hit = np.flatnonzero(np.isin(_ovrl_bin(ovrl), list(bins)))
+        ids = t.column("id").take(pa.array(hit)).to_pylist()
+        rows += [{"id": i, "dnsmos_ovrl": float(o)} for i, o in zip(ids, ovrl[hit])]
     return rows
+
+
+def _clip_rows(ledger: Ledger, ids: list[str], per_shard: int) -> dict[str, dict]:
+    """A few clips' data card fields, read from their sources' buckets."""
+    from emilia_pipe.dataset.datacard import SAMPLE_FIELDS, _sample
+
+    sources = {ClipId.parse(i).shard * per_shard + ClipId.parse(i).source for i in ids}
+    clips = ledger.clips([f for f in SAMPLE_FIELDS if f != "reasons"], indices=sorted(sources))
+    return {r["id"]: _sample({**r, "reasons": []}) for r in clips[clips["id"].isin(ids)].to_dict("records")}

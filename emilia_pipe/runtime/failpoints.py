@@ -30,3 +30,8 @@ def hit(point: str) -> None:
         except FileExistsError:
             return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def disarm() -> None:
+    """No fault fires in this process (a helper process whose work its parent's fault points stand for)."""
+    _targets.clear()
