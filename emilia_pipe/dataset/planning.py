@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from emilia_pipe.dataset.ledger import Ledger
-from emilia_pipe.media.inputs import input_identity, is_url, local_path
+from emilia_pipe.media.identity import input_identities
+from emilia_pipe.media.inputs import METADATA_THREADS, is_url, local_path
 from emilia_pipe.runtime.files import sha256_of
 
 IDENTITY = ("size", "mtime_ns", "ctime_ns", "inode", "device")
@@ -41,17 +42,44 @@ class Placed:
     rehashed: int = 0
 
 
-def _same(old: dict, new: tuple) -> bool:
+def _same(path: str, known: list, new) -> bool:
     """Every part of the stat the plan knows equals this one (a part an older plan lacks: not the same)."""
-    known = [old.get(k) for k in IDENTITY]
-    if is_url(old["path"]):
-        return known[:2] == list(new[:2]) and new[0] >= 0
-    return all(v is not None and v >= 0 for v in known) and known == list(new)
+    new = [int(v) for v in new]
+    if is_url(path):
+        return known[:2] == new[:2] and new[0] >= 0
+    return all(v is not None and v >= 0 for v in known) and known == new
 
 
-def place_inputs(ledger: Ledger, paths: list[str], run: int, log: Callable[[str], None], threads: int = 4) -> Placed:
-    plan = ledger.plan()
-    latest = {row["path"]: row for row in plan.to_dict("records")}  # later rows of a path win
+class _LatestPlan:
+    """The plan's latest row of each path, kept as the plan's columns and a path -> row position map (a dict
+    per row would cost several times the plan's size)."""
+
+    def __init__(self, plan):
+        self.row = dict(zip(plan["path"].tolist(), range(len(plan))))  # later rows of a path win
+        self.index = plan["index"].to_numpy()
+        self.ident = [plan[k].to_numpy() if k in plan.columns else None for k in IDENTITY]
+
+    def index_of(self, path: str) -> int | None:
+        i = self.row.get(path)
+        return None if i is None else int(self.index[i])
+
+    def unchanged(self, path: str, stat) -> bool:
+        i = self.row.get(path)
+        if i is None:
+            return False
+        known = [None if col is None else _native(col[i]) for col in self.ident]
+        return _same(path, known, stat)
+
+
+def _native(value):
+    """A column's value as the plan's rows gave it (an int, or a float NaN where an older plan lacks it)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def place_inputs(ledger: Ledger, paths: list[str], run: int, log: Callable[[str], None], threads: int = 4,
+                 metadata_threads: int = METADATA_THREADS) -> Placed:
+    """``threads``: files hashed at once; ``metadata_threads``: inputs stat-ed (a URL: ``info``) at once."""
+    latest = _LatestPlan(ledger.plan())
     sources = ledger.sources(["path", "sha256", "status"])
     withdrawn = ledger.withdrawn()
     live = sources[~sources["index"].isin(list(withdrawn))]
@@ -59,28 +87,25 @@ def place_inputs(ledger: Ledger, paths: list[str], run: int, log: Callable[[str]
     done_at_path = dict(zip(live["path"], live["index"].astype(int)))  # known even when its plan row is lost
     next_index = ledger.max_index() + 1
     out = Placed(done=set(sha_of))
-    stats = {p: input_identity(p) for p in paths}
+    stats = input_identities(paths, metadata_threads)  # one row per path, in order
 
-    def verdict(path):
-        """(index to keep or None, whether the content must be hashed to tell)."""
-        prev = latest.get(path)
-        if prev is not None and _same(prev, stats[path]):
-            return int(prev["index"]), False
-        old = int(prev["index"]) if prev is not None else done_at_path.get(path)
+    def verdict(path, stat):
+        """(index to keep or None, whether the plan's stat matches, whether the content must be hashed to tell)."""
+        prev = latest.index_of(path)
+        if prev is not None and latest.unchanged(path, stat):
+            return prev, True, False
+        old = prev if prev is not None else done_at_path.get(path)
         if old is None or old in withdrawn:
-            return None, False  # new to the build
+            return None, False, False  # new to the build
         if old not in sha_of:
-            return old, False  # never done: keeps its place whatever changed
-        return old, not is_url(path) and stats[path][0] >= 0
+            return old, False, False  # never done: keeps its place whatever changed
+        return old, False, not is_url(path) and stat[0] >= 0
 
-    verdicts = {p: verdict(p) for p in paths}
-    to_hash = [p for p, (_, h) in verdicts.items() if h]
+    to_hash = [path for path, stat in zip(paths, stats) if verdict(path, stat)[2]]
     hashes = _hash_all(to_hash, threads, log)
     out.rehashed = len(to_hash)
-    for path in paths:
-        old, hashed = verdicts[path]
-        prev = latest.get(path)
-        unchanged = prev is not None and _same(prev, stats[path])
+    for path, stat in zip(paths, stats):
+        old, unchanged, hashed = verdict(path, stat)
         if old is not None and (unchanged or old not in sha_of or (hashed and hashes.get(path) == sha_of[old])):
             index = old
         else:
@@ -89,8 +114,8 @@ def place_inputs(ledger: Ledger, paths: list[str], run: int, log: Callable[[str]
             if old is not None and old in sha_of:  # done with other content: its clips leave the release
                 out.withdrawn.append({"index": old, "reason": CHANGED, "run": run, "time": time.time()})
                 log(f"{path} changed since it was processed: processed again, its old clips withdrawn")
-        if not unchanged or int(prev["index"]) != index:
-            out.rows.append({"index": index, "path": path, "run": run, **dict(zip(IDENTITY, stats[path]))})
+        if not unchanged or latest.index_of(path) != index:
+            out.rows.append({"index": index, "path": path, "run": run, **dict(zip(IDENTITY, map(int, stat)))})
         out.index[path] = index
     out.done -= {w["index"] for w in out.withdrawn}
     return out
