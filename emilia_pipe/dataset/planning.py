@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from emilia_pipe.dataset.ledger import Ledger
 from emilia_pipe.media.identity import input_identities
 from emilia_pipe.media.inputs import METADATA_THREADS, is_url, local_path
@@ -63,12 +65,20 @@ class _LatestPlan:
         i = self.row.get(path)
         return None if i is None else int(self.index[i])
 
-    def unchanged(self, path: str, stat) -> bool:
-        i = self.row.get(path)
-        if i is None:
-            return False
-        known = [None if col is None else _native(col[i]) for col in self.ident]
-        return _same(path, known, stat)
+    def unchanged(self, paths: list[str], stats: np.ndarray) -> np.ndarray:
+        """Per path: whether the plan's latest row has this stat (:func:`_same`), for all paths at once when
+        the plan's columns are whole integers (an older plan's nulls make them floats: one by one, as before)."""
+        pos = np.fromiter((self.row.get(p, -1) for p in paths), dtype=np.int64, count=len(paths))
+        if not self.row or not len(paths):
+            return np.zeros(len(paths), dtype=bool)
+        if stats.dtype == np.int64 and all(col is not None and col.dtype == np.int64 for col in self.ident):
+            known = np.stack(self.ident, axis=1)[pos]
+            url = np.fromiter((is_url(p) for p in paths), dtype=bool, count=len(paths))
+            local_same = (known >= 0).all(axis=1) & (known == stats).all(axis=1)
+            url_same = (known[:, :2] == stats[:, :2]).all(axis=1) & (stats[:, 0] >= 0)
+            return (pos >= 0) & np.where(url, url_same, local_same)
+        return np.array([i >= 0 and _same(p, [None if col is None else _native(col[i]) for col in self.ident], st)
+                         for p, i, st in zip(paths, pos.tolist(), stats)], dtype=bool)
 
 
 def _native(value):
@@ -88,11 +98,12 @@ def place_inputs(ledger: Ledger, paths: list[str], run: int, log: Callable[[str]
     next_index = ledger.max_index() + 1
     out = Placed(done=set(sha_of))
     stats = input_identities(paths, metadata_threads)  # one row per path, in order
+    same = latest.unchanged(paths, stats)
 
-    def verdict(path, stat):
+    def verdict(path, stat, unchanged):
         """(index to keep or None, whether the plan's stat matches, whether the content must be hashed to tell)."""
         prev = latest.index_of(path)
-        if prev is not None and latest.unchanged(path, stat):
+        if unchanged:
             return prev, True, False
         old = prev if prev is not None else done_at_path.get(path)
         if old is None or old in withdrawn:
@@ -101,11 +112,11 @@ def place_inputs(ledger: Ledger, paths: list[str], run: int, log: Callable[[str]
             return old, False, False  # never done: keeps its place whatever changed
         return old, False, not is_url(path) and stat[0] >= 0
 
-    to_hash = [path for path, stat in zip(paths, stats) if verdict(path, stat)[2]]
+    to_hash = [path for path, stat, unchanged in zip(paths, stats, same) if verdict(path, stat, unchanged)[2]]
     hashes = _hash_all(to_hash, threads, log)
     out.rehashed = len(to_hash)
-    for path, stat in zip(paths, stats):
-        old, unchanged, hashed = verdict(path, stat)
+    for path, stat, unchanged in zip(paths, stats, same):
+        old, unchanged, hashed = verdict(path, stat, unchanged)
         if old is not None and (unchanged or old not in sha_of or (hashed and hashes.get(path) == sha_of[old])):
             index = old
         else:
