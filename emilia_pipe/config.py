@@ -349,6 +349,10 @@ class InputsConfig(_Section):
         "part deleted) and the run goes on."))
     remote_stall_timeout_s: float = Field(60.0, gt=0, description=(
         "A remote input that sends no byte for this long fails (its staged part deleted) and the run goes on."))
+    metadata_threads: int = Field(16, ge=1, le=256, description=(
+        "Metadata calls made at once while a run plans its inputs: remote inputs looked up (listed, or "
+        "asked their size and time) and inputs stat-ed to recognise the ones a build already holds. Each "
+        "call mostly waits (a round trip to an object store or a network filesystem); 1 = one at a time."))
 
 
 class StageResources(_Section):

@@ -22,8 +22,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from emilia_pipe.dataset.ledger import Ledger
-from emilia_pipe.media.inputs import input_identity, is_url, local_path
+from emilia_pipe.media.identity import input_identities
+from emilia_pipe.media.inputs import METADATA_THREADS, is_url, local_path
 from emilia_pipe.runtime.files import sha256_of
 
 IDENTITY = ("size", "mtime_ns", "ctime_ns", "inode", "device")
@@ -41,17 +44,52 @@ class Placed:
     rehashed: int = 0
 
 
-def _same(old: dict, new: tuple) -> bool:
+def _same(path: str, known: list, new) -> bool:
     """Every part of the stat the plan knows equals this one (a part an older plan lacks: not the same)."""
-    known = [old.get(k) for k in IDENTITY]
-    if is_url(old["path"]):
-        return known[:2] == list(new[:2]) and new[0] >= 0
-    return all(v is not None and v >= 0 for v in known) and known == list(new)
+    new = [int(v) for v in new]
+    if is_url(path):
+        return known[:2] == new[:2] and new[0] >= 0
+    return all(v is not None and v >= 0 for v in known) and known == new
 
 
-def place_inputs(ledger: Ledger, paths: list[str], run: int, log: Callable[[str], None], threads: int = 4) -> Placed:
-    plan = ledger.plan()
-    latest = {row["path"]: row for row in plan.to_dict("records")}  # later rows of a path win
+class _LatestPlan:
+    """The plan's latest row of each path, kept as the plan's columns and a path -> row position map (a dict
+    per row would cost several times the plan's size)."""
+
+    def __init__(self, plan):
+        self.row = dict(zip(plan["path"].tolist(), range(len(plan))))  # later rows of a path win
+        self.index = plan["index"].to_numpy()
+        self.ident = [plan[k].to_numpy() if k in plan.columns else None for k in IDENTITY]
+
+    def index_of(self, path: str) -> int | None:
+        i = self.row.get(path)
+        return None if i is None else int(self.index[i])
+
+    def unchanged(self, paths: list[str], stats: np.ndarray) -> np.ndarray:
+        """Per path: whether the plan's latest row has this stat (:func:`_same`), for all paths at once when
+        the plan's columns are whole integers (an older plan's nulls make them floats: one by one, as before)."""
+        pos = np.fromiter((self.row.get(p, -1) for p in paths), dtype=np.int64, count=len(paths))
+        if not self.row or not len(paths):
+            return np.zeros(len(paths), dtype=bool)
+        if stats.dtype == np.int64 and all(col is not None and col.dtype == np.int64 for col in self.ident):
+            known = np.stack(self.ident, axis=1)[pos]
+            url = np.fromiter((is_url(p) for p in paths), dtype=bool, count=len(paths))
+            local_same = (known >= 0).all(axis=1) & (known == stats).all(axis=1)
+            url_same = (known[:, :2] == stats[:, :2]).all(axis=1) & (stats[:, 0] >= 0)
+            return (pos >= 0) & np.where(url, url_same, local_same)
+        return np.array([i >= 0 and _same(p, [None if col is None else _native(col[i]) for col in self.ident], st)
+                         for p, i, st in zip(paths, pos.tolist(), stats)], dtype=bool)
+
+
+def _native(value):
+    """A column's value as the plan's rows gave it (an int, or a float NaN where an older plan lacks it)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def place_inputs(ledger: Ledger, paths: list[str], run: int, log: Callable[[str], None], threads: int = 4,
+                 metadata_threads: int = METADATA_THREADS) -> Placed:
+    """``threads``: files hashed at once; ``metadata_threads``: inputs stat-ed (a URL: ``info``) at once."""
+    latest = _LatestPlan(ledger.plan())
     sources = ledger.sources(["path", "sha256", "status"])
     withdrawn = ledger.withdrawn()
     live = sources[~sources["index"].isin(list(withdrawn))]
@@ -59,28 +97,26 @@ def place_inputs(ledger: Ledger, paths: list[str], run: int, log: Callable[[str]
     done_at_path = dict(zip(live["path"], live["index"].astype(int)))  # known even when its plan row is lost
     next_index = ledger.max_index() + 1
     out = Placed(done=set(sha_of))
-    stats = {p: input_identity(p) for p in paths}
+    stats = input_identities(paths, metadata_threads)  # one row per path, in order
+    same = latest.unchanged(paths, stats)
 
-    def verdict(path):
-        """(index to keep or None, whether the content must be hashed to tell)."""
-        prev = latest.get(path)
-        if prev is not None and _same(prev, stats[path]):
-            return int(prev["index"]), False
-        old = int(prev["index"]) if prev is not None else done_at_path.get(path)
+    def verdict(path, stat, unchanged):
+        """(index to keep or None, whether the plan's stat matches, whether the content must be hashed to tell)."""
+        prev = latest.index_of(path)
+        if unchanged:
+            return prev, True, False
+        old = prev if prev is not None else done_at_path.get(path)
         if old is None or old in withdrawn:
-            return None, False  # new to the build
+            return None, False, False  # new to the build
         if old not in sha_of:
-            return old, False  # never done: keeps its place whatever changed
-        return old, not is_url(path) and stats[path][0] >= 0
+            return old, False, False  # never done: keeps its place whatever changed
+        return old, False, not is_url(path) and stat[0] >= 0
 
-    verdicts = {p: verdict(p) for p in paths}
-    to_hash = [p for p, (_, h) in verdicts.items() if h]
+    to_hash = [path for path, stat, unchanged in zip(paths, stats, same) if verdict(path, stat, unchanged)[2]]
     hashes = _hash_all(to_hash, threads, log)
     out.rehashed = len(to_hash)
-    for path in paths:
-        old, hashed = verdicts[path]
-        prev = latest.get(path)
-        unchanged = prev is not None and _same(prev, stats[path])
+    for path, stat, unchanged in zip(paths, stats, same):
+        old, unchanged, hashed = verdict(path, stat, unchanged)
         if old is not None and (unchanged or old not in sha_of or (hashed and hashes.get(path) == sha_of[old])):
             index = old
         else:
@@ -89,8 +125,8 @@ def place_inputs(ledger: Ledger, paths: list[str], run: int, log: Callable[[str]
             if old is not None and old in sha_of:  # done with other content: its clips leave the release
                 out.withdrawn.append({"index": old, "reason": CHANGED, "run": run, "time": time.time()})
                 log(f"{path} changed since it was processed: processed again, its old clips withdrawn")
-        if not unchanged or int(prev["index"]) != index:
-            out.rows.append({"index": index, "path": path, "run": run, **dict(zip(IDENTITY, stats[path]))})
+        if not unchanged or latest.index_of(path) != index:
+            out.rows.append({"index": index, "path": path, "run": run, **dict(zip(IDENTITY, map(int, stat)))})
         out.index[path] = index
     out.done -= {w["index"] for w in out.withdrawn}
     return out

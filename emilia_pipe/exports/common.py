@@ -3,6 +3,8 @@ rename, hard links for MP3s.
 
 The source of truth is the build's published manifests (``LANG/LANG_B*.jsonl``, kept clips only, the
 verdict of the last run or refilter). They are read line by line, so memory does not grow with the build.
+A clip's paths are plain strings (``os.path``): on Python 3.11 every ``pathlib`` path interns its parts for
+the life of the process, so one ``Path`` per clip would grow the process by each clip's file name.
 """
 from __future__ import annotations
 
@@ -58,11 +60,12 @@ class PublishedBuild:
     @staticmethod
     def _read(manifest: Path) -> Iterator[dict]:
         failpoints.hit("export")
+        folder = str(manifest.parent)
         with open(manifest, encoding="utf-8") as fh:
             for line in fh:
                 if line.strip():
                     row = json.loads(line)
-                    row["audio"] = str(manifest.parent / row["wav"])
+                    row["audio"] = os.path.join(folder, row["wav"])
                     yield row
 
     def shards(self) -> Iterator[list[dict]]:
@@ -132,9 +135,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def link_or_copy(src: str | Path, dst: Path) -> None:
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def link_or_copy(src: str, dst: str) -> None:
     """A hard link when the build and the export share a filesystem (no extra space), else a copy."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
     try:
         os.link(src, dst)
     except OSError:

@@ -10,6 +10,7 @@ plus which speaker id is on which channel; ``data.jsonl``: ``{"path", "duration"
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,11 @@ def export(build, dest: Path, options: dict, progress) -> dict:
                     continue
                 main, other = sorted(talk, key=lambda s: (-talk[s], s))
                 name = ClipId.parse(clips[0]["id"]).source_name
-                duration = write_conversation(dest / f"{name}.wav", clips, [main, other], build.sample_rate)
+                stem = os.path.join(str(dest), name)  # a string: see exports.common on pathlib
+                duration = write_conversation(stem + ".wav", clips, [main, other], build.sample_rate)
                 meta = {"channels": {"left": main, "right": other}, "alignments": alignments(clips, main)}
-                (dest / f"{name}.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+                with open(stem + ".json", "w", encoding="utf-8") as fh:
+                    fh.write(json.dumps(meta, ensure_ascii=False))
                 index.write(json.dumps({"path": f"{name}.wav", "duration": duration}) + "\n")
                 conversations += 1
     return {"clips": progress.done, "conversations": conversations}
@@ -54,7 +57,7 @@ def alignments(clips: list[dict], main: str) -> list:
     return sorted(out, key=lambda a: a[1][0])
 
 
-def write_conversation(path: Path, clips: list[dict], channels: list[str], sr: int) -> float:
+def write_conversation(path: str, clips: list[dict], channels: list[str], sr: int) -> float:
     """Mixes each clip into its speaker's channel block by block; a clip is decoded when the first block
     it touches is written and dropped after its last."""
     import soundfile as sf

@@ -9,6 +9,7 @@ to the language folders it holds."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from emilia_pipe.exports.common import emilia_json, link_or_copy
@@ -26,7 +27,7 @@ def export(build, dest: Path, options: dict, progress) -> dict:
         (dest / lang / manifest.stem).mkdir(exist_ok=True)  # the shard folder the script iterates
         with open(out, "w", encoding="utf-8") as fh:
             for row in build._read(manifest):
-                link_or_copy(row["audio"], dest / lang / row["wav"])
+                link_or_copy(row["audio"], os.path.join(str(dest), lang, row["wav"]))
                 fh.write(json.dumps(emilia_json(row), ensure_ascii=False) + "\n")
                 progress.step()
         manifests += 1

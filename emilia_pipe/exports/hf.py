@@ -13,6 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from emilia_pipe.exports.common import read_bytes
+
 NAME = "hf"
 HELP = "Hugging Face datasets: Parquet shards with an Audio column"
 BATCH = 256
@@ -61,7 +63,7 @@ def export(build, dest: Path, options: dict, progress) -> dict:
             shards.append(data / f"train-{len(shards):05d}.parquet")
             writer = pq.ParquetWriter(shards[-1], sch)
         rec = {name: row.get(name) for name, _ in COLUMNS}
-        rec["audio"] = {"bytes": Path(row["audio"]).read_bytes(), "path": f"{row['id']}.mp3"}
+        rec["audio"] = {"bytes": read_bytes(row["audio"]), "path": f"{row['id']}.mp3"}
         if words:
             rec["words"] = row.get("words") or []
         rows.append(rec)

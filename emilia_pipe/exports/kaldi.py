@@ -19,6 +19,7 @@ from emilia_pipe.exports.common import one_line, refuse_unholdable
 NAME = "kaldi"
 HELP = "Kaldi data dir: wav.scp, text, utt2spk, spk2utt, utt2dur, utt2lang (sorted)"
 RUN_LINES = 200_000  # lines sorted in memory at a time
+FAN_IN = 64  # sorted runs merged at once (each an open file and its buffer)
 FILES = ("wav.scp", "text", "utt2spk", "utt2dur", "utt2lang")
 
 
@@ -52,9 +53,18 @@ class ExternalSort:
 
     def write(self, path: Path) -> None:
         self._spill()
+        while len(self.runs) > FAN_IN:  # merge the oldest runs into one: open files and buffers stay bounded
+            merged = self.tmp / f"run{len(self.runs):05d}m"
+            self._merge(self.runs[:FAN_IN], merged)
+            self.runs = self.runs[FAN_IN:] + [merged]
+        self._merge(self.runs, path)
+        self.runs = []
+
+    @staticmethod
+    def _merge(runs: list[Path], path: Path) -> None:
         with ExitStack() as stack, open(path, "wb") as out:
-            out.writelines(heapq.merge(*(stack.enter_context(open(r, "rb")) for r in self.runs)))
-        for r in self.runs:
+            out.writelines(heapq.merge(*(stack.enter_context(open(r, "rb")) for r in runs)))
+        for r in runs:
             r.unlink()
 
 

@@ -13,7 +13,7 @@ import gzip
 import json
 from pathlib import Path
 
-from emilia_pipe.exports.common import refuse_unholdable
+from emilia_pipe.exports.common import read_bytes, refuse_unholdable
 from emilia_pipe.exports.tarshards import ShardedTar
 
 NAME = "lhotse"
@@ -71,7 +71,7 @@ def export(build, dest: Path, options: dict, progress) -> dict:
                 shar_cuts = gzip.open(dest / "shar" / f"cuts.{n // per_shard:06d}.jsonl.gz", "wt", encoding="utf-8")
             placeholder = recording(row, sr, {"type": "shar", "source": ""})
             _jsonl(shar_cuts, cut(row, placeholder))
-            audio.write([(f"{row['id']}.mp3", Path(row["audio"]).read_bytes()),
+            audio.write([(f"{row['id']}.mp3", read_bytes(row["audio"])),
                          (f"{row['id']}.json", json.dumps(placeholder).encode("utf-8"))])
             progress.step()
     if shar_cuts is not None:

@@ -8,6 +8,7 @@ to speaker ids. Paths are absolute, under the destination folder; a destination 
 a line break or bytes that are not UTF-8 is refused with one line."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from emilia_pipe.exports.common import link_or_copy, one_line, refuse_unholdable
@@ -22,18 +23,23 @@ def check_paths(build_dir: Path, dest: Path) -> None:
 
 
 def export(build, dest: Path, options: dict, progress) -> dict:
-    final = options["dest"]  # paths in the lists name where the files will be, not the staging folder
-    speakers: dict[str, int] = {}  # one entry per speaker, far fewer than clips
+    final = str(options["dest"])  # paths in the lists name where the files will be, not the staging folder
+    staged = str(dest)
+    # a speaker's number is its first appearance in the clip stream, and speakers.txt lists them all: the
+    # one state that outlives a shard, one small entry per speaker (a speaker is one source's voice)
+    speakers: dict[str, int] = {}
     with open(dest / "gpt_sovits.list", "w", encoding="utf-8") as sovits, \
             open(dest / "styletts2.txt", "w", encoding="utf-8") as styletts:
         for row in build.clips():
-            rel = Path("wavs") / row["speaker"] / f"{row['id']}.mp3"
-            link_or_copy(row["audio"], dest / rel)
+            rel = f"wavs/{row['speaker']}/{row['id']}"
+            link_or_copy(row["audio"], os.path.join(staged, rel + ".mp3"))
             text = one_line(row["text"], "|")
-            (dest / rel).with_suffix(".lab").write_text(text, encoding="utf-8")
+            with open(os.path.join(staged, rel + ".lab"), "w", encoding="utf-8") as lab:
+                lab.write(text)
             spk = speakers.setdefault(row["speaker"], len(speakers))
-            sovits.write(f"{final / rel}|{row['speaker']}|{row['language']}|{text}\n")
-            styletts.write(f"{final / rel}|{text}|{spk}\n")
+            path = os.path.join(final, rel + ".mp3")
+            sovits.write(f"{path}|{row['speaker']}|{row['language']}|{text}\n")
+            styletts.write(f"{path}|{text}|{spk}\n")
             progress.step()
     (dest / "speakers.txt").write_text("".join(f"{i} {s}\n" for s, i in speakers.items()), encoding="utf-8")
     return {"clips": progress.done, "speakers": len(speakers)}

@@ -10,7 +10,7 @@ import json
 from itertools import groupby
 from pathlib import Path
 
-from emilia_pipe.exports.common import emilia_json
+from emilia_pipe.exports.common import emilia_json, read_bytes
 from emilia_pipe.exports.tarshards import ShardedTar
 from emilia_pipe.records import ClipId
 
@@ -24,7 +24,7 @@ def export(build, dest: Path, options: dict, progress) -> dict:
         writer = ShardedTar(dest / lang_dir / f"{lang_dir}-B%06d.tar", options["clips_per_shard"])
         for row in rows:
             meta = {**emilia_json(row), "wav": f"{row['id']}.mp3"}
-            writer.write([(f"{row['id']}.mp3", Path(row["audio"]).read_bytes()),
+            writer.write([(f"{row['id']}.mp3", read_bytes(row["audio"])),
                           (f"{row['id']}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))])
             progress.step()
         writer.close()

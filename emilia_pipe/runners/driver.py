@@ -53,7 +53,8 @@ def run_pipeline(
     run = config.run
     setup_heap(run.tune_malloc, run.malloc_keep_free_mb, run.malloc_trim_threshold_mb)  # before stages start threads
     out_dir = check_output(out_dir, force_output)  # absolute: workers may start in another folder
-    found = expand_inputs(inputs, exclude=[out_dir], max_list_bytes=int(config.inputs.max_list_mb * 2**20))
+    found = expand_inputs(inputs, exclude=[out_dir], max_list_bytes=int(config.inputs.max_list_mb * 2**20),
+                          metadata_threads=config.inputs.metadata_threads)
     if not found.files and not found.problems:
         raise InputError(f"no audio files found in {', '.join(map(shown, inputs))}")
     preflight(config)
