@@ -12,11 +12,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "golden"))
 
+from synthetic_build import config, make_build  # noqa: E402
+
 import emilia_pipe.dataset.ledger as ledger_module  # noqa: E402
 from emilia_pipe.dataset.compaction import compact  # noqa: E402
 from emilia_pipe.dataset.ledger import Ledger, part_name  # noqa: E402
 from emilia_pipe.dataset.publish import finalize  # noqa: E402
-from synthetic_build import config, make_build  # noqa: E402
 
 GOLDEN = json.loads((Path(__file__).parent / "golden/streaming_publish.json").read_text())
 

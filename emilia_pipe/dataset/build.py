@@ -148,7 +148,8 @@ class Build:
         recorded at once, stage ``input``: a failure, or a source skipped with its reason. They are never
         opened."""
         problem_of = {p.path: p for p in problems}
-        placed = place_inputs(self.ledger, sorted({*map(str, files), *problem_of}), self.run, self.log)
+        placed = place_inputs(self.ledger, sorted({*map(str, files), *problem_of}), self.run, self.log,
+                              metadata_threads=self.cfg.inputs.metadata_threads)
         incomplete = self.ledger.incomplete()
         if incomplete:
             self.log(f"{len(incomplete)} source(s) have lost their clips part (deleted or set aside): done again")

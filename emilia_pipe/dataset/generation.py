@@ -222,7 +222,7 @@ def apply(out: str | Path) -> None:
     moves = staged / "moves.parquet"
     for _ in _moves(moves, check=True):  # every name is checked before anything moves
         pass
-    touched: set[Path] = set()
+    touched: set[str] = set()  # folders, as strings (pathlib keeps every path's parts for good: one per clip)
     for cid, to in _moves(moves):  # 1. kept clips' audio into the published tree: every listed clip has its MP3
         if to == PUBLISHED:
             _move(held, out, clip_audio(cid), touched)
@@ -231,7 +231,7 @@ def apply(out: str | Path) -> None:
     for name in sorted(set(gen.previous) - set(gen.manifests)):  # 3. those no longer wanted
         _safe_dir(out, name)
         (out / name).unlink(missing_ok=True)
-        touched.add((out / name).parent)
+        touched.add(str((out / name).parent))
     for cid, to in _moves(moves):  # 4. other audio out of the published tree
         if to == PUBLISHED:
             continue
@@ -241,13 +241,18 @@ def apply(out: str | Path) -> None:
         elif to == DROPPED:
             for root in (out, held):
                 _safe_dir(root, rel)
-                (root / rel).unlink(missing_ok=True)
-                touched.add((root / rel).parent)
+                path = os.path.join(root, rel)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                touched.add(os.path.dirname(path))
     for name in gen.files:  # 5. the reports (summary.json last among them)
         _put(staged / name, out, name, touched)
-    remove_empty(out, [d for d in touched if out in d.parents and held not in d.parents and d != held])
-    remove_empty(held, [d for d in touched if held in d.parents])
-    for folder in sorted(touched | {p for d in touched for p in d.parents if out in p.parents or p == out}):
+    folders = {Path(t) for t in touched}
+    remove_empty(out, [d for d in folders if out in d.parents and held not in d.parents and d != held])
+    remove_empty(held, [d for d in folders if held in d.parents])
+    for folder in sorted(folders | {p for d in folders for p in d.parents if out in p.parents or p == out}):
         if folder.is_dir():
             fsync_dir(folder)
     record = {"generation": gen.number, "state": "done", "manifests": gen.manifests, "files": gen.files}
@@ -280,24 +285,24 @@ def _moves(path: Path, check: bool = False) -> Iterator[tuple[str, str]]:
             yield cid, to
 
 
-_CHECKED: set[Path] = set()  # folders already found to be real folders (a publish touches each many times)
+_CHECKED: set[str] = set()  # folders already found to be real folders (a publish touches each many times)
 
 
-def _safe_dir(root: Path, rel: str) -> None:
+def _safe_dir(root: Path | str, rel: str) -> None:
     """Refuse to touch ``root/rel`` through a link: every folder on the way must be a real folder."""
-    folder = root
-    for part in Path(rel).parent.parts:
-        folder = folder / part
+    folder = str(root)
+    for part in rel.split("/")[:-1]:
+        folder = os.path.join(folder, part)
         if folder in _CHECKED:
             continue
-        if folder.is_symlink():
+        if os.path.islink(folder):
             raise UnsafePathError(f"{folder} is a link; the build never writes or deletes through one")
-        if folder.is_dir():
+        if os.path.isdir(folder):
             _CHECKED.add(folder)
 
 
-def _move(src_root: Path, dst_root: Path, rel: str, touched: set[Path]) -> None:
-    src, dst = src_root / rel, dst_root / rel
+def _move(src_root: Path, dst_root: Path, rel: str, touched: set[str]) -> None:
+    src, dst = os.path.join(src_root, rel), os.path.join(dst_root, rel)
     try:
         if not stat.S_ISREG(os.lstat(src).st_mode):
             return
@@ -305,15 +310,15 @@ def _move(src_root: Path, dst_root: Path, rel: str, touched: set[Path]) -> None:
         return  # moved already (a completed part of an interrupted publish), or never written
     _safe_dir(src_root, rel)
     _safe_dir(dst_root, rel)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
     os.replace(src, dst)
-    touched.update((src.parent, dst.parent))
+    touched.update((os.path.dirname(src), os.path.dirname(dst)))
 
 
-def _put(staged: Path, out: Path, name: str, touched: set[Path]) -> None:
+def _put(staged: Path, out: Path, name: str, touched: set[str]) -> None:
     if staged.exists():  # else put in place by an earlier, interrupted apply
         _safe_dir(out, name)
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, out / name)
-        touched.add((out / name).parent)
+        touched.add(str((out / name).parent))
         failpoints.hit("apply")

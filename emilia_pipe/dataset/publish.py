@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,7 @@ from emilia_pipe.dataset.ledger import Ledger, bucket_width
 from emilia_pipe.dataset.planning import missing_report
 from emilia_pipe.dataset.summary import add_parts, build_summary
 from emilia_pipe.records import ClipId
+
 
 def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, Any] | None = None) -> dict:
     """(Re)write every manifest, report and the summary from the ledger, and move the clips' audio where
