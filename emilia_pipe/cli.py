@@ -229,7 +229,7 @@ def cmd_refilter(args) -> int:
         write_build_info(out, info)
         if args.drop_missing:
             drop_missing(Ledger(out), len(info["runs"]), lambda m: print(m, file=sys.stderr))
-        summary = finalize(out, config, keep)
+        summary = finalize(out, config, keep, log=lambda m: print(m, file=sys.stderr))
         st = status(out)
     print(format_summary(summary))
     open_work = st["sources"]["pending"] + st["sources"]["missing"]

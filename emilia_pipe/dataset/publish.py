@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,8 @@ from emilia_pipe.dataset.summary import add_parts, build_summary
 from emilia_pipe.records import ClipId
 
 
-def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, Any] | None = None) -> dict:
+def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, Any] | None = None,
+             log: Callable[[str], None] = lambda m: None) -> dict:
     """(Re)write every manifest, report and the summary from the ledger, and move the clips' audio where
     their verdicts say, all as one generation (:mod:`emilia_pipe.dataset.generation`). Reads the build a
     bucket at a time (:mod:`emilia_pipe.dataset.buckets`) and judges again only the buckets that changed
@@ -108,10 +110,17 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
             tasks.append(Task(out, bucket, digest, config, bounds, stager.dir, was_buckets.get(key),
                               None if was_buckets else legacy_kept))
     workers = config.run.publish_workers or min(8, os.cpu_count() or 1)
-    for task, (name, staged, ids, places) in zip(tasks, run_tasks(tasks, 1 if legacy_kept else workers)):
+    if tasks:
+        log(f"publish: judging {len(tasks)} of {len(folders)} bucket(s) (the others did not change)")
+    shown = time.monotonic()
+    for n, (task, (name, staged, ids, places)) in enumerate(
+            zip(tasks, run_tasks(tasks, 1 if legacy_kept else workers)), 1):
         folders[f"{task.bucket.lo:010d}"] = name
         stager.staged_manifests(staged)
         stager.moves(ids, places)
+        if time.monotonic() - shown > 30:
+            log(f"publish: {n} of {len(tasks)} bucket(s) judged")
+            shown = time.monotonic()
     judged_again = len(tasks)
     for key in sorted(set(was_buckets) - set(folders)):  # a bucket with nothing left: its clips' audio goes
         old = stored_folder(out, was_buckets[key])
