@@ -75,6 +75,7 @@ def run_pipeline(
         run_config = planned.model_copy(update={"filter": build.stage_cfg.filter})  # what the stages run with
         entries, n_done = build.plan(found.files, found.problems)
         planned_files = len(entries)
+        del found  # every input path: planned now
         if n_done:
             log(f"{n_done} file(s) already done in {out_dir}: not read again")
         executor = None
