@@ -160,11 +160,6 @@ def split_audio(source: Source) -> tuple[Source, ClipAudio]:
     return source, audio
 
 
-def attach_analysis_audio(clips: list[Clip], bundles: dict[int, ClipAudio]) -> None:
-    for c in clips:
-        c.audio_16k = np.asarray(bundles[c.source_index].analysis[c.index])
-
-
 @dataclass
 class Failure:
     """A file that could not go through a stage. Recorded, never fatal to the run."""

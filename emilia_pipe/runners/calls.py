@@ -6,10 +6,12 @@ import contextlib
 import signal
 import threading
 import time
-from typing import Optional, Union
+from typing import Any, Optional, Union
+
+import numpy as np
 
 from emilia_pipe.media.disk import DiskAudio
-from emilia_pipe.records import ClipAudio, Failure, FileTask, Source, attach_analysis_audio, split_audio
+from emilia_pipe.records import ClipAudio, Failure, FileTask, Source, split_audio
 from emilia_pipe.runtime import failpoints
 from emilia_pipe.runtime.files import DISK_FULL, output_fault
 from emilia_pipe.runtime.heap import HEAP
@@ -88,15 +90,29 @@ def finish_file(item: Union[Source, Failure]) -> tuple[Union[Source, Failure], O
     return split_audio(item)
 
 
-def run_batch_stage(stage: Stage, item, bundles: dict[int, ClipAudio]):
-    """One batched stage on light clips: attach their analysis audio, run, detach. Returns the clips and
-    the accumulated per-stage seconds, or a BatchFailure (passed through from an earlier stage too)."""
+def clip_spans(keys: list[tuple[int, int]], sources: list[int], *analysis: list) -> dict[tuple[int, int], Any]:
+    """What a batch is sent: the analysis-rate audio of just its clips, keyed (source index, clip index),
+    picked from ``analysis``, the per-clip analysis audio of each of ``sources`` (their other clips and
+    their working-rate audio stay behind)."""
+    by_source = dict(zip(sources, analysis))
+    return {(s, i): by_source[s][i] for s, i in keys}
+
+
+def batch_keys(clips) -> list[tuple[int, int]]:
+    return [(c.source_index, c.index) for c in clips]
+
+
+def run_batch_stage(stage: Stage, item, spans: dict[tuple[int, int], Any]):
+    """One batched stage on light clips: attach their analysis audio (``spans``, from :func:`clip_spans`),
+    run, detach. Returns the clips and the accumulated per-stage seconds, or a BatchFailure (passed
+    through from an earlier stage too)."""
     if isinstance(item, BatchFailure):
         return item
     clips, seconds = item if isinstance(item, tuple) else (item, {})
     t0 = time.perf_counter()
     try:
-        attach_analysis_audio(clips, bundles)
+        for c in clips:
+            c.audio_16k = np.asarray(spans[(c.source_index, c.index)])  # (a long source's: read from disk now)
         failpoints.hit(stage.name)
         clips = stage.run(clips)
     except Exception as exc:  # noqa: BLE001

@@ -75,6 +75,8 @@ def run_pipeline(
         config = build.cfg  # with the filter settings in force in the build: what is published
         run_config = planned.model_copy(update={"filter": build.stage_cfg.filter})  # what the stages run with
         entries, n_done = build.plan(found.files, found.problems)
+        planned_files = len(entries)
+        del found  # every input path: planned now
         if n_done:
             log(f"{n_done} file(s) already done in {out_dir}: not read again")
         executor = None
@@ -96,13 +98,15 @@ def run_pipeline(
                         f"{sized.run.torch_threads} thread(s) per lane")
                     executor = LocalExecutor(sized, stages, out_dir, build.run)
                 scheduler = Scheduler(build, executor, run_config, entries, build.shas_done(), log)
+                del entries  # the scheduler's queue holds the plan and lets each task go once it is sent
                 scheduler.run()  # ends with every writer's commit; sources a writer lost are redone
         finally:
             if executor is not None:
                 executor.shutdown()
             build.flush_failures()
-        if scheduler is not None:
+        if scheduler is not None and scheduler.acked:
             # the last check: a source a writer acknowledged that no committed part holds is a failure
+            # (the scheduler keeps only those no commit confirmed: none, once its run ended normally)
             lost = scheduler.acked - build.ledger.done_indices()
             for index in sorted(lost):
                 build.record_failure(Failure(build.path_of(index), "write", WRITER_LOST, "WriterLost"), index)
@@ -117,7 +121,7 @@ def run_pipeline(
             "wall_seconds": round(wall, 3),
             "audio_hours_per_hour": round(audio_s / wall, 4) if wall > 0 else 0.0,
             "runner": runner,
-            "this_run": {"files": len(entries) + build.input_failures,
+            "this_run": {"files": planned_files + build.input_failures,
                          "failed": (scheduler.failures_this_run if scheduler else 0) + build.input_failures,
                          "already_done": n_done, "audio_hours": round(audio_s / 3600, 6)},
         })

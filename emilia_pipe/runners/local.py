@@ -23,8 +23,8 @@ import threading
 
 from emilia_pipe.dataset.writer import SourceWriter
 from emilia_pipe.records import Failure, Source
-from emilia_pipe.runners.calls import (BatchFailure, deadline, finish_file, run_batch_stage, run_file_stage,
-                                       task_deadline_s)
+from emilia_pipe.runners.calls import (BatchFailure, batch_keys, clip_spans, deadline, finish_file, run_batch_stage,
+                                       run_file_stage, task_deadline_s)
 from emilia_pipe.runners.lanes import Lane
 from emilia_pipe.runtime.threads import set_torch_threads
 from emilia_pipe.stages import batch_chain, build_stage, file_chain
@@ -61,20 +61,21 @@ class LocalExecutor:
         meta, audio = finish_file(item)
         return _Done(meta), _Done(audio)
 
-    def _batch(self, clips, bundles):
+    def _batch(self, clips, spans):
         item = clips
         for name in self.batch_chain:
             with self.gpu_locks.get(name) or contextlib.nullcontext():
-                item = run_batch_stage(self.stages[name], item, bundles)
+                item = run_batch_stage(self.stages[name], item, spans)
         return item
 
     def submit_batch(self, clips, audio_handles):
-        bundles = {h.value.index: h.value for h in audio_handles}
+        audio = [h.value for h in audio_handles]
+        spans = clip_spans(batch_keys(clips), [a.index for a in audio], *[a.analysis for a in audio])
         if self.lane is not None:
-            return self.lane.submit(self._batch, clips, bundles)
+            return self.lane.submit(self._batch, clips, spans)
         try:
             with deadline(task_deadline_s(self.run_config, sum(c.end - c.start for c in clips))):
-                return _Done(self._batch(clips, bundles))
+                return _Done(self._batch(clips, spans))
         except TimeoutError as exc:
             return _Done(BatchFailure("timeout", str(exc)))
 

@@ -2,17 +2,20 @@
 writers.
 
 Dataflow: per-file stages are chained by object refs, so audio moves between pools through the object
-store. The last per-file call returns two objects: the small source record, which the driver fetches,
-and the clip audio, which stays in the object store; the driver passes its ref on to the batched stages
-(which read the analysis-rate audio) and to a writer (which encodes the MP3s and commits the ledger
-rows). The driver never fetches audio. GPU stages ask for their (fractional) GPUs when the cluster has
+store. The last per-file call returns three objects: the small source record, which the driver fetches,
+and the clips' audio at the working rate and at the analysis rate, which stay in the object store. A
+batch's first call is a small task that picks just its clips' analysis-rate audio out of its sources'
+(runners.calls.clip_spans): the batched stages receive only that. A writer receives the working-rate
+audio (it encodes the MP3s and commits the ledger rows). The driver never fetches audio. GPU stages ask for their (fractional) GPUs when the cluster has
 any."""
 from __future__ import annotations
 
 import itertools
 import os
+from typing import Any, NamedTuple
 
-from emilia_pipe.runners.calls import finish_file, run_batch_stage, run_file_stage
+from emilia_pipe.records import ClipAudio
+from emilia_pipe.runners.calls import batch_keys, clip_spans, finish_file, run_batch_stage, run_file_stage
 from emilia_pipe.stages import batch_chain, file_chain
 
 # set by emilia_pipe/__init__ in the driver; workers must start with the same values (and the crash
@@ -38,10 +41,15 @@ class StageActor:
         return run_file_stage(self.stage, item)
 
     def process_last(self, item):
-        return finish_file(run_file_stage(self.stage, item))
+        """The source record, its clips' working-rate audio (for a writer) and their analysis-rate audio
+        (for the batched stages), as three objects."""
+        meta, audio = finish_file(run_file_stage(self.stage, item))
+        if audio is None:
+            return meta, None, None
+        return meta, ClipAudio(audio.index, audio.sample_rate, audio.working, []), audio.analysis
 
-    def process_batch(self, item, *bundles):
-        return run_batch_stage(self.stage, item, {b.index: b for b in bundles})
+    def process_batch(self, item, spans):
+        return run_batch_stage(self.stage, item, spans)
 
     def ready(self) -> bool:
         return True
@@ -69,6 +77,14 @@ class WriterActor:
 
     def ready(self) -> bool:
         return True
+
+
+class SourceAudio(NamedTuple):
+    """The driver's handle to one source's clip audio: refs it passes on, never fetches."""
+
+    index: int
+    working: Any  # ref to a ClipAudio at the working rate (for its writer)
+    analysis: Any  # ref to the per-clip analysis-rate arrays (for the batched stages, through clip_spans)
 
 
 class ResourcePlanError(RuntimeError):
@@ -192,6 +208,8 @@ class RayExecutor:
         self.file_chain = file_chain(stage_names)
         self.batch_chain = batch_chain(stage_names)
         self.actors = actors + self.writers
+        # picks a batch's spans out of its sources' audio: no CPU asked, so it never waits behind the pools
+        self.select = ray.remote(num_cpus=0)(clip_spans)
         self.running: dict = {}  # final ref -> [(ref, actor)] of its chain, to find a hung actor
 
     def submit_file(self, task):
@@ -199,26 +217,28 @@ class RayExecutor:
         for i, name in enumerate(self.file_chain):
             actor = next(self.pools[name])
             if i == len(self.file_chain) - 1:
-                meta, audio = actor.process_last.options(num_returns=2).remote(item)
+                meta, working, analysis = actor.process_last.options(num_returns=3).remote(item)
                 steps.append((meta, actor))
             else:
                 item = actor.process.remote(item)
                 steps.append((item, actor))
         self.running[meta] = steps
-        return meta, audio
+        return meta, SourceAudio(task.index, working, analysis)
 
     def submit_batch(self, clips, audio_handles):
+        spans = self.select.remote(batch_keys(clips), [h.index for h in audio_handles],
+                                   *[h.analysis for h in audio_handles])
         ref, steps = clips, []
         for name in self.batch_chain:
             actor = next(self.pools[name])
-            ref = actor.process_batch.remote(ref, *audio_handles)
+            ref = actor.process_batch.remote(ref, spans)
             steps.append((ref, actor))
         self.running[ref] = steps
         return ref
 
     def submit_write(self, job, audio_handle):
         actor = next(self.writer_cycle)
-        ref = actor.write.remote(job, audio_handle)
+        ref = actor.write.remote(job, audio_handle.working if audio_handle is not None else None)
         self.running[ref] = [(ref, actor)]
         return ref
 
@@ -239,7 +259,13 @@ class RayExecutor:
         return results
 
     def wait(self, handles, timeout=None):
-        done, _ = self.ray.wait(list(handles), num_returns=1, timeout=timeout)
+        """The handles (the scheduler's work in flight, a bounded number) that are done: every one done by
+        now, once at least one is (one event per call would scan them all once per result)."""
+        handles = list(handles)
+        done, rest = self.ray.wait(handles, num_returns=1, timeout=timeout)
+        if done and rest:
+            more, _ = self.ray.wait(rest, num_returns=len(rest), timeout=0)
+            done += more
         return done
 
     def get(self, handle):

@@ -62,13 +62,14 @@ class Scheduler:
         self.build, self.ex, self.cfg, self.log = build, executor, config, log
         self.pending = deque(entries)
         self.shas_done = shas_done  # sha256 -> lowest plan index already written
-        self.tasks: dict = {}
+        self.tasks: dict = {}  # handle -> _Task: only work in flight (bounded by the run.max_*_in_flight)
+        self.in_flight = {"file": 0, "batch": 0, "write": 0}  # tasks of each kind, kept as they come and go
         self.open: dict[int, _Open] = {}
         self.queue: deque[Clip] = deque()
-        self.acked: set[int] = set()
+        # a source leaves every structure here once it is committed or failed: nothing grows with the run
         self.unconfirmed: dict[int, _Acked] = {}  # acknowledged by a writer, not yet known committed
         self.incarnations: dict[str, str] = {}  # writer slot -> its latest life seen
-        self.attempts: dict[int, int] = {}  # index -> tries of its file so far (redone after a lost write)
+        self.attempts: dict[int, int] = {}  # index -> tries of its file so far, until it is committed or failed
         self.writes: deque[tuple[_Open, dict]] = deque()  # waiting for a write slot (run.max_writes_in_flight)
         self.delayed: list[tuple[float, object]] = []  # (when, resend): tasks whose actor was restarting
         self.batched_seconds: dict[str, float] = {}
@@ -79,7 +80,22 @@ class Scheduler:
 
     # --- counters ---------------------------------------------------------------------------
     def _count(self, kind: str) -> int:
-        return sum(1 for t in self.tasks.values() if t.kind == kind)
+        return self.in_flight[kind]
+
+    def _track(self, handle, task: _Task) -> None:
+        self.tasks[handle] = task
+        self.in_flight[task.kind] += 1
+
+    def _untrack(self, handle) -> Optional[_Task]:
+        task = self.tasks.pop(handle, None)
+        if task is not None:
+            self.in_flight[task.kind] -= 1
+        return task
+
+    @property
+    def acked(self) -> set[int]:
+        """Sources a writer acknowledged that no commit is yet known to hold (pruned at each commit)."""
+        return set(self.unconfirmed)
 
     def _can_open_more(self) -> bool:
         r = self.cfg.run
@@ -100,8 +116,8 @@ class Scheduler:
         if not task.audio_s and not is_url(task.path):  # its length, from its header, sets its deadline
             task = replace(task, audio_s=declared_seconds(local_path(task.path)) or 0.0)
         meta, audio = self.ex.submit_file(task)
-        self.tasks[meta] = _Task("file", time.monotonic(), (task, audio), attempt, waits,
-                                 limit=task_deadline_s(self.cfg.run, task.audio_s))
+        self._track(meta, _Task("file", time.monotonic(), (task, audio), attempt, waits,
+                                 limit=task_deadline_s(self.cfg.run, task.audio_s)))
 
     def _submit_batches(self) -> None:
         r = self.cfg.run
@@ -123,8 +139,8 @@ class Scheduler:
             return
         audio = list({c.source_index: self.open[c.source_index].audio for c in clips}.values())
         handle = self.ex.submit_batch(clips, audio)
-        self.tasks[handle] = _Task("batch", time.monotonic(), (clips, single), attempt, waits,
-                                   limit=task_deadline_s(self.cfg.run, sum(c.end - c.start for c in clips)))
+        self._track(handle, _Task("batch", time.monotonic(), (clips, single), attempt, waits,
+                                  limit=task_deadline_s(self.cfg.run, sum(c.end - c.start for c in clips))))
 
     def _start_write(self, state: _Open, status: str = "done", duplicate_of: Optional[int] = None) -> None:
         src = state.source
@@ -141,8 +157,8 @@ class Scheduler:
 
     def _send_write(self, state: _Open, job: dict, attempt: int, waits: int = 0) -> None:
         handle = self.ex.submit_write(job, state.audio if job["clips"] else None)
-        self.tasks[handle] = _Task("write", time.monotonic(), (state, job), attempt, waits,
-                                   limit=task_deadline_s(self.cfg.run, state.source.duration))
+        self._track(handle, _Task("write", time.monotonic(), (state, job), attempt, waits,
+                                  limit=task_deadline_s(self.cfg.run, state.source.duration)))
 
     def _later(self, task: _Task, resend) -> bool:
         """The task's actor is restarting (the task may not have run): send it again after a pause that
@@ -166,6 +182,7 @@ class Scheduler:
     def _fail(self, index: int, path: str, stage: str, error: str, error_type: str) -> None:
         self.build.record_failure(Failure(path, stage, error, error_type), index)
         self.build.discard_audio(index)
+        self.attempts.pop(index, None)
         self.failures_this_run += 1
         self.progress.step(failed=True)
 
@@ -260,6 +277,7 @@ class Scheduler:
                 raise output_fault(exc) from None
             if worker_lost(exc) and index in self.build.ledger.committed_by(f"{self.build.run:06d}-w"):
                 self._done(state)  # it died after committing this source, before answering
+                self.attempts.pop(index, None)
                 return
             task.error = exc
             if self._later(task, lambda: self._send_write(state, job, task.attempt, task.waits + 1)):
@@ -273,15 +291,13 @@ class Scheduler:
             self._fail(index, state.source.path, "write", f"{type(exc).__name__}: {exc}"[:2000], type(exc).__name__)
             return
         self._done(state)
-        if index not in result["committed"]:
-            self.unconfirmed[index] = _Acked(state.task, result["writer"], result["incarnation"])
-        self._confirmed(result)
+        self.unconfirmed[index] = _Acked(state.task, result["writer"], result["incarnation"])
+        self._confirmed(result)  # (with this source, when this write's commit holds it)
         self._heard_from(result["writer"], result["incarnation"])
 
     def _done(self, state: _Open) -> None:
         index = state.source.index
         self._close(index)
-        self.acked.add(index)
         sha = state.source.sha256
         if sha not in self.shas_done or index < self.shas_done[sha]:
             self.shas_done[sha] = index
@@ -298,8 +314,9 @@ class Scheduler:
         self._lost(lambda a: a.writer == writer and a.incarnation < newest)
 
     def _confirmed(self, result: dict) -> None:
-        for index in result["committed"]:
+        for index in result["committed"]:  # durable: the source is done with, nothing of it is kept
             self.unconfirmed.pop(index, None)
+            self.attempts.pop(index, None)
 
     def _lost(self, which) -> None:
         """Acknowledged sources that no commit made durable: redo them from their file (the same run),
@@ -313,8 +330,8 @@ class Scheduler:
         for index, acked in sorted(lost.items()):
             del self.unconfirmed[index]
             if index in durable:
+                self.attempts.pop(index, None)
                 continue
-            self.acked.discard(index)
             if self.attempts.get(index, 1) < self.cfg.run.max_attempts:
                 self.log(f"writer {acked.writer} lost {acked.task.path} before committing it; redoing it")
                 self.redone += 1
@@ -348,7 +365,7 @@ class Scheduler:
             left = start + limit - now
             if left <= 0:
                 self.ex.cancel(handle)
-                self.tasks.pop(handle)
+                self._untrack(handle)
                 self.log(f"{task.kind} task exceeded its deadline of {limit:g} s: cancelled")
                 err = (f"TimeoutError: no result after {limit:g} s (run.task_timeout_s + "
                        "run.task_timeout_per_audio_hour_s per hour of its audio)")
@@ -398,7 +415,7 @@ class Scheduler:
             if next_due is not None:
                 timeout = next_due if timeout is None else min(timeout, next_due)
             for handle in self.ex.wait(list(self.tasks), timeout=timeout):
-                task = self.tasks.pop(handle, None)
+                task = self._untrack(handle)
                 if task is not None:
                     handlers[task.kind](handle, task)
             self.progress.update()
