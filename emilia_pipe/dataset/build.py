@@ -156,13 +156,14 @@ class Build:
         self.ledger.withdraw(self.run, placed.withdrawn)
         self.ledger.append_plan(self.run, placed.rows)
         entries, skips, n_done = [], [], 0
+        tmp = str(self.ledger.tmp)  # one string for every task
         for path, index in placed.index.items():
             self._paths[index] = path
             problem = problem_of.get(path)
             if index in placed.done:
                 n_done += problem is None
             elif problem is None:
-                entries.append(FileTask(index, path, str(self.ledger.tmp)))
+                entries.append(FileTask(index, path, tmp))
             elif problem.failed:
                 self.record_failure(Failure(path, "input", problem.reason, "InputError"), index)
                 self.input_failures += 1

@@ -124,7 +124,7 @@ def run_pipeline(
             "this_run": {"files": planned_files + build.input_failures,
                          "failed": (scheduler.failures_this_run if scheduler else 0) + build.input_failures,
                          "already_done": n_done, "audio_hours": round(audio_s / 3600, 6)},
-        })
+        }, log=log)
         build.compact()
     log(format_summary(summary))
     return summary

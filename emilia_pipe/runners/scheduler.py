@@ -1,7 +1,7 @@
 """The run's scheduler: feeds planned files through the per-file stages, gathers their clips into
 batches for the batched stages, hands finished sources to the writer, and enforces deadlines and retries.
 It knows executors only through their small interface (local or Ray). One state machine over the
-run's tasks, which reads better whole than split (about 400 lines)."""
+run.s tasks, which reads better whole than split (about 430 lines)."""
 from __future__ import annotations
 
 import math
@@ -19,6 +19,7 @@ from emilia_pipe.runners.calls import BatchFailure, restarting_error, task_deadl
 from emilia_pipe.runtime.files import DISK_FULL, output_fault
 from emilia_pipe.runtime.progress import Progress
 
+COMPACT_EVERY_S = 30.0  # how often the driver looks for writers' parts to merge (64 at least)
 MAX_WAITS = 10  # sends of a task whose actor is restarting, before it counts as a lost worker
 WRITER_LOST = ("its writer process was lost before committing it (the writer died or hung after acknowledging "
                "it); run again to redo it")
@@ -64,6 +65,7 @@ class Scheduler:
         self.shas_done = shas_done  # sha256 -> lowest plan index already written
         self.tasks: dict = {}  # handle -> _Task: only work in flight (bounded by the run.max_*_in_flight)
         self.in_flight = {"file": 0, "batch": 0, "write": 0}  # tasks of each kind, kept as they come and go
+        self._next_compaction = time.monotonic() + COMPACT_EVERY_S
         self.open: dict[int, _Open] = {}
         self.queue: deque[Clip] = deque()
         # a source leaves every structure here once it is committed or failed: nothing grows with the run
@@ -419,3 +421,12 @@ class Scheduler:
                 if task is not None:
                     handlers[task.kind](handle, task)
             self.progress.update()
+            self._compact()
+
+    def _compact(self) -> None:
+        """Now and then, the writers' committed parts merged into the ledger's buckets (under the lock this
+        run holds), so the ledger's file count stays flat however long the run."""
+        now = time.monotonic()
+        if now >= self._next_compaction:
+            self._next_compaction = now + COMPACT_EVERY_S
+            self.build.compact_running()
