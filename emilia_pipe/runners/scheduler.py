@@ -1,7 +1,7 @@
 """The run's scheduler: feeds planned files through the per-file stages, gathers their clips into
 batches for the batched stages, hands finished sources to the writer, and enforces deadlines and retries.
 It knows executors only through their small interface (local or Ray). One state machine over the
-run.s tasks, which reads better whole than split (about 430 lines)."""
+run's tasks, which reads better whole than split (about 430 lines)."""
 from __future__ import annotations
 
 import math
