@@ -393,3 +393,27 @@ def test_a_write_to_a_restarting_writer_is_sent_again_without_using_a_try(tmp_pa
     # max_attempts=1: a lost worker is never retried, yet an actor that is restarting is waited for
     summary, failures, ex = _run(tmp_path, NAMES, overrides=["run.max_attempts=1"], unavailable_writes=[2, 3, 4])
     assert failures == [] and summary["files"]["ok"] == 7  # before: 3 "write" failures (ActorUnavailableError)
+
+
+def test_the_driver_merges_writer_parts_into_buckets_while_the_run_goes_on(tmp_path, monkeypatch):
+    """80 sources committed one by one: before, their 160 parts stayed until the run's end (a long run
+    left ~48k files an hour); now the driver merges them while the run goes on, 64 parts at a time, and
+    the ledger never holds more than that many writer parts plus the buckets."""
+    from emilia_pipe.dataset.build import Build
+    from emilia_pipe.runners import scheduler
+
+    monkeypatch.setattr(scheduler, "COMPACT_EVERY_S", 0.0)
+    seen, merged = [], []
+    real = Build.compact_running
+
+    def watched(self, min_parts=64):
+        seen.append(len(list(self.ledger.dir.glob("sources-*.parquet"))))
+        merged.append(real(self, min_parts))
+        return merged[-1]
+
+    monkeypatch.setattr(Build, "compact_running", watched)
+    names = [f"f{i:03d}.wav" for i in range(80)]
+    summary, failures, _ = _run(tmp_path, names, overrides=["run.commit_every_sources=1"])
+    assert failures == [] and summary["files"]["ok"] == 80
+    assert sum(merged) >= 64 and max(seen) < 64 + 16, (sum(merged), max(seen))  # before: never called
+    assert _source_rows(tmp_path / "out") == list(range(80))  # each committed once, merged or not

@@ -170,3 +170,26 @@ def test_compaction_interrupted_before_removing_old_parts_reads_each_row_once(tm
     compact(ledger, 6)
     assert not list(ledger.dir.glob("sources-*")) and ledger.sources().equals(sources)
     assert ledger.clips().equals(clips)
+
+
+def test_a_damaged_stored_bucket_is_judged_again_never_trusted(tmp_path, monkeypatch):
+    """What a publish stores per bucket is read back as data: a garbage aggregate or kept list, or one
+    naming a file that is not this build's, makes that bucket judged again, with the same outputs."""
+    monkeypatch.setattr(ledger_module, "BUCKET_SOURCES", 6)
+    out = tmp_path / "build"
+    make_build(out, 20)
+    finalize(out, config(), {})
+    first = {p.name: p.read_bytes() for p in out.glob("*.json*")}
+    folders = sorted((out / ".emilia/publish/buckets").iterdir())
+    (folders[0] / "aggregate.json").write_text("{garbage")
+    (folders[1] / "kept.parquet").write_bytes(b"garbage")
+    finalize(out, config(), {})
+    assert finalize.judged_again == 2  # before: json.JSONDecodeError / ArrowInvalid tracebacks
+    assert {p.name: p.read_bytes() for p in out.glob("*.json*")} == first
+    folders = sorted((out / ".emilia/publish/buckets").iterdir())
+    data = json.loads((folders[0] / "aggregate.json").read_text())
+    data["manifests"].append("../../etc/passwd.jsonl")
+    (folders[0] / "aggregate.json").write_text(json.dumps(data))
+    finalize(out, config(), {})
+    assert finalize.judged_again == 1
+    assert {p.name: p.read_bytes() for p in out.glob("*.json*")} == first

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from emilia_pipe.dataset.datacard import card_part
 from emilia_pipe.dataset.filtering import filter_frame
 from emilia_pipe.dataset.generation import DROPPED, HELD, PUBLISHED, state_dir
-from emilia_pipe.dataset.layout import manifest_name
+from emilia_pipe.dataset.layout import UnsafePathError, check_manifest_name, manifest_name
 from emilia_pipe.dataset.ledger import SOURCE_JSON_COLUMNS, Ledger, json_column_default
 from emilia_pipe.dataset.summary import summary_part
 from emilia_pipe.records import ClipId
@@ -75,8 +75,23 @@ def store(out: Path) -> Path:
 
 
 def stored(out: Path, lo: int, digest: str) -> Optional[Path]:
+    """The stored bucket for this digest, if it is there whole (a folder that cannot be read is judged
+    again, never trusted)."""
     folder = store(out) / f"{lo:010d}-{digest}"
-    return folder if (folder / "aggregate.json").is_file() and not folder.is_symlink() else None
+    return folder if _readable(folder) else None
+
+
+def _readable(folder: Path) -> bool:
+    try:
+        if folder.is_symlink() or not folder.is_dir():
+            return False
+        data = aggregate(folder)
+        pq.read_metadata(folder / "kept.parquet")
+        for name in data["manifests"]:
+            check_manifest_name(name)
+        return all((folder / p).is_file() for p in PIECES)
+    except (OSError, ValueError, TypeError, KeyError, pa.ArrowException, UnsafePathError):
+        return False
 
 
 def stored_folder(out: Path, name: object) -> Optional[Path]:
@@ -84,7 +99,7 @@ def stored_folder(out: Path, name: object) -> Optional[Path]:
     if not isinstance(name, str) or not _DIR.fullmatch(name):
         return None
     folder = store(out) / name
-    return folder if (folder / "aggregate.json").is_file() and not folder.is_symlink() else None
+    return folder if _readable(folder) else None
 
 
 @dataclass
@@ -196,8 +211,13 @@ def judge(out: Path, ledger: Ledger, bucket: Bucket, config, bounds, digest: str
     return folder
 
 
-def kept_ids(folder: Path) -> set[str]:
-    return set(pq.read_table(folder / "kept.parquet", columns=["id"]).column("id").to_pylist())
+def kept_ids(folder: Path) -> Optional[set[str]]:
+    """The clips a stored bucket published; None when its list cannot be read (then every clip's audio
+    is moved where its verdict says, which is right whatever was published)."""
+    try:
+        return set(pq.read_table(folder / "kept.parquet", columns=["id"]).column("id").to_pylist())
+    except (OSError, ValueError, pa.ArrowException):
+        return None
 
 
 def aggregate(folder: Path) -> dict:

@@ -124,9 +124,8 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     judged_again = len(tasks)
     for key in sorted(set(was_buckets) - set(folders)):  # a bucket with nothing left: its clips' audio goes
         old = stored_folder(out, was_buckets[key])
-        if old is not None:
-            ids = sorted(kept_ids(old))
-            stager.moves(ids, [HELD] * len(ids))
+        ids = sorted(kept_ids(old) or ()) if old is not None else []
+        stager.moves(ids, [HELD] * len(ids))
     parts = [aggregate(store(out) / f) for f in folders.values()]
     manifests = [m for p in parts for m in p["manifests"]]
     stager.keep_manifests(manifests)
