@@ -193,3 +193,31 @@ def test_a_damaged_stored_bucket_is_judged_again_never_trusted(tmp_path, monkeyp
     finalize(out, config(), {})
     assert finalize.judged_again == 1
     assert {p.name: p.read_bytes() for p in out.glob("*.json*")} == first
+
+
+def test_eval_reads_only_the_sources_its_references_name(tmp_path, monkeypatch):
+    """`eval` against a transcript list naming two sources (one by path, one by a clip id) reads the clips
+    of those two sources only (before: every clip of the build), and scores them the same as a full read."""
+    from emilia_pipe.dataset import evaluation
+
+    monkeypatch.setattr(ledger_module, "BUCKET_SOURCES", 6)
+    out = tmp_path / "build"
+    make_build(out, 30)
+    finalize(out, config(), {})
+    clip = Ledger(out).clips(["id"], indices=[25])["id"].iloc[0]
+    refs = tmp_path / "refs.tsv"
+    refs.write_text(f"/data/raw/00001.mp3\twörd ünï cöde\n{clip}\twörd\n", encoding="utf-8")
+    asked = []
+    real = Ledger.clips
+
+    def recording(self, columns=None, indices=None):
+        asked.append(None if indices is None else sorted(indices))
+        return real(self, columns, indices)
+
+    monkeypatch.setattr(Ledger, "clips", recording)
+    report = evaluation.evaluate(out, [refs])
+    assert asked == [[1, 25]]
+    monkeypatch.setattr(Ledger, "clips", real)
+    full = evaluation.evaluate_transcripts(Ledger(out).clips(["id", "source_index", "start", "text", "language"]),
+                                           Ledger(out).sources(["path", "status"]), refs)
+    assert report["asr"][0] == full and full["overall"]["files"] == 2
