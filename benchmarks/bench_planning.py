@@ -20,6 +20,7 @@ PYTHONPATH pointing at its tree (the "before" figures came from the parent commi
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import os
@@ -150,7 +151,7 @@ def scenario(kind: str, n: int, data: Path, latency_ms: float, threads: int) -> 
         paths = sorted(found.files)
         placed = phase("place", lambda: _place(ledger, paths, threads))
         assert len(placed.index) == n and len(placed.rows) == n
-        phase("append_plan", lambda: ledger.append_plan(0, placed.rows))
+        phase("append_plan", functools.partial(ledger.append_plan, 0, placed.rows))
         del placed
         again = phase("resume", lambda: _place(ledger, paths, threads))
         assert len(again.index) == n and not again.rows, len(again.rows)

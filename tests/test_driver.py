@@ -12,7 +12,6 @@ from emilia_pipe.records import Clip, Source, split_audio
 from emilia_pipe.runners.calls import BatchFailure
 from emilia_pipe.runners.driver import run_pipeline
 
-
 SAME_CONTENT: dict[str, str] = {}  # input name -> the name whose content it has (a duplicate)
 
 

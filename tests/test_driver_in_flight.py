@@ -4,13 +4,13 @@ the analysis rate. Stand-in stages (tests/test_driver.py), the real scheduler, w
 import itertools
 
 import numpy as np
+from test_driver import ScriptedExecutor, _inputs, _source, _Task
 
 from emilia_pipe.config import load_config
 from emilia_pipe.records import ClipAudio, split_audio
 from emilia_pipe.runners import scheduler as scheduler_module
 from emilia_pipe.runners.calls import clip_spans, run_batch_stage
 from emilia_pipe.runners.driver import run_pipeline
-from test_driver import ScriptedExecutor, _inputs, _source, _Task
 
 BOUNDS = ["run.max_files_in_flight=3", "run.max_open_sources=5", "run.max_batches_in_flight=2",
           "run.max_writes_in_flight=2", "transcribe.batch_size=4", "run.commit_every_sources=4"]

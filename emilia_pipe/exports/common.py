@@ -20,8 +20,8 @@ from typing import Iterator
 from emilia_pipe.config import ConfigError
 from emilia_pipe.dataset.ledger import read_build_info
 from emilia_pipe.records import STATE_DIR
-from emilia_pipe.runtime.userfiles import shown
 from emilia_pipe.runtime import failpoints
+from emilia_pipe.runtime.userfiles import shown
 
 
 class ExportError(ConfigError):

@@ -23,8 +23,16 @@ import threading
 
 from emilia_pipe.dataset.writer import SourceWriter
 from emilia_pipe.records import Failure, Source
-from emilia_pipe.runners.calls import (BatchFailure, batch_keys, clip_spans, deadline, finish_file, run_batch_stage,
-                                       run_file_stage, task_deadline_s)
+from emilia_pipe.runners.calls import (
+    BatchFailure,
+    batch_keys,
+    clip_spans,
+    deadline,
+    finish_file,
+    run_batch_stage,
+    run_file_stage,
+    task_deadline_s,
+)
 from emilia_pipe.runners.lanes import Lane
 from emilia_pipe.runtime.threads import set_torch_threads
 from emilia_pipe.stages import batch_chain, build_stage, file_chain

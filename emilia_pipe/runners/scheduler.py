@@ -12,9 +12,9 @@ from typing import Callable, Optional
 
 from emilia_pipe.config import PipelineConfig
 from emilia_pipe.dataset.build import Build
-from emilia_pipe.records import Clip, Failure, FileTask, Source
 from emilia_pipe.media.audio import declared_seconds
 from emilia_pipe.media.inputs import is_url, local_path
+from emilia_pipe.records import Clip, Failure, FileTask, Source
 from emilia_pipe.runners.calls import BatchFailure, restarting_error, task_deadline_s, worker_lost
 from emilia_pipe.runtime.files import DISK_FULL, output_fault
 from emilia_pipe.runtime.progress import Progress
