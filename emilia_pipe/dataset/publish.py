@@ -5,8 +5,9 @@ Two halves:
 - :class:`SourceWriter` runs where a source finishes (a Ray writer actor, or the local process): it
   names the source's clips from its planned place, encodes and writes their MP3s, and commits the
   source's records to the ledger in batches (:mod:`emilia_pipe.dataset.ledger`). Audio never travels further.
-- :func:`finalize` (end of a run, and ``emilia-pipe refilter``) reads the ledger with pandas, applies
-  the filter config to every clip at once and publishes, as one generation, the manifests
+- :func:`finalize` (end of a run, and ``emilia-pipe refilter``) reads the ledger one bucket at a time
+  (:mod:`emilia_pipe.dataset.buckets`), judges again only the buckets that changed, and publishes, as
+  one generation, the manifests
   ``OUT/<LANG>/<LANG>_B#####.jsonl`` (kept clips) with their MP3s beside them, ``rejected.jsonl`` (every
   rejected clip and dropped segment, with reasons; their MP3s stay in ``OUT/.emilia/audio/<LANG>/``),
   ``failures.jsonl``, ``skipped.jsonl``, ``sources.jsonl``, ``summary.json`` and ``datacard.html``.
