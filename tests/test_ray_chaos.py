@@ -12,7 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import standin
 from conftest import published
@@ -116,9 +115,11 @@ def clean(tmp_path_factory, inputs):
 
 
 def _sources_rows(out):
-    rows = [i for p in (out / ".emilia/ledger").glob("sources-*.parquet") for i in pq.read_table(p)["index"].to_pylist()]
-    assert not list((out / ".emilia/ledger").glob("sources-*-c-*.parquet"))  # no compaction merged duplicates away
-    return sorted(rows)
+    """Every commit of a source: writers' rows, and a merged bucket row as many times as it was committed
+    (so a compaction never hides a duplicate)."""
+    from test_driver import _source_rows
+
+    return _source_rows(out)
 
 
 def _no_audio(value):
