@@ -93,7 +93,9 @@ def test_sources_a_writer_lost_are_still_redone_with_pruned_bookkeeping(tmp_path
 def test_the_scheduler_waits_only_on_work_in_flight(tmp_path, monkeypatch):
     summary, sched, ex = _run(tmp_path, monkeypatch)
     assert ex.stale == 0  # never a handle already fetched
-    # files + batches (+ one clip at a time after a failed batch) + writes: 3 + 2 + 4 + 2
+    # files + batches (+ one clip at a time after a failed batch) + writes: 3 + 2 + 4 + 2; the code before
+    # passed the same (it waited on its in-flight dict too): a guard, not a fix; one ray.wait per result
+    # was the cost, which test_ray_wait_returns_every_ready_handle_at_once catches
     assert 0 < ex.waited_on <= 11, ex.waited_on
 
 

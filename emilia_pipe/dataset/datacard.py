@@ -136,12 +136,24 @@ def card_part(judged: pd.DataFrame) -> dict:
     audible = judged[judged["wav"].notna()] if len(judged) else judged
     kept = audible[audible["kept"]] if len(audible) else audible
     bins = np.bincount(_ovrl_bin(kept["dnsmos_ovrl"].astype("float64").to_numpy()), minlength=OVRL_BINS) if len(kept) else []
-    rej = audible[~audible["kept"]].sort_values("id") if len(audible) else audible
-    if len(rej):
-        lead = rej["reasons"].map(lambda r: r[0] if len(r) else "")
-        rej = rej[~lead.duplicated() | (np.arange(len(rej)) < SAMPLES + 20)]
+    rej = audible[~audible["kept"]] if len(audible) else audible
     return {"histograms": hist, "kept": len(kept), "kept_bins": {int(i): int(n) for i, n in enumerate(bins) if n},
-            "rejected": [_sample(r) for r in rej.to_dict("records")]}
+            "rejected": _candidates([_sample(r) for r in rej.to_dict("records")])}
+
+
+def _candidates(rows: list[dict]) -> list[dict]:
+    """The rejected clips that can be among the build's samples, by id: the first of each leading reason,
+    and the first ones (as many as samples plus reasons). Kept from a bucket, or from several added up,
+    they hold the build's samples; their number does not grow with the build."""
+    rows = sorted(rows, key=lambda r: r["id"])
+    seen: set[str] = set()
+    out = []
+    for n, r in enumerate(rows):
+        lead = r["reasons"][0] if r["reasons"] else ""
+        if lead not in seen or n < SAMPLES + 20:
+            out.append(r)
+        seen.add(lead)
+    return out
 
 
 def _sample(rec: dict) -> dict:
@@ -163,7 +175,7 @@ def add_cards(parts) -> dict:
         total["kept"] += part["kept"]
         for i, n in part["kept_bins"].items():
             total["kept_bins"][int(i)] = total["kept_bins"].get(int(i), 0) + n
-        total["rejected"] += part["rejected"]
+        total["rejected"] = _candidates(total["rejected"] + part["rejected"])
     return total
 
 

@@ -144,12 +144,6 @@ class Stager:
         self.files: list[str] = []
         self._moves: Optional[pq.ParquetWriter] = None
 
-    def manifest(self, name: str, text: str) -> None:
-        self._stage(check_manifest_name(name), text)
-        self.manifests.append(name)
-        self.staged.append(name)
-        failpoints.hit("manifest")
-
     def file(self, name: str, text: str) -> None:
         self._stage(check_top_file(name), text)
         self.files.append(name)

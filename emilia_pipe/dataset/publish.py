@@ -84,9 +84,8 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     if config.filter.iqr_scope == "language":  # quartiles over the whole build: one pass over every bucket first
         quartiles = LanguageQuartiles(config.filter)
         for lo in _buckets(published["index"], width):
-            span = range(lo, lo + width)
             quartiles.add(ledger.clips(["language", "language_prob", "sec_per_char"],
-                                       indices=_within(published["index"], span).tolist()))
+                                       indices=_within(published["index"].to_numpy(), lo, width).tolist()))
         bounds = quartiles.bounds()
     settings = {"filter": config.filter.model_dump(mode="json"), "words": config.transcribe.word_timestamps,
                 "bounds": bounds}
@@ -97,10 +96,10 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     folders: dict[str, str] = {}
     tasks: list[Task] = []
     part_names = [p.name for p in ledger.source_parts()]
-    for lo in _buckets(np.concatenate([published["index"].to_numpy(), dropped]), width):
-        span = range(lo, lo + width)
-        rows = published[published["index"].between(span.start, span.stop - 1)]
-        bucket = Bucket(lo, lo + width - 1, rows, _within(dropped, span).tolist())
+    order = published["index"].to_numpy()  # in index order: each bucket is a slice
+    for lo in _buckets(np.concatenate([order, dropped]), width):
+        first, last = np.searchsorted(order, [lo, lo + width])
+        bucket = Bucket(lo, lo + width - 1, published.iloc[first:last], _within(dropped, lo, width).tolist())
         digest = bucket.digest(part_names, settings)
         key = f"{lo:010d}"
         folder = stored(out, lo, digest)
@@ -127,8 +126,11 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
         old = stored_folder(out, was_buckets[key])
         ids = sorted(kept_ids(old) or ()) if old is not None else []
         stager.moves(ids, [HELD] * len(ids))
-    parts = [aggregate(store(out) / f) for f in folders.values()]
-    manifests = [m for p in parts for m in p["manifests"]]
+    totals, card, manifests = add_parts([]), add_cards([]), []
+    for name in folders.values():  # one bucket's shares in memory at a time
+        part = aggregate(store(out) / name)
+        manifests += part["manifests"]
+        totals, card = add_parts([totals, part["summary"]]), add_cards([card, part["card"]])
     stager.keep_manifests(manifests)
     stager.buckets(folders)
 
@@ -146,11 +148,10 @@ def finalize(out_dir: str | Path, config: PipelineConfig, run_info: dict[str, An
     stager.file("skipped.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in skipped_rows))
     stager.joined("sources.jsonl", [p / PIECES[2] for p in pieces])
 
-    summary = build_summary(add_parts(p["summary"] for p in parts), failures, len(skipped), config, run_info or {})
+    summary = build_summary(totals, failures, len(skipped), config, run_info or {})
     away = missing_report(ledger)
     summary["inputs"] = {"missing": len(away["missing"]), "missing_published": len(away["published"]),
                          "withdrawn": {r: sum(1 for v in withdrawn.values() if v == r) for r in sorted(set(withdrawn.values()))}}
-    card = add_cards(p["card"] for p in parts)
     stager.file("datacard.html", render_datacard(
         summary, card, failures, lambda bins: _kept_in_bins([store(out) / f for f in folders.values()], bins),
         lambda ids: _clip_rows(ledger, ids, config.output.sources_per_shard)))
@@ -167,9 +168,10 @@ def _buckets(indices, width: int) -> list[int]:
     return sorted({int(b) * width for b in np.unique(values // width)}) if len(values) else []
 
 
-def _within(indices, span: range) -> np.ndarray:
-    values = np.asarray(indices, dtype=np.int64)
-    return values[(values >= span.start) & (values < span.stop)]
+def _within(indices: np.ndarray, lo: int, width: int) -> np.ndarray:
+    """The sorted ``indices`` in the bucket starting at ``lo``."""
+    first, last = np.searchsorted(indices, [lo, lo + width])
+    return indices[first:last]
 
 
 def _kept_in_bins(folders: list[Path], bins: set[int]) -> list[dict]:
